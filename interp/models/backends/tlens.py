@@ -1,0 +1,186 @@
+"""TransformerLens 4 `TransformerBridge` backend.
+
+The bridge wraps an unmodified Hugging Face model in place (its blocks become `BlockBridge`
+modules with hook points such as `blocks.L.attn.hook_z`), so the weights and the arithmetic are
+HF's own: logits match the raw model exactly. Sites map to hook names through `HOOK_NAMES`, a
+table; we attach plain torch forward hooks to the bridge's `HookPoint` modules.
+
+`forward_from` resumes a forward at block L by calling the bridge's blocks directly with the
+block arguments captured from one real forward (`capture_block_inputs`), so sweeps skip the
+unpatched prefix; the bridge's own `start_at_layer` still executes blocks 0..L-1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from interp.core.errors import SiteError
+from interp.core.hooks import HookFn
+from interp.core.model import BlockInputs, FinalNorm, HookedModel, ModelSpec
+from interp.core.sites import Component, Site
+
+HOOK_NAMES: dict[Component, str] = {
+    Component.EMBED: "embed.hook_out",
+    Component.RESID_PRE: "blocks.{layer}.hook_resid_pre",
+    Component.RESID_MID: "blocks.{layer}.hook_resid_mid",
+    Component.RESID_POST: "blocks.{layer}.hook_resid_post",
+    Component.ATTN_OUT: "blocks.{layer}.hook_attn_out",
+    Component.MLP_OUT: "blocks.{layer}.hook_mlp_out",
+    Component.Z: "blocks.{layer}.attn.hook_z",
+    Component.Q: "blocks.{layer}.attn.hook_q",
+    Component.K: "blocks.{layer}.attn.hook_k",
+    Component.V: "blocks.{layer}.attn.hook_v",
+    Component.PATTERN: "blocks.{layer}.attn.hook_pattern",
+    Component.RESID_FINAL: "ln_final.hook_in",
+}
+
+# Block keyword arguments that must not be replayed (per-call state).
+_DROP_KWARGS = {"past_key_value", "past_key_values", "cache", "layer_past"}
+
+
+class TLBridgeModel(HookedModel):
+    backend = "transformer_lens"
+
+    def __init__(self, name: str, hf_model: nn.Module, tokenizer: Any, *, weights_sha256: str | None,
+                 prepend_bos: bool = False):
+        from transformer_lens.model_bridge import TransformerBridge
+
+        hf_model.eval()
+        self.hf_model = hf_model
+        self.bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+        self.bridge.eval()
+        self.name = name
+        self.tokenizer = tokenizer
+        self.weights_sha256 = weights_sha256
+        self.prepend_bos = prepend_bos
+        p = next(hf_model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        cfg = self.bridge.cfg
+        self.spec = ModelSpec(
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            n_kv_heads=cfg.n_key_value_heads or cfg.n_heads,
+            d_model=cfg.d_model,
+            d_head=cfg.d_head,
+            d_vocab=cfg.d_vocab,
+            architecture=cfg.architecture or type(hf_model).__name__,
+        )
+        self._hook_dict = self.bridge.hook_dict
+        self._W_U: torch.Tensor | None = None
+        self._W_O: torch.Tensor | None = None
+
+    # -- hooks -------------------------------------------------------------------------------
+    def hook_name(self, site: Site) -> str:
+        name = HOOK_NAMES[site.component].format(layer=site.layer)
+        if site.layer is not None and not 0 <= site.layer < self.spec.n_layers:
+            raise SiteError(f"site {site}: layer {site.layer} out of range 0..{self.spec.n_layers - 1}")
+        if site.head is not None and not 0 <= site.head < self._n_heads_of(site.component):
+            raise SiteError(f"site {site}: head {site.head} out of range 0..{self._n_heads_of(site.component) - 1}")
+        if name not in self._hook_dict:
+            raise SiteError(f"site {site} ({name}) does not exist in {self.spec.architecture}")
+        return name
+
+    def _n_heads_of(self, comp: Component) -> int:
+        return self.spec.n_kv_heads if comp in (Component.K, Component.V) else self.spec.n_heads
+
+    def add_hook(self, site: Site, fn: HookFn):
+        point = self._hook_dict[self.hook_name(site)]
+        whole = site.hook_site
+
+        def torch_hook(_mod: nn.Module, _inp: Any, out: torch.Tensor):
+            return fn(out, whole)
+
+        return point.register_forward_hook(torch_hook)
+
+    # -- forwards ----------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.bridge(tokens.to(self.device), return_type="logits")
+
+    def capture_block_inputs(self, tokens: torch.Tensor) -> BlockInputs:
+        per_layer: list[tuple[tuple, dict[str, Any]] | None] = [None] * self.spec.n_layers
+        handles = []
+        for i, block in enumerate(self.bridge.blocks):
+            def pre(_mod, args, kwargs, i=i):
+                kw = {k: v for k, v in kwargs.items() if k not in _DROP_KWARGS}
+                if "use_cache" in kw:
+                    kw["use_cache"] = False
+                per_layer[i] = (tuple(args[1:]), kw)
+
+            handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+        try:
+            with torch.no_grad():
+                # Stop after the last block: the unembedding is not needed here.
+                self.bridge(tokens.to(self.device), return_type=None)
+        finally:
+            for h in handles:
+                h.remove()
+        if any(p is None for p in per_layer):
+            raise RuntimeError("could not capture the inputs of every block")
+        return BlockInputs(batch=tokens.shape[0], per_layer=per_layer)  # type: ignore[arg-type]
+
+    def forward_from(self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs) -> torch.Tensor:
+        copies, rem = divmod(resid_pre.shape[0], block_inputs.batch)
+        if rem:
+            raise ValueError(
+                f"resid_pre batch {resid_pre.shape[0]} is not a multiple of the captured batch {block_inputs.batch}"
+            )
+        x = resid_pre
+        for i in range(layer, self.spec.n_layers):
+            args, kwargs = block_inputs.per_layer[i]
+            args = tuple(_repeat_batch(a, block_inputs.batch, copies) for a in args)
+            kwargs = {k: _repeat_batch(v, block_inputs.batch, copies) for k, v in kwargs.items()}
+            out = self.bridge.blocks[i](x, *args, **kwargs)
+            x = out[0] if isinstance(out, tuple) else out
+        return x
+
+    # -- weights -----------------------------------------------------------------------------
+    def _final_norm_module(self) -> nn.Module:
+        ln = self.bridge.ln_final
+        return getattr(ln, "original_component", None) or ln._original_component
+
+    def final_norm(self) -> FinalNorm:
+        mod = self._final_norm_module()
+        if isinstance(mod, nn.LayerNorm):
+            return FinalNorm("layernorm", mod.weight.detach(), mod.bias.detach() if mod.bias is not None else None, mod.eps)
+        eps = getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", None)
+        if eps is None or getattr(mod, "bias", None) is not None:
+            raise NotImplementedError(f"final norm {type(mod).__name__} is neither LayerNorm nor a plain RMSNorm")
+        return FinalNorm("rms", mod.weight.detach(), None, float(eps))
+
+    def unembed_matrix(self):
+        if self._W_U is None:
+            self._W_U = self.bridge.W_U.detach()
+        b_U = getattr(self.bridge.unembed, "b_U", None)
+        lm_head = self.hf_model.get_output_embeddings()
+        b = getattr(lm_head, "bias", None)
+        return self._W_U, (b.detach() if b is not None else (b_U.detach() if isinstance(b_U, torch.Tensor) else None))
+
+    def unembed(self, final_resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        # The model's own norm module (not the hooked bridge one) keeps this bit-identical to the
+        # full forward without firing ln_final hooks.
+        x = self._final_norm_module()(final_resid)
+        W_U, b_U = self.unembed_matrix()
+        if columns is not None:
+            W_U = W_U[:, columns]
+            b_U = b_U[columns] if b_U is not None else None
+        out = x @ W_U
+        return out + b_U if b_U is not None else out
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        if self._W_O is None:
+            self._W_O = self.bridge.W_O.detach()  # (layer, head, d_head, d_model)
+        return self._W_O[layer]
+
+
+def _repeat_batch(v: Any, batch: int, copies: int) -> Any:
+    """Stack `copies` copies along dim 0 of tensors whose dim 0 is the captured batch."""
+    if copies == 1:
+        return v
+    if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == batch and batch > 1:
+        return v.repeat(copies, *([1] * (v.ndim - 1)))
+    if isinstance(v, tuple):
+        return tuple(_repeat_batch(t, batch, copies) for t in v)
+    return v

@@ -1,0 +1,104 @@
+"""`load_model(name)`: a hooked model for a bundled, tiny, local or hub model.
+
+    model = load_model("smollm2-135m")            # bundled real model (cached fp32 weights)
+    model = load_model("tiny-llama")              # random GQA model for tests
+    model = load_model("path/to/hf_dir", device="cuda", dtype="bfloat16")
+    model = load_model("tiny-llama", backend="nnsight")
+
+Backends: "transformer_lens" (default; TransformerBridge hooks) and "nnsight".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from interp.core.errors import ModelLoadError
+from interp.core.model import HookedModel
+from interp.models.cache import sha256_files
+from interp.models.device import resolve_device, resolve_dtype
+from interp.models.registry import describe_model_name
+
+BACKENDS = ("transformer_lens", "nnsight")
+
+
+def load_model(
+    name: str,
+    *,
+    device: str = "auto",
+    dtype: str | torch.dtype = "float32",
+    backend: str = "transformer_lens",
+    seed: int = 0,
+) -> HookedModel:
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    info = describe_model_name(name)
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if info.kind == "tiny":
+        from interp.models import smollm2
+        from interp.models.tiny import build_tiny
+
+        tok = smollm2.load_tokenizer()
+        hf = build_tiny(name, vocab_size=len(tok), seed=seed)
+        sha = _state_digest(hf)
+    elif info.kind == "bundled":
+        from interp.models import smollm2
+
+        path, sha = smollm2.cached_dir()
+        hf, tok = _load_hf_dir(str(path), dt, local_only=True)
+    else:
+        hf, tok = _load_hf_dir(name, dt, local_only=info.kind == "local")
+        sha = _dir_digest(name) if info.kind == "local" else _hub_digest(hf)
+    hf = hf.to(device=dev, dtype=dt).eval()
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    return _wrap(backend, name, hf, tok, sha)
+
+
+def _wrap(backend: str, name: str, hf, tok, sha) -> HookedModel:
+    if backend == "nnsight":
+        from interp.models.backends.nnsight_backend import NNsightModel
+
+        return NNsightModel(name, hf, tok, weights_sha256=sha)
+    from interp.models.backends.tlens import TLBridgeModel
+
+    return TLBridgeModel(name, hf, tok, weights_sha256=sha)
+
+
+def _load_hf_dir(name: str, dtype: torch.dtype, *, local_only: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+        hf = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, local_files_only=local_only, attn_implementation="eager"
+        )
+    except OSError as e:
+        offline = "" if local_only else (
+            " The Hugging Face hub could not be reached or has no such model; on a machine "
+            "without a hub, download it elsewhere and pass the local directory instead."
+        )
+        raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}.{offline}") from e
+    return hf, tok
+
+
+def _state_digest(model: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _dir_digest(path: str) -> str:
+    files = [p for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".gguf")]
+    return sha256_files(files) if files else "no-weight-files"
+
+
+def _hub_digest(hf) -> str | None:
+    # The hub cache holds the files; their commit hash is the stable id.
+    return getattr(hf.config, "_commit_hash", None) or os.environ.get("INTERP_UNKNOWN_SHA")

