@@ -50,6 +50,7 @@ class BlockInputs:
 
     batch: int
     per_layer: list[tuple[tuple, dict[str, Any]]]
+    resid_pre: list[torch.Tensor]  # the residual entering each block in that forward
 
 
 class HookedModel(ABC):

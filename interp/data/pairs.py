@@ -222,6 +222,26 @@ class TokenizedPairs:
             raise DatasetError("no batches: the dataset has no pairs")
         return max(self.batches, key=len)
 
+    def by_length(self) -> TokenizedPairs:
+        """The same pairs regrouped by token length only (groups merged), for analyses that
+        do not resolve positions and so gain from larger batches."""
+        merged: dict[int, list[PairBatch]] = {}
+        for b in self.batches:
+            merged.setdefault(b.clean.shape[1], []).append(b)
+        out = []
+        for length, parts in merged.items():
+            out.append(
+                PairBatch(
+                    clean=torch.cat([p.clean for p in parts]),
+                    corrupt=torch.cat([p.corrupt for p in parts]),
+                    answer_ids=torch.cat([p.answer_ids for p in parts]),
+                    distractor_ids=torch.cat([p.distractor_ids for p in parts]),
+                    indices=[i for p in parts for i in p.indices],
+                    key=(length, None),
+                )
+            )
+        return TokenizedPairs(batches=out, n=self.n)
+
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

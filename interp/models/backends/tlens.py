@@ -101,13 +101,16 @@ class TLBridgeModel(HookedModel):
 
     def capture_block_inputs(self, tokens: torch.Tensor) -> BlockInputs:
         per_layer: list[tuple[tuple, dict[str, Any]] | None] = [None] * self.spec.n_layers
+        resid: list[torch.Tensor | None] = [None] * self.spec.n_layers
         handles = []
         for i, block in enumerate(self.bridge.blocks):
             def pre(_mod, args, kwargs, i=i):
                 kw = {k: v for k, v in kwargs.items() if k not in _DROP_KWARGS}
                 if "use_cache" in kw:
                     kw["use_cache"] = False
-                per_layer[i] = (tuple(args[1:]), kw)
+                hidden = args[0] if args else kwargs["hidden_states"]
+                resid[i] = hidden.detach()
+                per_layer[i] = (tuple(args[1:]), {k: v for k, v in kw.items() if k != "hidden_states"})
 
             handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
         try:
@@ -119,7 +122,7 @@ class TLBridgeModel(HookedModel):
                 h.remove()
         if any(p is None for p in per_layer):
             raise RuntimeError("could not capture the inputs of every block")
-        return BlockInputs(batch=tokens.shape[0], per_layer=per_layer)  # type: ignore[arg-type]
+        return BlockInputs(batch=tokens.shape[0], per_layer=per_layer, resid_pre=resid)  # type: ignore[arg-type]
 
     def forward_from(self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs) -> torch.Tensor:
         copies, rem = divmod(resid_pre.shape[0], block_inputs.batch)
