@@ -89,9 +89,15 @@ class TLBridgeModel(HookedModel):
     def add_hook(self, site: Site, fn: HookFn):
         point = self._hook_dict[self.hook_name(site)]
         whole = site.hook_site
+        # Some hook points carry a layout conversion (hook_z holds the flat o_proj input and
+        # converts it to (batch, pos, head, d_head)); apply it both ways as TransformerLens does.
+        conv = getattr(point, "hook_conversion", None)
 
         def torch_hook(_mod: nn.Module, _inp: Any, out: torch.Tensor):
-            return fn(out, whole)
+            if conv is None:
+                return fn(out, whole)
+            new = fn(conv.convert(out), whole)
+            return None if new is None else conv.revert(new)
 
         return point.register_forward_hook(torch_hook)
 
