@@ -102,12 +102,21 @@ class ModelConfig(_Section):
 
 class DataConfig(_Section):
     source: Literal["ioi", "jsonl"] = "ioi"
-    n_prompts: PositiveInt = Field(40, description="an integer >= 1 (ioi only)")
+    n_prompts: PositiveInt = Field(20, description="an integer >= 1 (ioi only)")
     corruption: Literal["abc", "flip"] = "abc"
     templates: tuple[NonNegativeInt, ...] | None = Field(
         None, description="null (all templates) or a list of template indices >= 0 (ioi only)"
     )
     path: Path | None = Field(None, description="a path to a .jsonl prompt file (jsonl only)")
+    position_template: NonNegativeInt = Field(
+        0,
+        description="a template index >= 0 (ioi only): maps resolved by position (residual "
+        "patching, per-position head patching) use prompts of this one template so that "
+        "positions line up",
+    )
+    position_n_prompts: PositiveInt = Field(
+        8, description="an integer >= 1 (ioi only): prompts in the position-resolved maps"
+    )
     prepend_bos: StrictBool = False
 
     @field_validator("path")
@@ -137,7 +146,7 @@ class DataConfig(_Section):
             raise _FieldError("path", "required when data.source is 'jsonl'")
         # A field that the chosen source ignores must stay at its default: silently ignoring
         # `n_prompts: 8` on a jsonl source would hide a mistake.
-        only_for = {"ioi": ("path",), "jsonl": ("n_prompts", "corruption", "templates")}
+        only_for = {"ioi": ("path",), "jsonl": ("n_prompts", "corruption", "templates", "position_template", "position_n_prompts")}
         for name in only_for[self.source]:
             default = type(self).model_fields[name].default
             if getattr(self, name) != default:

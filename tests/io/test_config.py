@@ -35,7 +35,7 @@ def test_defaults() -> None:
     cfg = parse_config({"name": "ioi"})
     assert cfg.model.name == "smollm2-135m" and cfg.model.device == "auto"
     assert cfg.model.dtype == "float32" and cfg.seed == 0 and cfg.description == ""
-    assert cfg.data.source == "ioi" and cfg.data.n_prompts == 40 and cfg.data.corruption == "abc"
+    assert cfg.data.source == "ioi" and cfg.data.n_prompts == 20 and cfg.data.corruption == "abc"
     assert cfg.data.templates is None and cfg.data.path is None and cfg.data.prepend_bos is False
     hp = cfg.analyses.head_patching
     assert (hp.enabled, hp.direction, hp.metric, hp.per_position, hp.batch_size) == (
@@ -54,7 +54,7 @@ def test_defaults() -> None:
 def test_shipped_experiments_load(name: str) -> None:
     cfg = load_config(EXPERIMENTS / name)
     assert cfg.name == name.removesuffix(".yaml")
-    assert cfg.data.n_prompts == (8 if "small" in name else 40)
+    assert cfg.data.n_prompts == (8 if "small" in name else 20)
 
 
 def test_frozen() -> None:
@@ -88,7 +88,7 @@ def test_unknown_key_lists_allowed_keys() -> None:
     err = _error({"name": "x", "data": {"nprompts": 8}})
     assert err.path == "data.nprompts"
     assert "did you mean 'n_prompts'" in str(err)
-    assert "source, n_prompts, corruption, templates, path, prepend_bos" in str(err)
+    assert "source, n_prompts, corruption, templates, path, position_template, position_n_prompts, prepend_bos" in str(err)
     top = _error({"name": "x", "modle": {}})
     assert top.path == "modle" and "allowed keys: name, description, seed, model" in str(top)
 
@@ -260,7 +260,7 @@ def test_overrides() -> None:
     assert new.data.n_prompts == 8 and new.data.prepend_bos is True and new.seed == 3
     assert new.analyses.residual_patching.components == ("resid_mid", "mlp_out")
     assert new.description == "a: b" and str(new.output.runs_dir) == "out: [x"
-    assert cfg.data.n_prompts == 40  # the original is untouched
+    assert cfg.data.n_prompts == 20  # the original is untouched
 
 
 @pytest.mark.parametrize(
