@@ -25,6 +25,16 @@ from interp.core.sites import Site
 from interp.data.pairs import TokenizedPairs
 
 
+def _project(part: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, direction: torch.Tensor,
+             centre: bool) -> torch.Tensor:
+    """(batch, d_model) part of the final residual -> (batch,) logit-difference contribution,
+    through the final norm with its scale frozen (centred first for LayerNorm)."""
+    part = part.float()
+    if centre:
+        part = part - part.mean(-1, keepdim=True)
+    return (part * scale * weight * direction).sum(-1)
+
+
 @torch.no_grad()
 def direct_logit_attribution(model: HookedModel, pairs: TokenizedPairs) -> DLAResult:
     L, H = model.spec.n_layers, model.spec.n_heads
@@ -70,11 +80,8 @@ def direct_logit_attribution(model: HookedModel, pairs: TokenizedPairs) -> DLARe
         else:
             scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
 
-        def attribute(part: torch.Tensor) -> torch.Tensor:  # (batch, d_model) -> (batch,)
-            part = part.float()
-            if centre:
-                part = part - part.mean(-1, keepdim=True)
-            return (part * scale * w * direction).sum(-1)
+        def attribute(part: torch.Tensor) -> torch.Tensor:
+            return _project(part, scale, w, direction, centre)  # noqa: B023 (used in this iteration only)
 
         cols = [attribute(cache[Site("resid_pre", layer=0, position=-1)])]
         for layer in range(L):
