@@ -1,0 +1,30 @@
+"""Smoke test: the head-sweep benchmark runs end to end on a tiny model and agrees with
+TransformerLens' own patching loop (the script exits 1 when the two maps differ)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_head_sweep_benchmark_runs(tmp_path):
+    out = tmp_path / "numbers.json"
+    # One thread: on a small shared CPU, oversubscribed torch threads make tiny forwards 10-40x slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "head_sweep.py"), "--model", "tiny-llama", "--n-prompts", "4",
+         "--threads", "1", "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "speed ratio (TL / ours):" in proc.stdout
+    assert "target >= 3x:" in proc.stdout
+    numbers = json.loads(out.read_text())
+    assert numbers["n_prompts"] == 4
+    assert numbers["max_abs_diff"] <= 1e-4
+    assert numbers["ours_s"] > 0 and numbers["tl_s"] > 0
