@@ -23,6 +23,7 @@ count); maps resolved by position use the largest batch of equal-length, same-te
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 
@@ -91,32 +92,53 @@ def sweep_sites(
     cols, a, d = columns_for(metric, pb.answer_ids.to(dev), pb.distractor_ids.to(dev))
 
     out = torch.empty(len(sites), n)
-    by_layer: dict[int, list[int]] = {}
+    # Group by (layer, first patched position): a patch at position p leaves positions < p
+    # untouched, so the forward resumes at block L *and* position p, reusing the base run's
+    # keys/values for the prefix (when the backend can).
+    groups: dict[tuple[int, int], list[int]] = {}
     for i, s in enumerate(sites):
-        by_layer.setdefault(s.layer, []).append(i)  # type: ignore[arg-type]
+        start = s.position if (s.position is not None and inputs.resumes_at_position) else 0
+        if start < 0:
+            start += base_tokens.shape[1]
+        groups.setdefault((s.layer, start), []).append(i)  # type: ignore[arg-type]
     total, done = len(sites), 0
-    for layer in sorted(by_layer):
-        idxs = by_layer[layer]
-        for start in range(0, len(idxs), batch_size):
-            chunk = idxs[start : start + batch_size]
+    for layer, start in sorted(groups):
+        idxs = groups[(layer, start)]
+        for first in range(0, len(idxs), batch_size):
+            chunk = idxs[first : first + batch_size]
             k = len(chunk)
-            x = inputs.resid_pre[layer].repeat(k, 1, 1)
+            x = inputs.resid_pre[layer][:, start:].repeat(k, 1, 1)
             patches: dict[Site, list[tuple[int, Site]]] = {}
             for j, i in enumerate(chunk):
-                s = sites[i]
+                s = _shift(sites[i], start)
                 if s.component == Component.RESID_PRE:
-                    _write(x, j, n, s, src[s.hook_site])
+                    _write(x, j, n, s, _narrow(src[s.hook_site], s, start))
                 else:
                     patches.setdefault(s.hook_site, []).append((j, s))
-            hooks = [(hs, _multi_patch_hook(entries, n, src[hs])) for hs, entries in patches.items()]
+            hooks = [(hs, _multi_patch_hook(entries, n, _narrow(src[hs], hs, start))) for hs, entries in patches.items()]
             with model.hooks(hooks):
-                final = model.forward_from(layer, x, inputs)
+                final = model.forward_from(layer, x, inputs, start_pos=start)
             logits = model.unembed(final[:, -1], cols)
             out[chunk] = metric.fn(logits, a.repeat(k), d.repeat(k)).view(k, n).float().cpu()
             done += k
             if progress:
                 progress(done, total)
     return out
+
+
+def _shift(site: Site, start: int) -> Site:
+    if not start or site.position is None:
+        return site
+    pos = site.position if site.position >= 0 else None
+    return replace(site, position=pos - start if pos is not None else site.position)
+
+
+def _narrow(source: torch.Tensor, site: Site, start: int) -> torch.Tensor:
+    """The source activation from position `start` on (the part a resumed forward sees)."""
+    if not start:
+        return source
+    axis = site.pos_axis
+    return source.narrow(axis, start, source.shape[axis] - start)  # type: ignore[arg-type]
 
 
 def _write(t: torch.Tensor, j: int, n: int, site: Site, source: torch.Tensor) -> None:

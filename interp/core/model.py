@@ -51,6 +51,13 @@ class BlockInputs:
     batch: int
     per_layer: list[tuple[tuple, dict[str, Any]]]
     resid_pre: list[torch.Tensor]  # the residual entering each block in that forward
+    # Per-block attention keys/values of that forward, (batch, kv_head, pos, d_head), when the
+    # backend can resume at a later position with them (None otherwise).
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def resumes_at_position(self) -> bool:
+        return self.kv is not None
 
 
 class HookedModel(ABC):
@@ -75,10 +82,14 @@ class HookedModel(ABC):
         raise NotImplementedError(f"backend {self.backend!r} cannot resume a forward at a layer")
 
     def forward_from(
-        self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs
+        self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs, start_pos: int = 0
     ) -> torch.Tensor:
         """Run blocks `layer..` on `resid_pre` (batch = k * block_inputs.batch, copies stacked
-        block-major) and return the final residual (the final norm's input)."""
+        block-major) and return the final residual (the final norm's input).
+
+        With `start_pos` > 0, `resid_pre` holds only positions `start_pos..` and the earlier
+        positions' keys/values come from the captured forward (`block_inputs.kv`): exact when
+        nothing before `start_pos` was changed, and about (T - start_pos) / T of the cost."""
         raise NotImplementedError(f"backend {self.backend!r} cannot resume a forward at a layer")
 
     def final_norm(self) -> FinalNorm:

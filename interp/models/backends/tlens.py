@@ -106,41 +106,71 @@ class TLBridgeModel(HookedModel):
         return self.bridge(tokens.to(self.device), return_type="logits")
 
     def capture_block_inputs(self, tokens: torch.Tensor) -> BlockInputs:
-        per_layer: list[tuple[tuple, dict[str, Any]] | None] = [None] * self.spec.n_layers
-        resid: list[torch.Tensor | None] = [None] * self.spec.n_layers
+        """One forward recording each block's extra arguments, its input residual and its
+        attention keys/values (through a recording `layer_past` cache the bridge's attention
+        calls `update` on; the values pass through unchanged)."""
+        n = self.spec.n_layers
+        per_layer: list[tuple[tuple, dict[str, Any]] | None] = [None] * n
+        resid: list[torch.Tensor | None] = [None] * n
+        recorder = _KVRecorder()
         handles = []
         for i, block in enumerate(self.bridge.blocks):
-            def pre(_mod, args, kwargs, i=i):
-                kw = {k: v for k, v in kwargs.items() if k not in _DROP_KWARGS}
-                if "use_cache" in kw:
-                    kw["use_cache"] = False
+            names = _positional_names(block)
+
+            def pre(_mod, args, kwargs, i=i, names=names):
                 hidden = args[0] if args else kwargs["hidden_states"]
                 resid[i] = hidden.detach()
-                per_layer[i] = (tuple(args[1:]), {k: v for k, v in kw.items() if k != "hidden_states"})
+                # Name the extra positional arguments so they can be cut by position later.
+                extra = dict(zip(names, args[1:], strict=False)) if names is not None else {}
+                rest = () if names is not None else tuple(args[1:])
+                kw = {k: v for k, v in {**extra, **kwargs}.items() if k != "hidden_states"}
+                kw = {k: (None if _is_cache(v) else v) for k, v in kw.items() if k not in _DROP_KWARGS}
+                if "use_cache" in kw:
+                    kw["use_cache"] = False
+                per_layer[i] = (tuple(None if _is_cache(a) else a for a in rest), kw)
+                # The live call records keys/values: HF's own cache object is dropped and the
+                # bridge's attention gets ours as `layer_past` (the name it calls `update` on).
+                live_args = tuple(None if _is_cache(a) else a for a in args)
+                live_kw = {k: (None if _is_cache(v) else v) for k, v in kwargs.items()}
+                live_kw["layer_past"] = recorder
+                return live_args, live_kw
 
             handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
         try:
             with torch.no_grad():
-                # Stop after the last block: the unembedding is not needed here.
                 self.bridge(tokens.to(self.device), return_type=None)
         finally:
             for h in handles:
                 h.remove()
         if any(p is None for p in per_layer):
             raise RuntimeError("could not capture the inputs of every block")
-        return BlockInputs(batch=tokens.shape[0], per_layer=per_layer, resid_pre=resid)  # type: ignore[arg-type]
+        kv = [recorder.kv.get(i) for i in range(n)]
+        sliceable = all(kv_i is not None for kv_i in kv) and all(
+            _sliceable(args, kw) for args, kw in per_layer  # type: ignore[misc]
+        )
+        return BlockInputs(batch=tokens.shape[0], per_layer=per_layer, resid_pre=resid,  # type: ignore[arg-type]
+                           kv=kv if sliceable else None)  # type: ignore[arg-type]
 
-    def forward_from(self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs) -> torch.Tensor:
-        copies, rem = divmod(resid_pre.shape[0], block_inputs.batch)
+    def forward_from(self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs,
+                     start_pos: int = 0) -> torch.Tensor:
+        batch = block_inputs.batch
+        copies, rem = divmod(resid_pre.shape[0], batch)
         if rem:
-            raise ValueError(
-                f"resid_pre batch {resid_pre.shape[0]} is not a multiple of the captured batch {block_inputs.batch}"
-            )
+            raise ValueError(f"resid_pre batch {resid_pre.shape[0]} is not a multiple of the captured batch {batch}")
+        if start_pos and not block_inputs.resumes_at_position:
+            raise NotImplementedError("these block inputs cannot resume at a later position")
         x = resid_pre
         for i in range(layer, self.spec.n_layers):
             args, kwargs = block_inputs.per_layer[i]
-            args = tuple(_repeat_batch(a, block_inputs.batch, copies) for a in args)
-            kwargs = {k: _repeat_batch(v, block_inputs.batch, copies) for k, v in kwargs.items()}
+            args = tuple(_repeat_batch(a, batch, copies) for a in args)
+            kwargs = {k: _repeat_batch(v, batch, copies) for k, v in kwargs.items()}
+            if start_pos:
+                kwargs = {k: _slice_positions(k, v, start_pos) for k, v in kwargs.items()}
+                k_pre, v_pre = block_inputs.kv[i]  # type: ignore[index]
+                kwargs["layer_past"] = _PrefixKV(
+                    _repeat_batch(k_pre[:, :, :start_pos], batch, copies),
+                    _repeat_batch(v_pre[:, :, :start_pos], batch, copies),
+                )
             out = self.bridge.blocks[i](x, *args, **kwargs)
             x = out[0] if isinstance(out, tuple) else out
         return x
@@ -182,6 +212,72 @@ class TLBridgeModel(HookedModel):
         if self._W_O is None:
             self._W_O = self.bridge.W_O.detach()  # (layer, head, d_head, d_model)
         return self._W_O[layer]
+
+
+class _KVRecorder:
+    """Duck-typed cache: records each layer's keys/values and returns them unchanged."""
+
+    def __init__(self) -> None:
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        self.kv[layer_idx] = (k.detach(), v.detach())
+        return k, v
+
+
+class _PrefixKV:
+    """Duck-typed cache holding one layer's keys/values for the positions before the resume
+    point; the attention prepends them to the new positions' keys/values."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k, self.v = k, v
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        return torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2)
+
+
+# How each block keyword argument is cut to the positions from `start` on. An argument not in
+# this table that carries tensors makes the block inputs non-resumable (correctness first).
+_POSITION_SLICERS = {
+    "attention_mask": lambda v, s: v[..., s:, :] if v.ndim >= 3 else v,  # query rows only
+    "position_embeddings": lambda v, s: tuple(t[..., s:, :] for t in v),  # (cos, sin) (.., pos, d)
+    "position_ids": lambda v, s: v[..., s:],
+    "cache_position": lambda v, s: v[s:],
+}
+
+
+def _is_cache(v: Any) -> bool:
+    from transformers.cache_utils import Cache
+
+    return isinstance(v, Cache | _KVRecorder)
+
+
+def _positional_names(block: nn.Module) -> list[str] | None:
+    """Names of the wrapped HF block's parameters after `hidden_states`, or None."""
+    import inspect
+
+    target = getattr(block, "original_component", None) or getattr(block, "_original_component", None)
+    try:
+        params = list(inspect.signature(target.forward).parameters.values())
+    except (TypeError, ValueError, AttributeError):
+        return None
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names[1:] if names else None
+
+
+def _sliceable(args: tuple, kwargs: dict[str, Any]) -> bool:
+    def has_tensor(v: Any) -> bool:
+        return isinstance(v, torch.Tensor) or (isinstance(v, tuple) and any(has_tensor(t) for t in v))
+
+    if any(has_tensor(a) for a in args):
+        return False
+    return all(k in _POSITION_SLICERS or not has_tensor(v) for k, v in kwargs.items())
+
+
+def _slice_positions(name: str, v: Any, start: int) -> Any:
+    if v is None or name not in _POSITION_SLICERS:
+        return v
+    return _POSITION_SLICERS[name](v, start)
 
 
 def _repeat_batch(v: Any, batch: int, copies: int) -> Any:
