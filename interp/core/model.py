@@ -103,6 +103,9 @@ class HookedModel(ABC):
         """Per-head output weights (n_heads, d_head, d_model)."""
         raise NotImplementedError(f"backend {self.backend!r} exposes no W_O")
 
+    def validate_site(self, site: Site) -> None:
+        """Raise `SiteError` if `site` (with its head/position) does not exist in this model."""
+
     # -- derived helpers (shared by all backends) ------------------------------------------
     def hooks(self, hooks: Sequence[tuple[Site, HookFn]]):
         return temporary_hooks(self, hooks)
@@ -114,6 +117,8 @@ class HookedModel(ABC):
     def run_with_cache(
         self, tokens: torch.Tensor, sites: Sequence[Site], *, hooks: Sequence[tuple[Site, HookFn]] = ()
     ) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
+        for site in sites:
+            self.validate_site(site)
         store: dict[Site, torch.Tensor] = {}
         with self.hooks([*hooks, *caching_hooks(sites, store)]):
             logits = self.forward(tokens)

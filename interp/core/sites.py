@@ -59,7 +59,7 @@ _LAYOUT: dict[Component, tuple[int | None, int | None, bool]] = {
 _PATTERN = re.compile(r"^(?P<comp>[a-z_]+)(?:\.L(?P<layer>\d+))?(?:\.H(?P<head>\d+))?(?:\.P(?P<pos>-?\d+))?$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Site:
     component: Component
     layer: int | None = None
@@ -80,6 +80,15 @@ class Site:
             raise SiteError(f"site component {comp.value!r} takes no layer")
         if self.head is not None and head_axis is None:
             raise SiteError(f"site component {comp.value!r} has no heads")
+
+    def _key(self) -> tuple:
+        def opt(v: int | None) -> tuple[int, int]:
+            return (0, 0) if v is None else (1, v)
+
+        return (self.component.value, opt(self.layer), opt(self.head), opt(self.position))
+
+    def __lt__(self, other: Site) -> bool:  # whole-tensor sites sort before their slices
+        return self._key() < other._key()
 
     # -- canonical string form -------------------------------------------------------------
     def __str__(self) -> str:

@@ -80,7 +80,8 @@ def _load_hf_dir(name: str, dtype: torch.dtype, *, local_only: bool):
             " The Hugging Face hub could not be reached or has no such model; on a machine "
             "without a hub, download it elsewhere and pass the local directory instead."
         )
-        raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}.{offline}") from e
+        first = str(e).splitlines()[0].rstrip(". ")
+        raise ModelLoadError(f"cannot load model {name!r}: {first}.{offline}") from e
     return hf, tok
 
 

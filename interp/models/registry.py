@@ -41,6 +41,11 @@ def known_names() -> list[str]:
 
 def describe_model_name(name: str) -> ModelName:
     """Classify a model name, or raise `ModelLoadError` saying what is allowed."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError(
+            f"unknown model {name!r} (empty name); use one of {', '.join(known_names())}, "
+            "a Hugging Face hub id like 'org/name', or a local directory with a config.json"
+        )
     if name in BUNDLED:
         return ModelName(name, "bundled", BUNDLED[name])
     if name in TINY:

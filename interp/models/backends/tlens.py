@@ -52,6 +52,10 @@ class TLBridgeModel(HookedModel):
         self.hf_model = hf_model
         self.bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
         self.bridge.eval()
+        # The bridge may build new parameters (e.g. GPT-2's fused c_attn split into q/k/v);
+        # analyses never train weights, so freeze them all after wrapping.
+        for p in self.bridge.parameters():
+            p.requires_grad_(False)
         self.name = name
         self.tokenizer = tokenizer
         self.weights_sha256 = weights_sha256
@@ -82,6 +86,9 @@ class TLBridgeModel(HookedModel):
         if name not in self._hook_dict:
             raise SiteError(f"site {site} ({name}) does not exist in {self.spec.architecture}")
         return name
+
+    def validate_site(self, site: Site) -> None:
+        self.hook_name(site)
 
     def _n_heads_of(self, comp: Component) -> int:
         return self.spec.n_kv_heads if comp in (Component.K, Component.V) else self.spec.n_heads
