@@ -220,6 +220,11 @@ class OutputConfig(_Section):
 
 
 class ExperimentConfig(_Section):
+    """The patching experiment (IOI or a user's prompt pairs). Other experiment kinds (speech,
+    circuits, head scores, ...) register their own top-level model in `EXPERIMENT_KINDS`; each
+    has `kind`, `name`, `description`, `seed`, `model` and `output` like this one."""
+
+    kind: Literal["patching"] = "patching"
     name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]+$")] = Field(
         description="a name of letters, digits, '_' and '-' (used in the run directory name)"
     )
@@ -233,6 +238,14 @@ class ExperimentConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict (lists, strings, numbers) that `parse_config` accepts back."""
         return self.model_dump(mode="json")
+
+
+# kind -> top-level config model; a YAML picks one with `kind:` (default "patching").
+EXPERIMENT_KINDS: dict[str, type[BaseModel]] = {"patching": ExperimentConfig}
+
+
+def register_experiment_kind(kind: str, model: type[BaseModel]) -> None:
+    EXPERIMENT_KINDS[kind] = model
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -296,10 +309,34 @@ def parse_config(
             f"{_allowed_keys(ExperimentConfig)}",
             file=file,
         )
+    kind = data.get("kind", "patching")
+    _load_kinds()
+    if kind not in EXPERIMENT_KINDS:
+        raise ConfigError(
+            f"unknown experiment kind {_show(kind)}; allowed: {', '.join(EXPERIMENT_KINDS)}",
+            path="kind", file=file,
+        )
+    root = EXPERIMENT_KINDS[kind]
     try:
-        return ExperimentConfig.model_validate(dict(data), context={"base_dir": base_dir})
+        return root.model_validate(dict(data), context={"base_dir": base_dir})  # type: ignore[return-value]
     except ValidationError as exc:
-        raise _to_config_error(exc, file) from None
+        raise _to_config_error(exc, file, root) from None
+
+
+def _load_kinds() -> None:
+    """Import the modules that register further experiment kinds (kept lazy: they may pull in
+    heavier dependencies)."""
+    import importlib
+
+    for module in _KIND_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # a kind whose optional pieces are missing is simply not offered
+            pass
+
+
+# Modules that call `register_experiment_kind` when imported.
+_KIND_MODULES: list[str] = []
 
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -371,8 +408,8 @@ _EXPECTED = {
 }
 
 
-def _to_config_error(exc: ValidationError, file: str | None) -> ConfigError:
-    problems = [_describe(err) for err in exc.errors()]
+def _to_config_error(exc: ValidationError, file: str | None, root: type[BaseModel]) -> ConfigError:
+    problems = [_describe(err, root) for err in exc.errors()]
     if len(problems) == 1:
         path, message = problems[0]
         error = ConfigError(message, path=path or None, file=file)
@@ -384,7 +421,7 @@ def _to_config_error(exc: ValidationError, file: str | None) -> ConfigError:
     return error
 
 
-def _describe(err: Any) -> tuple[str, str]:
+def _describe(err: Any, root: type[BaseModel]) -> tuple[str, str]:
     """One pydantic error -> (YAML path, message saying what is allowed)."""
     loc = tuple(err["loc"])
     cause = (err.get("ctx") or {}).get("error")
@@ -392,14 +429,14 @@ def _describe(err: Any) -> tuple[str, str]:
         return _format_loc((*loc, cause.field)), str(cause)
     if isinstance(cause, Exception):  # our own validators already wrote a full message
         return _format_loc(loc), str(cause)
-    return _format_loc(loc), _message(err, loc)
+    return _format_loc(loc), _message(err, loc, root)
 
 
-def _message(err: Any, loc: tuple[Any, ...]) -> str:
+def _message(err: Any, loc: tuple[Any, ...], root: type[BaseModel]) -> str:
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
-    hint = _field_description(loc)
+    hint = _field_description(loc, root)
     if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
+        parent = _model_at(loc[:-1], root)
         allowed = list(parent.model_fields) if parent else []
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         guess = f" (did you mean {close[0]!r}?)" if close else ""
@@ -409,7 +446,7 @@ def _message(err: Any, loc: tuple[Any, ...]) -> str:
     if kind == "literal_error":
         return f"invalid value {_show(value)}; allowed: {ctx.get('expected')}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
-        model = _model_at(loc)
+        model = _model_at(loc, root)
         keys = f" with keys: {', '.join(model.model_fields)}" if model else ""
         return f"expected a mapping{keys}; got {_kind(value)}"
     if kind in _EXPECTED:
@@ -430,9 +467,9 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class found by walking `loc` down from `ExperimentConfig`."""
-    model: type[BaseModel] = ExperimentConfig
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model class found by walking `loc` down from the config's root model."""
+    model: type[BaseModel] = root
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         annotation = field.annotation if field else None
@@ -442,8 +479,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _field_description(loc: tuple[Any, ...]) -> str | None:
-    parent = _model_at(loc[:-1]) if loc else None
+def _field_description(loc: tuple[Any, ...], root: type[BaseModel]) -> str | None:
+    parent = _model_at(loc[:-1], root) if loc else None
     field = parent.model_fields.get(loc[-1]) if parent and isinstance(loc[-1], str) else None
     return field.description if field else None
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -35,10 +36,34 @@ Log = Callable[[str], None]
 
 
 @dataclass
-class _Outcome:
+class RunOutcome:
+    """What a task has produced so far: report sections, summary lines, finished analyses."""
+
+    run: Run
     sections: list[ReportSection] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
+
+    def finished(self, analysis: str) -> None:
+        """Record an analysis as done (its tables are written): a later failure keeps it."""
+        self.done.append(analysis)
+        self.run.update_manifest(analyses_done=list(self.done))
+
+
+@dataclass(frozen=True)
+class Task:
+    """One experiment kind's body. `prepare` runs before the run directory exists (bad data
+    fails without leaving an empty run); `execute` writes tables/figures into the run."""
+
+    prepare: Callable[[Any, HookedModel, Log], Any]
+    execute: Callable[[Any, HookedModel, Any, RunOutcome, bool, Log], None]
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(kind: str, task: Task) -> None:
+    TASKS[kind] = task
 
 
 def load_data(cfg: ExperimentConfig, model: HookedModel) -> tuple[PairDataset, TokenizedPairs, TokenizedPairs]:
@@ -57,7 +82,7 @@ def load_data(cfg: ExperimentConfig, model: HookedModel) -> tuple[PairDataset, T
 
 
 def run_experiment(
-    cfg: ExperimentConfig,
+    cfg: Any,
     *,
     config_path: str | Path | None = None,
     runs_dir: str | Path | None = None,
@@ -65,33 +90,36 @@ def run_experiment(
     log: Log = print,
     model: HookedModel | None = None,
 ) -> Run:
+    """Run any registered experiment kind (`cfg.kind`) end to end and return its run."""
+    kind = getattr(cfg, "kind", "patching")
+    if kind not in TASKS:
+        raise ValueError(f"no runner for experiment kind {kind!r}; known: {', '.join(TASKS)}")
+    task = TASKS[kind]
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     if model is None:
         log(f"loading model {cfg.model.name} ({cfg.model.device}, {cfg.model.dtype})")
         model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype, seed=cfg.seed)
-    ds, pairs, pos_pairs = load_data(cfg, model)
-    log(f"data: {len(ds)} prompt pairs ({ds.name}); {len(pairs.by_length().batches)} token-length groups")
+    prepared = task.prepare(cfg, model, log)
 
     run = RunStore(runs_dir or cfg.output.runs_dir).create(cfg.name)
     manifest = build_manifest(
         cfg.to_dict(), model_id=model.name, weights_sha256=model.weights_sha256, seed=cfg.seed,
         extra={
             "experiment": str(config_path) if config_path else None,
+            "kind": kind,
             "backend": model.backend,
             "device": str(model.device),
             "model_spec": vars(model.spec),
-            "dataset": {"name": ds.name, "n": len(ds), "source": ds.source},
             "analyses_done": [],
         },
     )
     run.write_manifest(manifest)
-    run.write_table("dataset", _flat(ds))
     log(f"run directory: {run.path}")
-    out = _Outcome()
+    out = RunOutcome(run)
     try:
-        _analyses(cfg, model, ds, pairs, pos_pairs, run, out, show_progress, log)
+        task.execute(cfg, model, prepared, out, show_progress, log)
     except BaseException as e:
         run.mark("failed", error=e)
         _report(run, cfg, out, failed=True)
@@ -104,6 +132,19 @@ def run_experiment(
         log(line)
     log(f"report: {path}")
     return run
+
+
+def _prepare_patching(cfg: ExperimentConfig, model: HookedModel, log: Log):
+    ds, pairs, pos_pairs = load_data(cfg, model)
+    log(f"data: {len(ds)} prompt pairs ({ds.name}); {len(pairs.by_length().batches)} token-length groups")
+    return ds, pairs, pos_pairs
+
+
+def _execute_patching(cfg: ExperimentConfig, model: HookedModel, prepared, out: RunOutcome, show: bool, log: Log) -> None:
+    ds, pairs, pos_pairs = prepared
+    out.run.update_manifest(dataset={"name": ds.name, "n": len(ds), "source": ds.source})
+    out.run.write_table("dataset", _flat(ds))
+    _analyses(cfg, model, ds, pairs, pos_pairs, out.run, out, show, log)
 
 
 def _flat(ds: PairDataset):
@@ -127,13 +168,10 @@ def _progress(desc: str, show: bool):
     return bar, fn
 
 
-def _analyses(cfg, model, ds, pairs, pos_pairs, run: Run, out: _Outcome, show: bool, log: Log) -> None:
+def _analyses(cfg, model, ds, pairs, pos_pairs, run: Run, out: RunOutcome, show: bool, log: Log) -> None:
     a = cfg.analyses
     k = cfg.output.top_k
-
-    def finished(name: str) -> None:
-        out.done.append(name)
-        run.update_manifest(analyses_done=list(out.done))
+    finished = out.finished
 
     if a.accuracy.enabled:
         acc = task_accuracy(model, pairs, ds)
@@ -212,9 +250,12 @@ def _analyses(cfg, model, ds, pairs, pos_pairs, run: Run, out: _Outcome, show: b
         finished("dla")
 
 
-def _report(run: Run, cfg: ExperimentConfig, out: _Outcome, failed: bool = False) -> Path:
+def _report(run: Run, cfg: Any, out: RunOutcome, failed: bool = False) -> Path:
     lines = list(out.summary)
     if failed:
         lines.insert(0, "This run FAILED; the sections below are the analyses it finished.")
     return write_report(run, title=f"{cfg.name}: {cfg.description or 'experiment'}", summary_lines=lines,
                         sections=out.sections)
+
+
+register_task("patching", Task(prepare=_prepare_patching, execute=_execute_patching))

@@ -90,7 +90,7 @@ def test_unknown_key_lists_allowed_keys() -> None:
     assert "did you mean 'n_prompts'" in str(err)
     assert "source, n_prompts, corruption, templates, path, position_template, position_n_prompts, prepend_bos" in str(err)
     top = _error({"name": "x", "modle": {}})
-    assert top.path == "modle" and "allowed keys: name, description, seed, model" in str(top)
+    assert top.path == "modle" and "allowed keys: kind, name, description, seed, model" in str(top)
 
 
 def test_missing_required_name() -> None:
@@ -268,7 +268,7 @@ def test_overrides() -> None:
     [
         ({"data.n_prompts": "abc"}, "data.n_prompts", "integer"),
         ({"data.nprompts": "8"}, "data.nprompts", "allowed keys"),
-        ({"foo.bar": "1"}, "foo", "allowed keys: name"),
+        ({"foo.bar": "1"}, "foo", "allowed keys: kind, name"),
         ({"seed.x": "1"}, "seed.x", "not a section"),
         ({"data..x": "1"}, "data..x", "dotted path"),
         ({"data.n_prompts": "[1"}, "data.n_prompts", "got a string '[1'"),
