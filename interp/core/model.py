@@ -82,14 +82,16 @@ class HookedModel(ABC):
         raise NotImplementedError(f"backend {self.backend!r} cannot resume a forward at a layer")
 
     def forward_from(
-        self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs, start_pos: int = 0
+        self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs, start_pos: int = 0,
+        end_layer: int | None = None,
     ) -> torch.Tensor:
         """Run blocks `layer..` on `resid_pre` (batch = k * block_inputs.batch, copies stacked
         block-major) and return the final residual (the final norm's input).
 
         With `start_pos` > 0, `resid_pre` holds only positions `start_pos..` and the earlier
         positions' keys/values come from the captured forward (`block_inputs.kv`): exact when
-        nothing before `start_pos` was changed, and about (T - start_pos) / T of the cost."""
+        nothing before `start_pos` was changed, and about (T - start_pos) / T of the cost.
+        With `end_layer`, stop before that block and return the residual entering it."""
         raise NotImplementedError(f"backend {self.backend!r} cannot resume a forward at a layer")
 
     def final_norm(self) -> FinalNorm:
@@ -98,6 +100,10 @@ class HookedModel(ABC):
     def unembed_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(W_U (d_model, vocab), b_U (vocab,) or None)."""
         raise NotImplementedError(f"backend {self.backend!r} exposes no unembedding")
+
+    def attention_scale(self, layer: int) -> float:
+        """The factor on q.k before the softmax (1/sqrt(d_head) unless the model says otherwise)."""
+        return self.spec.d_head**-0.5
 
     def W_O(self, layer: int) -> torch.Tensor:
         """Per-head output weights (n_heads, d_head, d_model)."""

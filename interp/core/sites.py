@@ -35,6 +35,9 @@ class Component(StrEnum):
     Q = "q"
     K = "k"
     V = "v"
+    Q_ROT = "q_rot"  # queries after the positional rotation (= q without rotary embeddings)
+    K_ROT = "k_rot"  # keys after the positional rotation (= k without rotary embeddings)
+    ATTN_SCORES = "attn_scores"  # masked, scaled scores before the softmax
     PATTERN = "pattern"
     RESID_FINAL = "resid_final"  # input of the final norm
 
@@ -52,6 +55,9 @@ _LAYOUT: dict[Component, tuple[int | None, int | None, bool]] = {
     Component.Q: (2, 1, True),
     Component.K: (2, 1, True),
     Component.V: (2, 1, True),
+    Component.Q_ROT: (2, 1, True),
+    Component.K_ROT: (2, 1, True),
+    Component.ATTN_SCORES: (1, 2, True),  # (batch, head, query_pos, key_pos)
     Component.PATTERN: (1, 2, True),  # (batch, head, query_pos, key_pos); pos = query pos
     Component.RESID_FINAL: (None, 1, False),
 }

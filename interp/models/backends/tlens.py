@@ -33,9 +33,15 @@ HOOK_NAMES: dict[Component, str] = {
     Component.Q: "blocks.{layer}.attn.hook_q",
     Component.K: "blocks.{layer}.attn.hook_k",
     Component.V: "blocks.{layer}.attn.hook_v",
+    Component.Q_ROT: "blocks.{layer}.attn.hook_rot_q",
+    Component.K_ROT: "blocks.{layer}.attn.hook_rot_k",
+    Component.ATTN_SCORES: "blocks.{layer}.attn.hook_attn_scores",
     Component.PATTERN: "blocks.{layer}.attn.hook_pattern",
     Component.RESID_FINAL: "ln_final.hook_in",
 }
+
+# Where a model has no rotary embeddings, the rotated queries/keys are the plain ones.
+HOOK_FALLBACKS: dict[Component, Component] = {Component.Q_ROT: Component.Q, Component.K_ROT: Component.K}
 
 # Block keyword arguments that must not be replayed (per-call state).
 _DROP_KWARGS = {"past_key_value", "past_key_values", "cache", "layer_past"}
@@ -79,6 +85,8 @@ class TLBridgeModel(HookedModel):
     # -- hooks -------------------------------------------------------------------------------
     def hook_name(self, site: Site) -> str:
         name = HOOK_NAMES[site.component].format(layer=site.layer)
+        if name not in self._hook_dict and site.component in HOOK_FALLBACKS:
+            name = HOOK_NAMES[HOOK_FALLBACKS[site.component]].format(layer=site.layer)
         if site.layer is not None and not 0 <= site.layer < self.spec.n_layers:
             raise SiteError(f"site {site}: layer {site.layer} out of range 0..{self.spec.n_layers - 1}")
         if site.head is not None and not 0 <= site.head < self._n_heads_of(site.component):
@@ -91,7 +99,8 @@ class TLBridgeModel(HookedModel):
         self.hook_name(site)
 
     def _n_heads_of(self, comp: Component) -> int:
-        return self.spec.n_kv_heads if comp in (Component.K, Component.V) else self.spec.n_heads
+        kv = (Component.K, Component.V, Component.K_ROT)
+        return self.spec.n_kv_heads if comp in kv else self.spec.n_heads
 
     def add_hook(self, site: Site, fn: HookFn):
         point = self._hook_dict[self.hook_name(site)]
@@ -159,7 +168,7 @@ class TLBridgeModel(HookedModel):
                            kv=kv if sliceable else None)  # type: ignore[arg-type]
 
     def forward_from(self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs,
-                     start_pos: int = 0) -> torch.Tensor:
+                     start_pos: int = 0, end_layer: int | None = None) -> torch.Tensor:
         batch = block_inputs.batch
         copies, rem = divmod(resid_pre.shape[0], batch)
         if rem:
@@ -167,7 +176,7 @@ class TLBridgeModel(HookedModel):
         if start_pos and not block_inputs.resumes_at_position:
             raise NotImplementedError("these block inputs cannot resume at a later position")
         x = resid_pre
-        for i in range(layer, self.spec.n_layers):
+        for i in range(layer, self.spec.n_layers if end_layer is None else end_layer):
             args, kwargs = block_inputs.per_layer[i]
             args = tuple(_repeat_batch(a, batch, copies) for a in args)
             kwargs = {k: _repeat_batch(v, batch, copies) for k, v in kwargs.items()}
@@ -214,6 +223,12 @@ class TLBridgeModel(HookedModel):
             b_U = b_U[columns] if b_U is not None else None
         out = x @ W_U
         return out + b_U if b_U is not None else out
+
+    def attention_scale(self, layer: int) -> float:
+        attn = self.bridge.blocks[layer].attn
+        hf_attn = getattr(attn, "original_component", None) or attn._original_component
+        scale = getattr(hf_attn, "scaling", None)
+        return float(scale) if scale is not None else self.spec.d_head**-0.5
 
     def W_O(self, layer: int) -> torch.Tensor:
         if self._W_O is None:

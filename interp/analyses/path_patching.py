@@ -1,0 +1,274 @@
+"""Path patching (Wang et al. 2022, IOI; as used by Merullo et al. 2023 for circuit reuse).
+
+The effect of a sender head s on a set of receivers R through direct paths only:
+
+- Pass 1: run the clean prompt with every head's output frozen to its clean value except s,
+  which takes its value on the corrupt prompt. MLPs are recomputed (default, as in Wang et al.)
+  or frozen too (`freeze_mlps=True`). Record the receivers' inputs.
+- Pass 2: run the clean prompt again and patch only the receivers' inputs with the recorded
+  values; measure the metric (logit difference at the last position by default).
+
+Receivers are the logits (the final residual is the input: pass 2 is then pass 1's output)
+or a head's query, key or value input (`Receiver("q", layer=9, head=6)`). Grouped-query
+attention is handled per query head: a key/value receiver changes only that query head's
+view of its key/value group. Its attention scores are recomputed exactly from the current
+queries and the recorded keys (k receivers), and its output from the current pattern and the
+recorded values (v receivers); the other heads sharing the group keep the clean keys/values.
+
+Results use the patching convention: normalised (m - m_corrupt) / (m_clean - m_corrupt), so 1
+means the path carries nothing and lower values mean the sender matters through R. Senders at
+or after the earliest head receiver's layer have no direct path and are NaN.
+
+    res = path_patching(model, pairs, [Receiver("logits")])          # name movers
+    res = path_patching(model, pairs, [Receiver("q", 9, 6), Receiver("q", 9, 9)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from interp.analyses.patching import ProgressFn, baseline_metrics
+from interp.analyses.results import PatchingResult
+from interp.core.errors import InterpError
+from interp.core.hooks import caching_hooks
+from interp.core.metrics import Metric, columns_for, get_metric
+from interp.core.model import HookedModel
+from interp.core.sites import Site
+from interp.data.pairs import PairBatch, TokenizedPairs
+
+RECEIVER_INPUTS = ("logits", "q", "k", "v")
+
+
+@dataclass(frozen=True)
+class Receiver:
+    input: str  # "logits" | "q" | "k" | "v"
+    layer: int | None = None
+    head: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.input not in RECEIVER_INPUTS:
+            raise InterpError(f"unknown receiver input {self.input!r}; allowed: {', '.join(RECEIVER_INPUTS)}")
+        if self.input == "logits" and (self.layer is not None or self.head is not None):
+            raise InterpError("the logits receiver takes no layer or head")
+        if self.input != "logits" and (self.layer is None or self.head is None):
+            raise InterpError(f"a {self.input!r} receiver needs a layer and a head")
+
+    def __str__(self) -> str:
+        return "logits" if self.input == "logits" else f"L{self.layer}H{self.head}.{self.input}"
+
+    @classmethod
+    def parse(cls, text: str) -> Receiver:
+        """'logits' or 'L<layer>H<head>.<q|k|v>' (e.g. 'L9H6.q')."""
+        import re
+
+        text = text.strip()
+        if text == "logits":
+            return cls("logits")
+        m = re.fullmatch(r"L(\d+)H(\d+)\.([qkv])", text)
+        if not m:
+            raise InterpError(f"cannot parse receiver {text!r}; expected 'logits' or e.g. 'L9H6.q'")
+        return cls(m.group(3), int(m.group(1)), int(m.group(2)))
+
+
+def _check(model: HookedModel, receivers: Sequence[Receiver]) -> None:
+    if not receivers:
+        raise InterpError("no receivers given")
+    kinds = {r.input == "logits" for r in receivers}
+    if len(kinds) > 1:
+        raise InterpError("mix of logits and head receivers; path-patch them in separate calls")
+    for r in receivers:
+        if r.layer is not None and not (0 <= r.layer < model.spec.n_layers and 0 <= r.head < model.spec.n_heads):  # type: ignore[operator]
+            raise InterpError(f"receiver {r} is outside the model ({model.spec.n_layers} layers, {model.spec.n_heads} heads)")
+
+
+@torch.no_grad()
+def path_patch_senders(
+    model: HookedModel,
+    pb: PairBatch,
+    senders: Sequence[tuple[int, int]],
+    receivers: Sequence[Receiver],
+    *,
+    freeze_mlps: bool = False,
+    metric: str | Metric = "logit_diff",
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Per-prompt metric after path patching each sender (layer, head): (sender, prompt).
+    Senders with no direct path to the receivers give NaN."""
+    _check(model, receivers)
+    metric = get_metric(metric) if isinstance(metric, str) else metric
+    L = model.spec.n_layers
+    dev = model.device
+    clean, corrupt = pb.clean.to(dev), pb.corrupt.to(dev)
+    n = clean.shape[0]
+    to_logits = receivers[0].input == "logits"
+    r_layers = sorted({r.layer for r in receivers if r.layer is not None})
+    first_r = r_layers[0] if r_layers else L
+
+    sender_layers = sorted({layer for layer, _ in senders})
+    freeze_sites = [Site("z", layer=l) for l in range(L)]  # noqa: E741
+    if freeze_mlps:
+        freeze_sites += [Site("mlp_out", layer=l) for l in range(L)]  # noqa: E741
+    clean_acts: dict[Site, torch.Tensor] = {}
+    with model.hooks(caching_hooks(freeze_sites, clean_acts)):
+        inputs = model.capture_block_inputs(clean)
+    _, corrupt_z = model.run_with_cache(corrupt, [Site("z", layer=l) for l in sender_layers])  # noqa: E741
+    cols, a, d = columns_for(metric, pb.answer_ids.to(dev), pb.distractor_ids.to(dev))
+
+    out = torch.full((len(senders), n), float("nan"))
+    by_layer: dict[int, list[int]] = {}
+    for i, (layer, _) in enumerate(senders):
+        if layer < first_r:
+            by_layer.setdefault(layer, []).append(i)
+    total, done = len(senders), 0
+    for layer in sorted(by_layer):
+        idxs = by_layer[layer]
+        for first in range(0, len(idxs), batch_size):
+            chunk = idxs[first : first + batch_size]
+            k = len(chunk)
+            heads = [senders[i][1] for i in chunk]
+            # -- pass 1: sender corrupt, every later head (and optionally MLP) frozen clean --
+            hooks = [(Site("z", layer=layer), _sender_hook(heads, n, corrupt_z[Site("z", layer=layer)]))]
+            for s in freeze_sites:
+                if s.layer > layer or (s.component == "mlp_out" and s.layer == layer):  # type: ignore[operator]
+                    hooks.append((s, _freeze_hook(clean_acts[s], k)))
+            recorded: dict[Site, torch.Tensor] = {}
+            record_sites = _record_sites(receivers)
+            hooks += caching_hooks(record_sites, recorded)
+            with model.hooks(hooks):
+                final = model.forward_from(layer, inputs.resid_pre[layer].repeat(k, 1, 1), inputs,
+                                           end_layer=None if to_logits else r_layers[-1] + 1)
+            if to_logits:
+                logits = model.unembed(final[:, -1], cols)
+            else:
+                # -- pass 2: clean run, only the receivers' inputs patched --
+                hooks2 = _receiver_hooks(model, receivers, recorded, n)
+                with model.hooks(hooks2):
+                    final2 = model.forward_from(first_r, inputs.resid_pre[first_r].repeat(k, 1, 1), inputs)
+                logits = model.unembed(final2[:, -1], cols)
+            out[chunk] = metric.fn(logits, a.repeat(k), d.repeat(k)).view(k, n).float().cpu()
+            done += k
+            if progress:
+                progress(done, total)
+    return out
+
+
+def _sender_hook(heads: list[int], n: int, corrupt: torch.Tensor):
+    def fn(t: torch.Tensor, _: Site) -> torch.Tensor:
+        t = t.clone()
+        for j, h in enumerate(heads):
+            t[j * n : (j + 1) * n, :, h] = corrupt[:, :, h]
+        return t
+
+    return fn
+
+
+def _freeze_hook(value: torch.Tensor, copies: int):
+    frozen = value.repeat(copies, *([1] * (value.ndim - 1)))
+
+    def fn(t: torch.Tensor, _: Site) -> torch.Tensor:
+        return frozen.to(t.dtype)
+
+    return fn
+
+
+_RECORD = {"q": "q", "k": "k_rot", "v": "v"}
+
+
+def _record_sites(receivers: Sequence[Receiver]) -> list[Site]:
+    return sorted({Site(_RECORD[r.input], layer=r.layer) for r in receivers if r.input != "logits"})
+
+
+def _receiver_hooks(model: HookedModel, receivers: Sequence[Receiver], recorded: dict[Site, torch.Tensor], n: int):
+    """Pass-2 hooks: each receiver head sees the recorded input; nothing else changes."""
+    group = model.spec.n_heads // model.spec.n_kv_heads
+    hooks: list[tuple[Site, Callable]] = []
+    for layer in sorted({r.layer for r in receivers}):  # type: ignore[type-var]
+        here = [r for r in receivers if r.layer == layer]
+        q_heads = [r.head for r in here if r.input == "q"]
+        k_heads = [r.head for r in here if r.input == "k"]
+        v_heads = [r.head for r in here if r.input == "v"]
+        current: dict[str, torch.Tensor] = {}
+        if q_heads:
+            rec_q = recorded[Site("q", layer=layer)]
+
+            def q_hook(t, _s, rec_q=rec_q, q_heads=q_heads):
+                t = t.clone()
+                t[:, :, q_heads] = rec_q[:, :, q_heads].to(t.dtype)
+                return t
+
+            hooks.append((Site("q", layer=layer), q_hook))
+        if k_heads:
+            rec_k = recorded[Site("k_rot", layer=layer)]
+            scale = model.attention_scale(layer)
+
+            def keep_q(t, _s, current=current):
+                current["q_rot"] = t
+
+            def scores_hook(t, _s, rec_k=rec_k, k_heads=k_heads, scale=scale, current=current):
+                t = t.clone()
+                q = current["q_rot"]  # (batch, pos, head, d) as this forward computed it
+                T = t.shape[-1]
+                causal = torch.ones(T, T, dtype=torch.bool, device=t.device).tril()
+                for h in k_heads:
+                    keys = rec_k[:, :, h // group]  # (batch, pos, d): the head's KV group
+                    new = torch.einsum("bqd,bkd->bqk", q[:, :, h], keys.to(q.dtype)) * scale
+                    t[:, h] = torch.where(causal, new.to(t.dtype), t[:, h])
+                return t
+
+            hooks += [(Site("q_rot", layer=layer), keep_q), (Site("attn_scores", layer=layer), scores_hook)]
+        if v_heads:
+            rec_v = recorded[Site("v", layer=layer)]
+
+            def keep_pattern(t, _s, current=current):
+                current["pattern"] = t
+
+            def z_hook(t, _s, rec_v=rec_v, v_heads=v_heads, current=current):
+                t = t.clone()
+                pattern = current["pattern"]  # (batch, head, q, k)
+                for h in v_heads:
+                    t[:, :, h] = torch.einsum("bqk,bkd->bqd", pattern[:, h], rec_v[:, :, h // group].to(pattern.dtype)).to(t.dtype)
+                return t
+
+            hooks += [(Site("pattern", layer=layer), keep_pattern), (Site("z", layer=layer), z_hook)]
+    return hooks
+
+
+def path_patching(
+    model: HookedModel,
+    pairs: TokenizedPairs,
+    receivers: Sequence[Receiver],
+    *,
+    freeze_mlps: bool = False,
+    metric: str = "logit_diff",
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+) -> PatchingResult:
+    """Path-patch every head as a sender to `receivers`: a (layer, head) map."""
+    m = get_metric(metric)
+    L, H = model.spec.n_layers, model.spec.n_heads
+    senders = [(layer, h) for layer in range(L) for h in range(H)]
+    batches = pairs.by_length().batches
+    sums = torch.zeros(len(senders))
+    clean_sum = corrupt_sum = 0.0
+    n_total = 0
+    for bi, pb in enumerate(batches):
+        def prog(done: int, total: int, bi: int = bi) -> None:
+            if progress:
+                progress(bi * len(senders) + done, len(senders) * len(batches))
+
+        vals = path_patch_senders(model, pb, senders, receivers, freeze_mlps=freeze_mlps, metric=m,
+                                  batch_size=batch_size, progress=prog)
+        clean, corrupt = baseline_metrics(model, pb, m)
+        sums += vals.sum(1)
+        clean_sum += float(clean.sum())
+        corrupt_sum += float(corrupt.sum())
+        n_total += len(pb)
+    return PatchingResult(
+        "path_patching", "noising", metric, ("layer", "head"), (sums / n_total).view(L, H),
+        clean_sum / n_total, corrupt_sum / n_total, n_total,
+        labels={"receivers": [str(r) for r in receivers], "freeze_mlps": [freeze_mlps]},
+    )
