@@ -28,3 +28,17 @@ def test_head_sweep_benchmark_runs(tmp_path):
     assert numbers["n_prompts"] == 4
     assert numbers["max_abs_diff"] <= 1e-4
     assert numbers["ours_s"] > 0 and numbers["tl_s"] > 0
+
+
+def test_attribution_benchmark_runs(tmp_path):
+    out = tmp_path / "atp.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "attribution_patching.py"), "--model", "tiny-llama",
+         "--n-prompts", "4", "--threads", "1", "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "forward equivalents (target <= 4:" in proc.stdout
+    numbers = json.loads(out.read_text())
+    assert numbers["agreement"]["spearman"] > 0.5
