@@ -1,9 +1,11 @@
-"""Command line: `interp run | validate | models | runs`.
+"""Command line: `interp run | validate | models | runs | atlas | app`.
 
     interp run experiments/ioi.yaml --set data.n_prompts=8
     interp validate experiments/ioi.yaml
     interp models
     interp runs
+    interp atlas --model smollm2-135m --out atlas.parquet
+    interp app --port 8501 --runs-dir runs
 
 Thin by design: parse, call the library, print. Errors the user can fix (bad YAML, bad data,
 unknown model) print one clear message and exit with status 2; bugs keep their traceback.
@@ -12,7 +14,10 @@ unknown model) print one clear message and exit with status 2; bugs keep their t
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 from interp.core.errors import InterpError
 
@@ -29,8 +34,12 @@ def _load(args) -> object:
 def cmd_run(args) -> int:
     from interp.io.runner import run_experiment
 
+    from interp.io.config import with_overrides
+
     cfg = _load(args)
-    run_experiment(cfg, config_path=args.config, runs_dir=args.runs_dir, show_progress=not args.quiet)
+    if args.runs_dir:  # one place for the run store, so kinds that read earlier runs see it too
+        cfg = with_overrides(cfg, {"output.runs_dir": args.runs_dir})
+    run_experiment(cfg, config_path=args.config, show_progress=not args.quiet)
     return 0
 
 
@@ -68,6 +77,61 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_atlas(args) -> int:
+    from interp.io.atlas import build_atlas
+    from interp.io.runstore import RunStore
+
+    atlas = build_atlas(RunStore(args.runs_dir), model=args.model)
+    for note in atlas.notes:
+        print(f"note: {note}")
+    for line in atlas.summary():
+        print(line)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atlas.to_frame().to_parquet(out)
+        atlas.provenance.to_parquet(out.with_name(out.stem + "_provenance.parquet"))
+        print(f"wrote {out} and {out.with_name(out.stem + '_provenance.parquet')}")
+    return 0
+
+
+RUNS_DIR_ENV = "INTERP_RUNS_DIR"
+
+
+def app_script() -> Path:
+    """app/Home.py of the source checkout this package is installed from (editable install)."""
+    here = Path(__file__).resolve().parent.parent / "app" / "Home.py"
+    for candidate in (here, Path.cwd() / "app" / "Home.py"):
+        if candidate.is_file():
+            return candidate
+    raise InterpError(
+        f"the web app (app/Home.py) was not found next to the package ({here}) or in the current "
+        "directory; run `interp app` from a source checkout (pip install -e .)"
+    )
+
+
+def app_command(host: str, port: int) -> list[str]:
+    """The `streamlit run` command line `interp app` executes."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(app_script()),
+        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
+        # pages show their own error messages; anything that still escapes shows no traceback
+        "--client.showErrorDetails", "type",
+    ]
+
+
+def cmd_app(args) -> int:
+    runs = Path(args.runs_dir).expanduser().resolve()
+    if not runs.is_dir():
+        print(f"note: {runs} does not exist yet; the app will show an empty run store", file=sys.stderr)
+    cmd = app_command(args.host, args.port)
+    env = {**os.environ, RUNS_DIR_ENV: str(runs)}
+    print(f"interp app: runs from {runs} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    return subprocess.call(cmd, env=env)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interp", description="Mechanistic interpretability workbench")
     sub = p.add_subparsers(dest="command", required=True)
@@ -90,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("runs", help="list runs in the run store")
     s.add_argument("--runs-dir", default="runs")
     s.set_defaults(fn=cmd_runs)
+
+    a = sub.add_parser("atlas", help="the head atlas: every per-head score in the run store")
+    a.add_argument("--runs-dir", default="runs")
+    a.add_argument("--model", default=None, help="only this model (default: all)")
+    a.add_argument("--out", default=None, help="write the atlas table to this .parquet file")
+    a.set_defaults(fn=cmd_atlas)
+
+    w = sub.add_parser("app", help="start the web app (Streamlit) on the run store")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    w.add_argument("--port", type=int, default=8501)
+    w.add_argument("--runs-dir", default="runs", help="the run store to browse (default runs)")
+    w.set_defaults(fn=cmd_app)
     return p
 
 

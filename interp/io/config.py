@@ -329,14 +329,14 @@ def _load_kinds() -> None:
     import importlib
 
     for module in _KIND_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError:  # a kind whose optional pieces are missing is simply not offered
-            pass
+        importlib.import_module(module)  # a broken kind module must fail loudly, not vanish
 
 
 # Modules that call `register_experiment_kind` when imported.
-_KIND_MODULES: list[str] = []
+_KIND_MODULES: list[str] = [
+    "interp.io.kinds.circuits",
+    "interp.io.kinds.speech",
+]
 
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
