@@ -11,8 +11,17 @@ import pytest
 import torch
 import yaml
 
-from interp.analyses.circuit import CircuitResult, circuit_overlap, discover_circuit, mean_ablation_faithfulness
-from interp.analyses.colored_objects import intervention_experiment, option_accuracy, random_heads_like
+from interp.analyses.circuit import (
+    CircuitResult,
+    circuit_overlap,
+    discover_circuit,
+    mean_ablation_faithfulness,
+)
+from interp.analyses.colored_objects import (
+    intervention_experiment,
+    option_accuracy,
+    random_heads_like,
+)
 from interp.analyses.head_patterns import head_pattern_scores, repeated_random_tokens
 from interp.cli import main
 from interp.data.colored_objects import generate_colored_objects
