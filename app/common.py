@@ -1,0 +1,236 @@
+"""Helpers shared by the pages: where the run store is, safe readers that turn every failure
+into an `st.error`/`st.warning`, the cached model and atlas, and small widgets (run picker,
+head picker). No tensor math here: numbers come from `interp`'s public API.
+
+The run store is `$INTERP_RUNS_DIR` (set by `interp app --runs-dir`), else `runs/`.
+Only parquet, JSON and HTML files are read from it; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from interp.io.atlas import Atlas, build_atlas, run_problems
+from interp.io.runstore import Run, RunStore, RunStoreError
+
+RUNS_DIR_ENV = "INTERP_RUNS_DIR"
+
+
+# --- page frame ---------------------------------------------------------------------------
+def page(title: str, icon: str) -> None:
+    st.set_page_config(page_title=f"{title} - interp", page_icon=icon, layout="wide")
+
+
+@contextmanager
+def guard(what: str) -> Iterator[None]:
+    """Show any error inside the block as one `st.error` (no traceback); the page goes on.
+
+    Streamlit's own control flow (st.stop, reruns) derives from BaseException and passes."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - the whole point: a message, not a traceback
+        st.error(f"{what} failed: {_describe(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    from interp.core.errors import InterpError
+
+    text = str(exc).strip() or "no details"
+    return text if isinstance(exc, InterpError) else f"{type(exc).__name__}: {text}"
+
+
+# --- the run store ------------------------------------------------------------------------
+def runs_dir() -> Path:
+    return Path(os.environ.get(RUNS_DIR_ENV) or "runs").expanduser()
+
+
+def store() -> RunStore:
+    return RunStore(runs_dir())
+
+
+def list_runs() -> pd.DataFrame:
+    try:
+        return store().list_runs()
+    except Exception as exc:  # noqa: BLE001 - e.g. a permission error on the directory
+        st.error(f"cannot list the run store {runs_dir()}: {_describe(exc)}")
+        return pd.DataFrame(columns=["run_id", "name", "experiment", "model", "created", "status", "path"])
+
+
+def no_runs_message() -> None:
+    st.info(
+        f"The run store **{runs_dir()}** holds no runs yet. Make one with "
+        "`interp run experiments/ioi.yaml` (or `interp app --runs-dir DIR` to browse another "
+        "store), or save a live analysis from the **Live analysis** page."
+    )
+
+
+def filter_runs(df: pd.DataFrame, text: str = "", statuses: list[str] | None = None,
+                models: list[str] | None = None) -> pd.DataFrame:
+    """Rows matching `text` (in id, name, experiment, model) and the chosen statuses/models."""
+    out = df
+    if text:
+        cols = ["run_id", "name", "experiment", "model"]
+        hay = out[cols].apply(lambda c: c.map(lambda v: "" if pd.isna(v) else str(v))).agg(" ".join, axis=1)
+        hay = hay.str.lower()
+        out = out[hay.str.contains(text.lower(), regex=False)]
+    if statuses:
+        out = out[out["status"].isin(statuses)]
+    if models:
+        out = out[out["model"].isin(models)]
+    return out.reset_index(drop=True)
+
+
+def open_run(run_id: str) -> tuple[Run, dict[str, Any]] | None:
+    """The run and its manifest, or None after showing why it cannot be opened; format
+    problems (old version, missing tables) are shown as warnings and the run is returned."""
+    try:
+        run = store().open(run_id)
+        manifest = run.read_manifest()
+    except RunStoreError as exc:
+        st.error(f"Cannot open run **{run_id}**: {exc}")
+        return None
+    for problem in run_problems(run, manifest):
+        st.warning(problem)
+    return run, manifest
+
+
+def read_table(run: Run, name: str, *, quiet: bool = False) -> pd.DataFrame | None:
+    """A run table, or None (with a warning unless `quiet`) when missing or unreadable."""
+    if name not in run.tables():
+        if not quiet:
+            st.warning(f"Run {run.run_id} has no table **{name}**.")
+        return None
+    try:
+        return run.read_table(name)
+    except Exception as exc:  # noqa: BLE001 - corrupt parquet raises arrow/OS errors
+        st.warning(f"Table **{name}** of run {run.run_id} is unreadable ({_describe(exc)}).")
+        return None
+
+
+def file_bytes(path: Path):
+    """Deferred file contents for `st.download_button` (read only when the user clicks)."""
+
+    def read() -> bytes:
+        return path.read_bytes()
+
+    return read
+
+
+def run_picker(runs: pd.DataFrame, key: str, label: str = "Run", help: str | None = None) -> str | None:
+    """A selectbox of run ids (newest first), preset from the `run` query parameter."""
+    ids = runs["run_id"].tolist()
+    if not ids:
+        return None
+    wanted = st.query_params.get("run")
+    if key not in st.session_state or st.session_state[key] not in ids:
+        st.session_state[key] = wanted if wanted in ids else ids[0]
+    labels = {r.run_id: f"{r.run_id}  ·  {r.model or '?'}  ·  {r.status}" for r in runs.itertuples()}
+    chosen = st.selectbox(label, ids, key=key, format_func=lambda i: labels.get(i, i), help=help)
+    if chosen and st.query_params.get("run") != chosen:
+        st.query_params["run"] = chosen
+    return chosen
+
+
+# --- heads ----------------------------------------------------------------------------------
+def head_label(layer: int, head: int) -> str:
+    return f"L{int(layer)}H{int(head)}"
+
+
+def parse_head(label: str) -> tuple[int, int]:
+    layer, head = label[1:].split("H")
+    return int(layer), int(head)
+
+
+def clicked_head(chart_key: str) -> tuple[int, int] | None:
+    """The head of the last clicked/selected cell of a `clickable_head_map` chart, if any."""
+    event = st.session_state.get(chart_key)
+    try:
+        points = event["selection"]["points"] if event else []
+    except (KeyError, TypeError):
+        return None
+    for p in reversed(points or []):
+        x, y = p.get("x"), p.get("y")
+        if isinstance(x, int | float) and isinstance(y, int | float):
+            return int(y), int(x)
+    return None
+
+
+def on_head_click(chart_key: str, picker_key: str, options: list[str]):
+    """An `on_select` callback for a `clickable_head_map` chart: a clicked (or box-selected)
+    cell selects that head in the picker. Callbacks run before the script, so the picker
+    shows the new head in the same rerun."""
+
+    def callback() -> None:
+        head = clicked_head(chart_key)
+        if head is not None and head_label(*head) in options:
+            st.session_state[picker_key] = head_label(*head)
+
+    return callback
+
+
+# --- cached resources -----------------------------------------------------------------------
+@st.cache_resource(show_spinner=False, max_entries=3)
+def _cached_model(name: str, device: str, seed: int):
+    from interp import load_model
+
+    return load_model(name, device=device, seed=seed)
+
+
+def load_model_or_error(name: str, device: str = "cpu", seed: int = 0):
+    """The model (loaded once per process, then cached), or None after an `st.error`."""
+    if not name or not name.strip():
+        st.error("Give a model name, e.g. `smollm2-135m` or `tiny-llama`.")
+        return None
+    try:
+        with st.spinner(f"Loading {name} on {device} (once; cached afterwards)..."):
+            return _cached_model(name.strip(), device, int(seed))
+    except Exception as exc:  # noqa: BLE001 - any loading failure becomes a message
+        st.error(f"Model **{name}** could not be loaded: {_describe(exc)}")
+        return None
+
+
+def available_devices() -> list[str]:
+    import torch
+
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def _store_signature(root: Path) -> tuple:
+    """Changes whenever a run is added, removed or rewritten (manifest or tables)."""
+    if not root.is_dir():
+        return ()
+    sig = []
+    for p in sorted(root.iterdir()):
+        man, tables = p / "manifest.json", p / "tables"
+        if man.exists():
+            sig.append((p.name, man.stat().st_mtime_ns,
+                        tables.stat().st_mtime_ns if tables.is_dir() else 0))
+    return tuple(sig)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _cached_atlas(root: str, signature: tuple) -> Atlas:
+    return build_atlas(RunStore(root))
+
+
+def atlas() -> Atlas | None:
+    root = runs_dir()
+    try:
+        return _cached_atlas(str(root), _store_signature(root))
+    except Exception as exc:  # noqa: BLE001
+        st.error(f"The head atlas could not be built: {_describe(exc)}")
+        return None
+
+
+def show_notes(notes: list[str], what: str) -> None:
+    if notes:
+        with st.expander(f"{len(notes)} {what} skipped or incomplete"):
+            for n in notes:
+                st.warning(n)

@@ -1,0 +1,436 @@
+"""The head atlas: every per-head score the run store holds, one row per (model, layer, head).
+
+Each complete run contributes the per-head scores it wrote:
+
+- `head_patching` tables -> ``patching.<task>.<direction>.<metric>`` (the normalised effect,
+  1 = the head alone restores clean behaviour);
+- `dla` tables (rows of kind "head") -> ``dla.<task>`` (mean direct logit attribution);
+- `head_scores` tables (columns layer, head, score, value; written by head-score analyses)
+  -> the names in their `score` column.
+
+`<task>` is the manifest's `task` if set (live runs: "live"), else "ioi" for the IOI generator,
+else the dataset's name (a JSONL file's stem). When several runs of one model hold the same
+score, the newest wins; `provenance` says which run each column came from (and how many runs
+had it). Runs that are not complete, of another format version, or unreadable are skipped and
+listed in `notes`, never raised.
+
+    atlas = build_atlas(RunStore("runs"), model="smollm2-135m")
+    atlas.table                     # model, layer, head, patching.ioi.denoising.logit_diff, dla.ioi
+    atlas.correlations()            # Spearman between score columns
+    atlas.top_k_overlap(10)         # fraction of shared top-10 heads (by |value|)
+    atlas.head_scores(9, 6)         # one head's scores, ranks and percentiles
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from interp.core.errors import InterpError
+from interp.io.runstore import FORMAT_VERSION, Run, RunStore, RunStoreError
+
+__all__ = [
+    "Atlas",
+    "HEAD_SCORES_TABLE",
+    "build_atlas",
+    "head_dla",
+    "head_score_difference",
+    "run_head_scores",
+    "run_problems",
+    "task_name",
+    "HeadDLA",
+]
+
+HEAD_SCORES_TABLE = "head_scores"
+HEAD_SCORE_COLUMNS = ("layer", "head", "score", "value")
+PROVENANCE_COLUMNS = [
+    "model", "score", "run_id", "experiment", "dataset", "seed", "created", "source_table",
+    "weights_sha256", "n_runs",
+]
+# Tables a manifest's `analyses_done` entry promises (the runner writes them in this order).
+_PROMISED_TABLES = {
+    "accuracy": ("accuracy",),
+    "head_patching": ("head_patching",),
+    "head_patching_per_position": ("head_patching_per_position",),
+    "residual_patching": ("residual_patching",),
+    "dla": ("dla", "dla_per_prompt"),
+}
+
+
+def task_name(manifest: dict[str, Any]) -> str:
+    """The task a run's scores are about: manifest `task`, "ioi", or the dataset's name."""
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
+    for candidate in (
+        manifest.get("task"),
+        "ioi" if data.get("source") == "ioi" else None,
+        dataset.get("name"),
+        config.get("name"),
+    ):
+        if isinstance(candidate, str) and candidate.strip():
+            # dots separate the parts of a score name, so they cannot appear inside one
+            return re.sub(r"[^A-Za-z0-9_-]+", "_", candidate.strip())
+    return "unknown"
+
+
+def run_problems(run: Run, manifest: dict[str, Any] | None = None) -> list[str]:
+    """What makes a run unusable or incomplete, in words (empty when it is fine).
+
+    Reads the manifest if not given; checks the format version and that every table the
+    manifest's `analyses_done` promises exists."""
+    if manifest is None:
+        try:
+            manifest = run.read_manifest()
+        except RunStoreError as exc:
+            return [str(exc)]
+    problems = []
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        problems.append(
+            f"run {run.run_id} has manifest format_version {version!r}; this version of interp "
+            f"reads format {FORMAT_VERSION} (re-run the experiment to upgrade it)"
+        )
+    done = manifest.get("analyses_done")
+    present = set(run.tables())
+    if isinstance(done, list):
+        missing = [t for a in done for t in _PROMISED_TABLES.get(str(a), ()) if t not in present]
+        if missing:
+            problems.append(
+                f"run {run.run_id} is missing table(s) {', '.join(missing)} that its manifest "
+                "lists as done (files deleted or moved?)"
+            )
+    return problems
+
+
+def _need(df: pd.DataFrame, columns: Iterable[str], table: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise RunStoreError(f"table {table!r} lacks column(s) {', '.join(missing)}")
+
+
+def _tidy(df: pd.DataFrame, score: str | pd.Series, value: str, table: str) -> pd.DataFrame:
+    out = pd.DataFrame(
+        {
+            "layer": pd.to_numeric(df["layer"]).astype("int64"),
+            "head": pd.to_numeric(df["head"]).astype("int64"),
+            "score": score,
+            "value": pd.to_numeric(df[value]).astype("float64"),
+            "source_table": table,
+        }
+    )
+    return out.reset_index(drop=True)
+
+
+def run_head_scores(
+    run: Run, manifest: dict[str, Any] | None = None, *, notes: list[str] | None = None
+) -> pd.DataFrame:
+    """Every per-head score of one run, tidy: layer, head, score, value, source_table.
+
+    A table that cannot be read or has the wrong columns is skipped (with a line in `notes`
+    when given); this never raises for a bad table."""
+    if manifest is None:
+        try:
+            manifest = run.read_manifest()
+        except RunStoreError as exc:
+            if notes is not None:
+                notes.append(str(exc))
+            return pd.DataFrame(columns=[*HEAD_SCORE_COLUMNS, "source_table"])
+    task = task_name(manifest)
+    tables = set(run.tables())
+    parts: list[pd.DataFrame] = []
+
+    def read(name: str, build) -> None:
+        if name not in tables:
+            return
+        try:
+            parts.append(build(run.read_table(name)))
+        except Exception as exc:  # a corrupt parquet raises arrow/OS errors of many kinds
+            if notes is not None:
+                notes.append(f"run {run.run_id}: table {name!r} skipped ({type(exc).__name__}: {exc})")
+
+    def patching(df: pd.DataFrame) -> pd.DataFrame:
+        _need(df, ("layer", "head", "normalised", "direction", "metric"), "head_patching")
+        if "position" in df.columns:
+            raise RunStoreError("head_patching has a position column; expected one row per head")
+        score = "patching." + task + "." + df["direction"].astype(str) + "." + df["metric"].astype(str)
+        return _tidy(df, score, "normalised", "head_patching")
+
+    def dla(df: pd.DataFrame) -> pd.DataFrame:
+        _need(df, ("kind", "layer", "head", "contribution"), "dla")
+        heads = df[df["kind"] == "head"]
+        return _tidy(heads, f"dla.{task}", "contribution", "dla")
+
+    def head_scores(df: pd.DataFrame) -> pd.DataFrame:
+        _need(df, HEAD_SCORE_COLUMNS, HEAD_SCORES_TABLE)
+        return _tidy(df, df["score"].astype(str), "value", HEAD_SCORES_TABLE)
+
+    read("head_patching", patching)
+    read("dla", dla)
+    read(HEAD_SCORES_TABLE, head_scores)
+    if not parts:
+        return pd.DataFrame(columns=[*HEAD_SCORE_COLUMNS, "source_table"])
+    out = pd.concat(parts, ignore_index=True)
+    dup = out.duplicated(["score", "layer", "head"], keep="first")
+    if dup.any() and notes is not None:
+        names = sorted(out.loc[dup, "score"].unique())
+        notes.append(f"run {run.run_id}: repeated (layer, head) rows in {names}; kept the first")
+    return out[~dup].reset_index(drop=True)
+
+
+def head_score_difference(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """a - b per (layer, head) for two frames with layer, head, value (heads in both only)."""
+    for name, df in (("a", a), ("b", b)):
+        missing = [c for c in ("layer", "head", "value") if c not in df.columns]
+        if missing:
+            raise InterpError(f"frame {name} lacks column(s) {', '.join(missing)}")
+    merged = a[["layer", "head", "value"]].merge(
+        b[["layer", "head", "value"]], on=["layer", "head"], suffixes=("_a", "_b")
+    )
+    if merged.empty:
+        raise InterpError("the two results share no (layer, head): are they from different models?")
+    merged["value"] = merged["value_a"] - merged["value_b"]
+    return merged
+
+
+@dataclass(frozen=True)
+class HeadDLA:
+    """One head's direct logit attribution in a run: mean, spread, rank, and per prompt."""
+
+    layer: int
+    head: int
+    contribution: float
+    std: float
+    rank: int  # 1 = largest |contribution| among the run's heads
+    n_heads: int
+    per_prompt: pd.DataFrame  # prompt, contribution (and clean, when the dataset table exists)
+
+
+def head_dla(run: Run, layer: int, head: int) -> HeadDLA | None:
+    """The head's DLA from the run's `dla` (and `dla_per_prompt`) tables; None if it has none."""
+    if "dla" not in run.tables():
+        return None
+    df = run.read_table("dla")
+    _need(df, ("kind", "layer", "head", "contribution"), "dla")
+    heads = df[df["kind"] == "head"].reset_index(drop=True)
+    row = heads[(heads["layer"] == layer) & (heads["head"] == head)]
+    if row.empty:
+        return None
+    rank = int((heads["contribution"].abs() > abs(float(row["contribution"].iloc[0]))).sum()) + 1
+    per_prompt = pd.DataFrame(columns=["prompt", "contribution"])
+    if "dla_per_prompt" in run.tables():
+        pp = run.read_table("dla_per_prompt")
+        label = f"L{layer}H{head}"
+        per_prompt = pp[pp["label"] == label][["prompt", "contribution"]].reset_index(drop=True)
+        if "dataset" in run.tables():
+            ds = run.read_table("dataset")
+            if {"pair", "clean"} <= set(ds.columns):
+                per_prompt = per_prompt.merge(
+                    ds[["pair", "clean"]].rename(columns={"pair": "prompt"}), on="prompt", how="left"
+                )
+    std = float(row["std"].iloc[0]) if "std" in row.columns else float("nan")
+    return HeadDLA(int(layer), int(head), float(row["contribution"].iloc[0]), std, rank,
+                   len(heads), per_prompt)
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """Per-head scores of one or more models. `table`: one row per (model, layer, head), one
+    column per score; `provenance`: one row per (model, score) naming its run; `notes`: what
+    was skipped and why."""
+
+    table: pd.DataFrame
+    provenance: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(self.table["model"].unique().tolist()) if not self.table.empty else []
+
+    def scores(self, model: str | None = None) -> list[str]:
+        """Score columns (of `model`'s heads: columns that model has values for)."""
+        table = self.for_model(model).table if model is not None else self.table
+        cols = [c for c in table.columns if c not in ("model", "layer", "head")]
+        return [c for c in cols if table[c].notna().any()]
+
+    def for_model(self, model: str) -> Atlas:
+        if model not in self.models:
+            known = ", ".join(self.models) or "none"
+            raise InterpError(f"the atlas has no model {model!r}; models: {known}")
+        table = self.table[self.table["model"] == model]
+        table = table.dropna(axis=1, how="all").reset_index(drop=True)
+        prov = self.provenance[self.provenance["model"] == model].reset_index(drop=True)
+        return Atlas(table, prov, list(self.notes))
+
+    def _one_model(self, model: str | None) -> pd.DataFrame:
+        if model is not None:
+            return self.for_model(model).table
+        if len(self.models) > 1:
+            raise InterpError(
+                f"the atlas holds several models ({', '.join(self.models)}); pass model=..."
+            )
+        return self.table
+
+    def correlations(self, model: str | None = None, min_heads: int = 3) -> pd.DataFrame:
+        """Spearman rank correlation between score columns, over the heads that have both."""
+        table = self._one_model(model)
+        cols = self.scores(model) if model is not None else self.scores()
+        return table[cols].corr(method="spearman", min_periods=min_heads)
+
+    def top_k(self, score: str, k: int, model: str | None = None) -> pd.DataFrame:
+        """The `k` heads with the largest |score| (model, layer, head, value)."""
+        table = self._one_model(model)
+        if score not in table.columns:
+            raise InterpError(f"no score {score!r}; scores: {', '.join(self.scores(model))}")
+        vals = table[score].dropna()
+        idx = vals.abs().sort_values(ascending=False, kind="stable").index[:k]
+        return table.loc[idx, ["model", "layer", "head"]].assign(value=vals.loc[idx]).reset_index(drop=True)
+
+    def top_k_overlap(self, k: int = 10, model: str | None = None) -> pd.DataFrame:
+        """Square frame: the fraction of score A's top-k heads (by |value|) that are also in
+        score B's top-k (1 = the same heads)."""
+        if k < 1:
+            raise InterpError(f"k must be >= 1, got {k}")
+        cols = self.scores(model) if model is not None else self.scores()
+        tops = {
+            c: set(self.top_k(c, k, model)[["layer", "head"]].itertuples(index=False, name=None))
+            for c in cols
+        }
+        data = {
+            a: [len(tops[a] & tops[b]) / max(1, min(len(tops[a]), len(tops[b]))) for b in cols]
+            for a in cols
+        }
+        return pd.DataFrame(data, index=cols)[cols]
+
+    def head_scores(self, layer: int, head: int, model: str | None = None) -> pd.DataFrame:
+        """One head's scores: score, value, rank (1 = largest |value|), n_heads, percentile,
+        run_id (where the score came from)."""
+        table = self._one_model(model)
+        model_name = model if model is not None else (self.models[0] if self.models else None)
+        row = table[(table["layer"] == layer) & (table["head"] == head)]
+        out = []
+        for c in self.scores(model) if model is not None else self.scores():
+            if row.empty or pd.isna(row[c].iloc[0]):
+                continue
+            v = float(row[c].iloc[0])
+            col = table[c].dropna().abs()
+            rank = int((col > abs(v)).sum()) + 1
+            prov = self.provenance[(self.provenance["model"] == model_name) & (self.provenance["score"] == c)]
+            out.append({
+                "score": c, "value": v, "rank": rank, "n_heads": len(col),
+                "percentile": 100.0 * (col <= abs(v)).mean(),
+                "run_id": prov["run_id"].iloc[0] if not prov.empty else None,
+            })
+        return pd.DataFrame(out, columns=["score", "value", "rank", "n_heads", "percentile", "run_id"])
+
+    def select(
+        self,
+        model: str,
+        *,
+        scores: list[str] | None = None,
+        layers: tuple[int, int] | None = None,
+        sort_by: str | None = None,
+        top: int | None = None,
+    ) -> pd.DataFrame:
+        """A filtered view for display: some score columns, a layer range, the `top` heads by
+        |sort_by|."""
+        table = self.for_model(model).table
+        cols = ["layer", "head", *(scores if scores is not None else self.scores(model))]
+        view = table[[c for c in cols if c in table.columns]]
+        if layers is not None:
+            view = view[(view["layer"] >= layers[0]) & (view["layer"] <= layers[1])]
+        if sort_by is not None and sort_by in view.columns:
+            order = view[sort_by].abs().sort_values(ascending=False, na_position="last", kind="stable")
+            view = view.loc[order.index]
+        if top is not None:
+            view = view.head(top)
+        return view.reset_index(drop=True)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The wide table (model, layer, head, one column per score)."""
+        return self.table.copy()
+
+    def summary(self) -> list[str]:
+        """Lines describing the atlas (what `interp atlas` prints)."""
+        if self.table.empty:
+            return ["the atlas is empty: no complete run holds per-head scores"]
+        lines = []
+        for m in self.models:
+            sub = self.for_model(m)
+            n = len(sub.table)
+            lines.append(f"{m}: {n} heads, {len(sub.scores())} scores")
+            for r in sub.provenance.itertuples():
+                top = sub.top_k(r.score, 3)
+                heads = ", ".join(f"L{t.layer}H{t.head} ({t.value:+.3g})" for t in top.itertuples())
+                lines.append(f"  {r.score:<40} from {r.run_id} (of {r.n_runs} run(s)); top: {heads}")
+        return lines
+
+
+def build_atlas(store: RunStore, model: str | None = None) -> Atlas:
+    """Collect the per-head scores of every complete run (of `model`, when given)."""
+    notes: list[str] = []
+    listing = store.list_runs()
+    chosen: dict[tuple[str, str], tuple[pd.DataFrame, dict[str, Any]]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    shas: dict[str, set[str]] = {}
+    for row in listing.itertuples():  # newest first: the first run seen per score wins
+        run = Run(row.path)
+        if row.status == "unreadable":
+            notes.append(f"run {row.run_id} skipped: its manifest is unreadable")
+            continue
+        try:
+            manifest = run.read_manifest()
+        except RunStoreError as exc:
+            notes.append(f"run {row.run_id} skipped: {exc}")
+            continue
+        model_id = manifest.get("model_id")
+        if not isinstance(model_id, str):
+            notes.append(f"run {row.run_id} skipped: its manifest names no model_id")
+            continue
+        if model is not None and model_id != model:
+            continue
+        if manifest.get("format_version") != FORMAT_VERSION:
+            notes.append(f"run {row.run_id} skipped: " + run_problems(run, manifest)[0])
+            continue
+        if manifest.get("status") != "complete":
+            notes.append(f"run {row.run_id} skipped: status {manifest.get('status')!r}, not complete")
+            continue
+        scores = run_head_scores(run, manifest, notes=notes)
+        if isinstance(manifest.get("weights_sha256"), str):
+            shas.setdefault(model_id, set()).add(manifest["weights_sha256"])
+        for score, part in scores.groupby("score", sort=False):
+            key = (model_id, str(score))
+            counts[key] = counts.get(key, 0) + 1
+            if key not in chosen:
+                chosen[key] = (part, manifest | {"_run_id": row.run_id})
+    for m, s in shas.items():
+        if len(s) > 1:
+            notes.append(f"model {m}: runs used {len(s)} different weights (sha256); "
+                         "scores from different weights share one atlas row per head")
+
+    frames, prov = [], []
+    for (model_id, score), (part, manifest) in chosen.items():
+        frames.append(part.assign(model=model_id))
+        dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
+        prov.append({
+            "model": model_id, "score": score, "run_id": manifest["_run_id"],
+            "experiment": manifest.get("experiment"), "dataset": dataset.get("name"),
+            "seed": manifest.get("seed"), "created": manifest.get("created_at"),
+            "source_table": part["source_table"].iloc[0],
+            "weights_sha256": manifest.get("weights_sha256"), "n_runs": counts[(model_id, score)],
+        })
+    if not frames:
+        return Atlas(pd.DataFrame(columns=["model", "layer", "head"]),
+                     pd.DataFrame(columns=PROVENANCE_COLUMNS), notes)
+    long = pd.concat(frames, ignore_index=True)
+    table = long.pivot_table(index=["model", "layer", "head"], columns="score", values="value",
+                             aggfunc="first", sort=True)
+    table.columns.name = None
+    order = [p["score"] for p in prov]  # columns in the order runs were read (newest first)
+    table = table.reset_index()[["model", "layer", "head", *dict.fromkeys(order)]]
+    provenance = pd.DataFrame(prov, columns=PROVENANCE_COLUMNS)
+    return Atlas(table, provenance, notes)
