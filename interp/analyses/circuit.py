@@ -220,6 +220,10 @@ def discover_circuit(
         maps["to_mover_queries"] = path_patching(model, pairs, recv, freeze_mlps=freeze_mlps, metric=metric,
                                                  batch_size=batch_size, progress=prog("inhibition"))
         inhibition = _pick(_effects(maps["to_mover_queries"]), k_inhibition, threshold, exclude=taken)
+        if not inhibition:
+            best = float(_effects(maps["to_mover_queries"]).nan_to_num(nan=float("-inf")).max())
+            notes.append(f"no head reaches the threshold {threshold} into the movers' queries (largest "
+                         f"effect {best:+.3f}): no inhibition heads, so the upstream steps are skipped")
         for (layer, h), e in inhibition:
             nodes.append({"layer": layer, "head": h, "class": "s_inhibition", "score": e, "copy_score": None})
         edges += _edge_strengths(model, pairs, [h for h, _ in inhibition], recv, freeze_mlps, metric)
@@ -249,7 +253,7 @@ def discover_circuit(
         for (layer, h), e in prev:
             nodes.append({"layer": layer, "head": h, "class": "previous_token", "score": e, "copy_score": None})
         edges += _edge_strengths(model, pairs, [h for h, _ in prev], recv, freeze_mlps, metric)
-    else:
+    elif inhibition:
         notes.append("no induction head among the upstream heads: previous-token step skipped")
 
     node_df = pd.DataFrame(nodes)
