@@ -96,7 +96,12 @@ def _prepare(cfg: CircuitExperimentConfig, model, log):
     return ds, pairs, reference
 
 
-def _load_reference(cfg: CircuitExperimentConfig) -> tuple[str, pd.DataFrame]:
+def _reference_tables(run) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
+    queries = run.read_table("path_patching_to_mover_queries") if "path_patching_to_mover_queries" in run.tables() else None
+    return run.run_id, run.read_table("circuit_nodes"), queries
+
+
+def _load_reference(cfg: CircuitExperimentConfig) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
     store = RunStore(cfg.output.runs_dir)
     if cfg.reference_run == "latest":
         runs = store.list_runs()
@@ -107,7 +112,7 @@ def _load_reference(cfg: CircuitExperimentConfig) -> tuple[str, pd.DataFrame]:
             man = run.read_manifest()
             if man.get("kind") == "circuit" and man.get("config", {}).get("task") == "ioi" \
                     and man.get("model_id") == cfg.model.name and "circuit_nodes" in run.tables():
-                return run.run_id, run.read_table("circuit_nodes")
+                return _reference_tables(run)
         raise ConfigError(
             f"no complete IOI circuit run for model {cfg.model.name} in {cfg.output.runs_dir}; run "
             "`interp run experiments/ioi_circuit.yaml` first, or set reference_run: discover",
@@ -115,7 +120,7 @@ def _load_reference(cfg: CircuitExperimentConfig) -> tuple[str, pd.DataFrame]:
     run = store.open(cfg.reference_run)  # type: ignore[arg-type]
     if "circuit_nodes" not in run.tables():
         raise ConfigError(f"run {run.run_id} has no circuit_nodes table", path="reference_run")
-    return run.run_id, run.read_table("circuit_nodes")
+    return _reference_tables(run)
 
 
 def _write_circuit(out: RunOutcome, prefix: str, c: CircuitResult, n_layers: int, title: str) -> None:
@@ -171,15 +176,17 @@ def _execute(cfg: CircuitExperimentConfig, model, prepared, out: RunOutcome, sho
     out.summary.append(f"faithfulness (others mean-ablated): {circ.faithfulness['faithfulness']:.0%} of the metric")
     out.finished("circuit")
 
-    ref_name, ref_nodes = None, None
+    ref_name, ref_nodes, ref_queries = None, None, None
     if cfg.reference_run == "discover":
         ioi_ds, ioi_pairs = _dataset(cfg, model, "ioi")
         ref = discover_circuit(model, ioi_pairs, ioi_ds, **kw)
         _write_circuit(out, "reference_", ref, L, "reference IOI circuit")
         ref_name, ref_nodes = "this run (discovered)", ref.nodes
+        if "to_mover_queries" in ref.maps:
+            ref_queries = ref.maps["to_mover_queries"].to_frame()
         out.finished("reference_circuit")
     elif reference is not None:
-        ref_name, ref_nodes = reference
+        ref_name, ref_nodes, ref_queries = reference
     if ref_nodes is not None and len(ref_nodes):
         ref_c = CircuitResult(ref_nodes, pd.DataFrame(), {}, circ.pattern_scores, {})
         ov = circuit_overlap(ref_c, circ)
@@ -192,6 +199,15 @@ def _execute(cfg: CircuitExperimentConfig, model, prepared, out: RunOutcome, sho
         if cfg.task == "colored_objects" and cfg.intervention.enabled:
             inhib = ref_nodes[ref_nodes["class"] == "s_inhibition"] if "class" in ref_nodes else ref_nodes.iloc[:0]
             heads = [(int(r.layer), int(r.head)) for r in inhib.itertuples()]
+            if not heads and ref_queries is not None:
+                # No head passed the threshold into the movers' queries: take the strongest
+                # senders into them anyway (the IOI circuit's best guess at inhibition heads).
+                q = ref_queries.assign(effect=1.0 - ref_queries["normalised"]).dropna(subset=["effect"])
+                top = q.sort_values("effect", ascending=False).head(max(cfg.circuit.k_inhibition, 1))
+                heads = [(int(r.layer), int(r.head)) for r in top.itertuples()]
+                out.summary.append("the IOI circuit has no inhibition head above the threshold; the intervention "
+                                   "uses the strongest senders into its movers' queries: "
+                                   + ", ".join(f"L{r.layer}H{r.head} ({r.effect:+.3f})" for r in top.itertuples()))
             if heads:
                 iv = intervention_experiment(model, pairs, ds, heads, n_random=cfg.intervention.n_random, seed=cfg.seed)
                 run.write_table("intervention", iv.to_frame())
