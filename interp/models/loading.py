@@ -4,8 +4,10 @@
     model = load_model("tiny-llama")              # random GQA model for tests
     model = load_model("path/to/hf_dir", device="cuda", dtype="bfloat16")
     model = load_model("tiny-llama", backend="nnsight")
+    model = load_model("whisper-tiny.en")          # speech: a HookedSeq2SeqModel (nnsight)
 
-Backends: "transformer_lens" (default; TransformerBridge hooks) and "nnsight".
+Backends: "transformer_lens" (default for text models; TransformerBridge hooks) and "nnsight"
+(the only one for speech models: TransformerLens has no Whisper adapter).
 """
 
 from __future__ import annotations
@@ -29,13 +31,18 @@ def load_model(
     *,
     device: str = "auto",
     dtype: str | torch.dtype = "float32",
-    backend: str = "transformer_lens",
+    backend: str | None = None,
     seed: int = 0,
 ) -> HookedModel:
-    if backend not in BACKENDS:
+    """`backend=None` picks the model's default: "transformer_lens" for text, "nnsight" for
+    speech models (which return a `HookedSeq2SeqModel`)."""
+    if backend is not None and backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     info = describe_model_name(name)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if info.modality == "speech":
+        return _load_speech(name, backend, dev, dt)  # type: ignore[return-value]
+    backend = backend or "transformer_lens"
     if info.kind == "tiny":
         from interp.models import smollm2
         from interp.models.tiny import build_tiny
@@ -55,6 +62,25 @@ def load_model(
     for p in hf.parameters():
         p.requires_grad_(False)
     return _wrap(backend, name, hf, tok, sha)
+
+
+def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dtype):
+    if backend not in (None, "nnsight"):
+        raise ModelLoadError(
+            f"{name!r} is a speech encoder-decoder model; TransformerLens has no Whisper adapter, "
+            "so it loads only with backend='nnsight' (the default for it)"
+        )
+    from interp.models import whisper
+    from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
+
+    hf, tok, sha, extra = whisper.load_whisper()
+    hf = hf.to(device=dev, dtype=dt).eval()
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    return HookedSeq2SeqModel(
+        name, hf, tok, weights_sha256=sha, suppress_tokens=extra.get("suppress_ids", ()),
+        begin_suppress_tokens=extra.get("suppress_ids_begin", ()),
+    )
 
 
 def _wrap(backend: str, name: str, hf, tok, sha) -> HookedModel:

