@@ -44,7 +44,8 @@ def cmd_run(args) -> int:
 
 def cmd_validate(args) -> int:
     cfg = _load(args)
-    print(f"{args.config}: ok (experiment {cfg.name!r}, model {cfg.model.name}, data {cfg.data.source})")
+    kind = getattr(cfg, "kind", "patching")
+    print(f"{args.config}: ok (kind {kind}, experiment {cfg.name!r}, model {cfg.model.name})")
     return 0
 
 

@@ -183,9 +183,11 @@ class TLBridgeModel(HookedModel):
             if start_pos:
                 kwargs = {k: _slice_positions(k, v, start_pos) for k, v in kwargs.items()}
                 k_pre, v_pre = block_inputs.kv[i]  # type: ignore[index]
+                # Always an explicit copy per stacked variant (even for a one-prompt batch,
+                # where broadcasting would not apply to the concatenation).
                 kwargs["layer_past"] = _PrefixKV(
-                    _repeat_batch(k_pre[:, :, :start_pos], batch, copies),
-                    _repeat_batch(v_pre[:, :, :start_pos], batch, copies),
+                    k_pre[:, :, :start_pos].repeat(copies, 1, 1, 1),
+                    v_pre[:, :, :start_pos].repeat(copies, 1, 1, 1),
                 )
             out = self.bridge.blocks[i](x, *args, **kwargs)
             x = out[0] if isinstance(out, tuple) else out
