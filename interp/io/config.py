@@ -336,6 +336,7 @@ def _load_kinds() -> None:
 _KIND_MODULES: list[str] = [
     "interp.io.kinds.circuits",
     "interp.io.kinds.speech",
+    "interp.io.kinds.mcq",
 ]
 
 

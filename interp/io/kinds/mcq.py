@@ -1,0 +1,434 @@
+"""Experiment kind ``mcq_letters``: the heads that write the answer letter of a multiple-choice
+question, and how low-rank their query and key are (Lieberum et al. 2023, "Does Circuit
+Analysis Interpretability Scale?", on the bundled SmolLM2-135M-Instruct).
+
+Steps: MCQ accuracy (the configured format, randomised labels, and for comparison Lieberum's
+direct letter format); direct logit attribution and head patching to find the correct-letter
+heads; for the top heads, SVD of the query (last position) and key (label tokens) and the letter
+metric kept at each rank, on normal labels and on randomised labels (with the subspace fitted
+on normal labels, and on the randomised labels themselves).
+
+    kind: mcq_letters
+    name: mcq_letters
+    data: {n_prompts: 64, format: content_letter}
+    analyses: {compression: {n_heads: 3, ranks: [0, 1, 2, 3, 4, 8, 16, 64]}}
+
+Registered on import (listed in `interp.io.config._KIND_MODULES`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from interp.analyses.dla import direct_logit_attribution
+from interp.analyses.mcq import (
+    QKCompressionResult,
+    compress_qk,
+    fit_head_subspaces,
+    mcq_accuracy,
+    patch_heads_last_position,
+)
+from interp.analyses.patching import patch_heads
+from interp.core.errors import ConfigError
+from interp.data.mcq import generate_mcq
+from interp.data.pairs import PairDataset, tokenize_pairs
+from interp.io.config import (
+    ModelConfig,
+    OutputConfig,
+    _FieldError,
+    _Section,
+    allowed_metrics,
+    register_experiment_kind,
+)
+from interp.io.report import ReportSection
+from interp.io.runner import RunOutcome, Task, _progress, register_task
+from interp.viz.heatmaps import dla_bar, head_heatmap
+
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+def _unique(values: tuple, what: str) -> tuple:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
+    return values
+
+
+class MCQDataConfig(_Section):
+    n_prompts: PositiveInt = Field(64, description="an integer >= 1 (questions; items cycle past the file's count)")
+    items: Path | None = Field(None, description="null (the bundled data/mcq_items.jsonl) or a path to an items JSONL file")
+    format: Literal["content_letter", "letter"] = "content_letter"
+    chat: StrictBool = True
+    random_labels: StrictBool = Field(True, description="true or false: also build the randomised-labels control set")
+    compare_letter_format: StrictBool = Field(
+        True, description="true or false: also measure accuracy on Lieberum's direct letter format")
+
+    @property
+    def source(self) -> str:
+        """What `interp validate` prints as the data source."""
+        return f"mcq items ({self.format}, {self.n_prompts} prompts)"
+
+    @field_validator("items")
+    @classmethod
+    def _resolve_items(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None:
+            return None
+        base = Path((info.context or {}).get("base_dir") or Path.cwd())
+        resolved = (base / path.expanduser()).resolve()
+        if not resolved.is_file():
+            raise ValueError(f"items file {resolved} does not exist (relative paths are resolved against {base})")
+        return resolved
+
+
+class _Enabled(_Section):
+    enabled: StrictBool = True
+
+
+class MCQPatchingConfig(_Enabled):
+    positions: Literal["last", "all"] = Field(
+        "last", description="'last' (each head patched at the answer position; a few forwards) or "
+        "'all' (every position; one forward per layer and head group, much slower)")
+    direction: Literal["denoising", "noising"] = "denoising"
+    metric: StrictStr = "logit_diff"
+    batch_size: PositiveInt = Field(64, description="an integer >= 1 (max patch variants per forward)")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        allowed = allowed_metrics()
+        if metric not in allowed:
+            raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(allowed)}")
+        return metric
+
+
+class CompressionConfig(_Enabled):
+    n_heads: PositiveInt = Field(3, description="an integer >= 1 (top heads to compress)")
+    select_by: Literal["dla", "patching"] = "dla"
+    heads: tuple[tuple[NonNegativeInt, NonNegativeInt], ...] | None = Field(
+        None, description="null (the top heads by select_by) or a list of [layer, head] pairs")
+    ranks: tuple[NonNegativeInt, ...] = Field(
+        (0, 1, 2, 3, 4, 8, 16, 64), min_length=1,
+        description="a non-empty list of integers >= 0 (0 = the mean only; >= d_head = full rank)")
+    variants: tuple[Literal["q", "k", "qk"], ...] = Field(
+        ("q", "k", "qk"), min_length=1, description="a non-empty list of: q, k, qk")
+    key_positions: Literal["labels", "all"] = "labels"
+
+    @field_validator("ranks")
+    @classmethod
+    def _unique_ranks(cls, ranks: tuple[int, ...]) -> tuple[int, ...]:
+        return _unique(ranks, "ranks")
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_variants(cls, variants: tuple[str, ...]) -> tuple[str, ...]:
+        return _unique(variants, "variants")
+
+    @field_validator("heads")
+    @classmethod
+    def _heads(cls, heads: tuple | None) -> tuple | None:
+        if heads is not None and not heads:
+            raise ValueError("empty list; give [layer, head] pairs, or null for the top heads")
+        return None if heads is None else _unique(heads, "heads")
+
+
+class MCQAnalysesConfig(_Section):
+    accuracy: _Enabled = _Enabled()
+    dla: _Enabled = _Enabled()
+    head_patching: MCQPatchingConfig = MCQPatchingConfig()
+    compression: CompressionConfig = CompressionConfig()
+
+    @model_validator(mode="after")
+    def _selection_source(self) -> MCQAnalysesConfig:
+        c = self.compression
+        if c.enabled and c.heads is None:
+            source = {"dla": self.dla, "patching": self.head_patching}[c.select_by]
+            if not source.enabled:
+                other = "dla" if c.select_by == "dla" else "head_patching"
+                raise _FieldError("compression.select_by", f"{c.select_by!r} needs analyses.{other}.enabled: true "
+                                  "(or give compression.heads explicitly)")
+        return self
+
+
+class MCQLettersConfig(_Section):
+    kind: Literal["mcq_letters"] = "mcq_letters"
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]+$")] = Field(
+        description="a name of letters, digits, '_' and '-' (used in the run directory name)")
+    description: StrictStr = ""
+    seed: NonNegativeInt = Field(0, description="an integer >= 0")
+    model: ModelConfig = ModelConfig()
+    data: MCQDataConfig = MCQDataConfig()
+    analyses: MCQAnalysesConfig = MCQAnalysesConfig()
+    output: OutputConfig = OutputConfig()
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+register_experiment_kind("mcq_letters", MCQLettersConfig)
+
+
+# ------------------------------------------------------------------------------------ runner
+
+
+def _datasets(cfg: MCQLettersConfig, model) -> dict[str, tuple[PairDataset, object]]:
+    d = cfg.data
+    kw = dict(chat=d.chat, items=d.items)
+    wanted = {"normal": dict(fmt=d.format)}
+    if d.random_labels:
+        wanted["random"] = dict(fmt=d.format, random_labels=True)
+    if d.compare_letter_format and d.format != "letter":
+        wanted["letter_format"] = dict(fmt="letter")
+    out = {}
+    for name, extra in wanted.items():
+        ds = generate_mcq(d.n_prompts, model.tokenizer, seed=cfg.seed, **kw, **extra)
+        out[name] = (ds, tokenize_pairs(ds, model.tokenizer, source_file=str(d.items) if d.items else None))
+    return out
+
+
+def _prepare(cfg: MCQLettersConfig, model, log):
+    sets = _datasets(cfg, model)
+    for name, (ds, pairs) in sets.items():
+        log(f"data {name}: {len(ds)} MCQ pairs ({ds.source['fmt']}, {len(pairs.by_length().batches)} token lengths; "
+            f"{ds.source['n_dropped_unequal_length']} dropped for unequal clean/corrupt lengths)")
+    c = cfg.analyses.compression
+    if c.enabled and c.heads:
+        L, H = model.spec.n_layers, model.spec.n_heads
+        for i, (layer, head) in enumerate(c.heads):
+            if layer >= L or head >= H:
+                raise ConfigError(f"head [{layer}, {head}] does not exist in {model.name} "
+                                  f"(layers 0..{L - 1}, heads 0..{H - 1})", path=f"analyses.compression.heads[{i}]")
+    return sets
+
+
+def _flat(df: pd.DataFrame) -> pd.DataFrame:
+    return df.map(lambda v: json.dumps(v) if isinstance(v, dict | list | tuple) else v)
+
+
+def _rank_label(r: int, d_head: int) -> str:
+    return f"{r} (mean)" if r == 0 else (f"{r} (full)" if r >= d_head else str(r))
+
+
+def rank_curves(frame: pd.DataFrame, condition: str, d_head: int, title: str = "") -> go.Figure:
+    """Share of the letter logit difference and accuracy kept vs rank; one line per head x variant."""
+    part = frame[frame["condition"] == condition]
+    ranks = sorted(part["rank"].unique())
+    ticks = [_rank_label(int(r), d_head) for r in ranks]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["share of letter logit diff kept", "share of accuracy kept"])
+    dash = {"q": "solid", "k": "dot", "qk": "dash"}
+    for (label, variant), g in part.groupby(["label", "variant"], sort=False):
+        g = g.sort_values("rank")
+        x = [_rank_label(int(r), d_head) for r in g["rank"]]
+        for col, value in ((1, "share_logit_diff"), (2, "share_accuracy")):
+            fig.add_trace(go.Scatter(
+                x=x, y=g[value], mode="lines+markers", name=f"{label} {variant}", legendgroup=f"{label} {variant}",
+                showlegend=col == 1, line={"dash": dash.get(variant, "solid")},
+                hovertemplate=f"{label} {variant}<br>rank %{{x}}<br>{value} = %{{y:.3f}}<extra></extra>"), row=1, col=col)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="rank", type="category", categoryorder="array", categoryarray=ticks, row=1, col=col)
+    fig.update_yaxes(title_text="share of the unablated model", row=1, col=1)
+    fig.update_layout(title=title or None)
+    return fig
+
+
+def _fmt_curve(frame: pd.DataFrame, d_head: int) -> str:
+    g = frame.sort_values("rank")
+    return ", ".join(f"r={_rank_label(int(r.rank), d_head)} {r.share_logit_diff:.2f}" for r in g.itertuples())
+
+
+def _rank_for(frame: pd.DataFrame, share: float) -> str:
+    ok = frame[frame["share_logit_diff"] >= share].sort_values("rank")
+    return str(int(ok["rank"].iloc[0])) if len(ok) else "-"
+
+
+def _execute(cfg: MCQLettersConfig, model, sets, out: RunOutcome, show: bool, log) -> None:
+    run, a, k = out.run, cfg.analyses, cfg.output.top_k
+    ds, pairs = sets["normal"]
+    run.update_manifest(task="mcq", dataset={"name": ds.name, "n": len(ds), "source": ds.source})
+    run.write_table("dataset", pd.concat([_flat(s[0].to_frame()).assign(set=n) for n, s in sets.items()]))
+
+    if a.accuracy.enabled:
+        frames, lines, summaries = [], [], {}
+        for name, (dsn, pn) in sets.items():
+            acc = mcq_accuracy(model, pn, dsn)
+            s = acc.summary()
+            summaries[name] = s
+            frames.append(acc.to_frame().assign(set=name, fmt=dsn.source["fmt"]))
+            lines.append(f"{name} ({dsn.source['fmt']}): {s['accuracy']:.0%} of {s['n_prompts']} "
+                         f"(chance {s['chance']:.0%}; letter logit diff {s['mean_letter_logit_diff']:+.2f}; "
+                         f"{s['mean_letter_mass']:.0%} of the probability on the letters; the most predicted "
+                         f"option slot takes {s['most_predicted_option_share']:.0%} of the answers)")
+        run.write_table("accuracy", pd.concat(frames))
+        run.write_text("accuracy.json", json.dumps(summaries, indent=2))
+        out.summary.append("MCQ accuracy, top-1 among the four letters: " + "; ".join(lines))
+        out.sections.append(ReportSection("MCQ accuracy", text=(
+            "Top-1 among the four option letters (letter logit diff = correct minus the mean of the other "
+            "three). " + " ".join(lines) + "\n\ncontent_letter: the assistant turn states the answer's "
+            "content and the model gives its label ('... night (B) ...' then 'night (' -> 'B'); "
+            "letter: Lieberum's format ('B. night', 'Answer:' -> ' B')."),
+            table=pd.DataFrame(summaries).T.reset_index(names="set")))
+        out.finished("accuracy")
+
+    dla_heads = patch_frame = None
+    if a.dla.enabled:
+        dla = direct_logit_attribution(model, pairs)
+        df = dla.to_frame()
+        run.write_table("dla", df)
+        run.write_table("dla_per_prompt", dla.per_prompt_frame())
+        heads = df[df.kind == "head"].copy()
+        fig = head_heatmap(heads, "contribution", title="DLA per head: correct letter minus distractor letter")
+        run.write_figure("dla_heads", fig)
+        run.write_figure("dla", dla_bar(df, top_k=20, title="Direct logit attribution (mean over prompts)"))
+        dla_heads = heads.sort_values("contribution", ascending=False)
+        top = dla_heads.head(k)
+        out.summary.append("top heads by DLA (to the correct letter): " +
+                           ", ".join(f"{r.label} ({r.contribution:+.2f})" for r in top.itertuples()))
+        out.sections.append(ReportSection("Direct logit attribution", text=(
+            f"Each head's direct contribution to logit(correct letter) - logit(distractor letter) at the last "
+            f"position, mean over {len(ds)} prompts; the parts sum to the model's value within {dla.max_abs_error:.1e}."),
+            figure=fig, table=top))
+        out.finished("dla")
+
+    hp = a.head_patching
+    if hp.enabled:
+        bar, prog = _progress("head patching", show)
+        if hp.positions == "last":
+            res = patch_heads_last_position(model, pairs, direction=hp.direction, metric=hp.metric,
+                                            batch_size=hp.batch_size, progress=prog)
+            table = "head_patching_last_position"
+        else:
+            res = patch_heads(model, pairs, direction=hp.direction, metric=hp.metric,
+                              batch_size=hp.batch_size, progress=prog)
+            table = "head_patching"
+        bar.close()
+        patch_frame = res.to_frame()
+        run.write_table(table, patch_frame)
+        if hp.positions == "last":  # the atlas reads `head_patching` as all-position patching
+            run.write_table("head_scores", patch_frame.assign(score=f"mcq.patching_last_position.{hp.direction}",
+                                                              value=patch_frame["normalised"])[
+                ["layer", "head", "score", "value"]])
+        where = "at the last position" if hp.positions == "last" else "at all positions"
+        fig = head_heatmap(patch_frame, "normalised", title=f"Head patching {where} ({hp.direction}, normalised)")
+        run.write_figure(table, fig)
+        top = res.top(k)
+        out.summary.append(f"top heads by patching {where} ({hp.direction}, normalised): " +
+                           ", ".join(f"L{r.layer}H{r.head} ({r.normalised:+.2f})" for r in top.itertuples()))
+        out.sections.append(ReportSection(f"Head patching {where}", text=(
+            f"Each head's output patched {where} ({'clean into corrupt' if hp.direction == 'denoising' else 'corrupt into clean'}); "
+            f"{res.n_prompts} prompts; clean {hp.metric} {res.clean_metric:.3f}, corrupt {res.corrupt_metric:.3f}. "
+            "The corrupt prompt swaps the contents of the correct and the distractor option, so the "
+            "correct letter changes; 1 = the patch restores the clean answer."), figure=fig, table=top))
+        out.finished(table)
+
+    c = a.compression
+    if not c.enabled:
+        return
+    heads_df = _select_heads(c, dla_heads, patch_frame)
+    heads = [(int(r.layer), int(r.head)) for r in heads_df.itertuples()]
+    run.write_table("letter_heads", heads_df)
+    log(f"compressing q/k of {', '.join(f'L{x}H{y}' for x, y in heads)}")
+    fits = {"normal": fit_head_subspaces(model, pairs, ds, heads, key_positions=c.key_positions)}
+    conditions = [("normal", "normal")]
+    if "random" in sets:
+        rds, rpairs = sets["random"]
+        fits["random"] = fit_head_subspaces(model, rpairs, rds, heads, key_positions=c.key_positions)
+        conditions += [("random", "random"), ("random", "normal")]
+    run.write_table("qk_subspaces", pd.concat(
+        [hs.to_frame().assign(fit=f) for f, per in fits.items() for hs in per.values()]))
+    bar, prog = _progress("q/k compression", show)
+    comp = compress_qk(model, {n: sets[n] for n in fits}, fits, list(c.ranks), variants=list(c.variants),
+                       conditions=conditions, progress=prog)
+    bar.close()
+    frame = comp.to_frame()
+    run.write_table("qk_compression", frame)
+    _compression_report(comp, frame, fits, heads_df, c, out)
+    out.finished("qk_compression")
+
+
+def _select_heads(c: CompressionConfig, dla_heads: pd.DataFrame | None, patch: pd.DataFrame | None) -> pd.DataFrame:
+    if c.heads is not None:
+        df = pd.DataFrame([{"layer": x, "head": y} for x, y in c.heads])
+    elif c.select_by == "dla":
+        df = dla_heads.head(c.n_heads)[["layer", "head"]]  # type: ignore[union-attr]
+    else:
+        base = 0.0 if patch["direction"].iloc[0] == "denoising" else 1.0  # type: ignore[index]
+        order = (patch["normalised"] - base).abs().sort_values(ascending=False).index  # type: ignore[index]
+        df = patch.loc[order[: c.n_heads], ["layer", "head"]]  # type: ignore[union-attr]
+    df = df.astype({"layer": int, "head": int}).reset_index(drop=True)
+    df["label"] = [f"L{x}H{y}" for x, y in zip(df["layer"], df["head"], strict=True)]
+    if dla_heads is not None:
+        df = df.merge(dla_heads[["layer", "head", "contribution"]].astype({"layer": int, "head": int}),
+                      on=["layer", "head"], how="left").rename(columns={"contribution": "dla"})
+    if patch is not None:
+        df = df.merge(patch[["layer", "head", "normalised"]].astype({"layer": int, "head": int}),
+                      on=["layer", "head"], how="left").rename(columns={"normalised": "patching_normalised"})
+    df["selected_by"] = "config" if c.heads is not None else c.select_by
+    return df
+
+
+def _compression_report(comp: QKCompressionResult, frame: pd.DataFrame, fits, heads_df: pd.DataFrame,
+                        c: CompressionConfig, out: RunOutcome) -> None:
+    run, d = out.run, comp.d_head
+    titles = {"normal": "normal labels (A-D)", "random": "randomised labels, subspace fitted on them",
+              "random_with_normal_fit": "randomised labels, subspace fitted on normal labels"}
+    lines = []
+    for (label, variant), g in frame.groupby(["label", "variant"], sort=False):
+        parts = []
+        for cond in comp.conditions:
+            gc = g[g["condition"] == cond]
+            parts.append(f"{cond}: {_fmt_curve(gc, d)} (90% kept from rank {_rank_for(gc, 0.9)})")
+        lines.append(f"{label} {variant}: " + "; ".join(parts))
+    where = "label tokens" if c.key_positions == "labels" else "all positions"
+    out.summary.append(
+        f"q/k compression of {', '.join(heads_df['label'])}: share of the letter logit diff kept at each rank "
+        f"(q at the last position, k at the {where}, d_head {d}; unablated letter logit diff " + ", ".join(
+            f"{cond} {float(comp.baseline_logit_diff[i]):.2f}" for i, cond in enumerate(comp.conditions)) + "):")
+    out.summary.extend(f"  {line}" for line in lines)
+    out.sections.append(ReportSection("Correct-letter heads", text=(
+        f"Compressed: {', '.join(heads_df['label'])}, selected by {heads_df['selected_by'].iloc[0]} "
+        "(dla = mean direct logit attribution to the correct letter; patching_normalised = last-position "
+        "head patching)."), table=heads_df))
+    pivot = frame.pivot_table(index=["condition", "label", "variant"], columns="rank",
+                              values="share_logit_diff").reset_index()
+    pivot.columns = [str(x) for x in pivot.columns]
+    out.sections.append(ReportSection("Low-rank q/k compression of the correct-letter heads", text=(
+        "For each head, the pre-rotary query at the last position and its KV group's pre-rotary key at the "
+        f"{'four label tokens' if c.key_positions == 'labels' else 'positions'} are replaced by the mean plus "
+        "their projection on the top-r right singular vectors (SVD over the data set; r = 0 keeps only the "
+        "mean; full rank leaves the model unchanged). Only this head's last-position attention scores see "
+        "the compressed key (the other query heads of its GQA group keep theirs). Table: the letter logit "
+        "diff (correct minus the mean of the other three letters) as a share of the unablated model's; the "
+        "qk_compression table also has accuracy shares and share_of_head_effect = (m_r - m_0) / "
+        "(m_full - m_0).\n\n" + " | ".join(lines)), table=pivot, table_max_rows=60))
+    for i, cond in enumerate(comp.conditions):
+        fig = rank_curves(frame, cond, d, title=f"q/k compression: {titles.get(cond, cond)}")
+        run.write_figure(f"qk_compression_{cond}", fig)
+        text = (f"{titles.get(cond, cond)}: unablated letter logit diff {float(comp.baseline_logit_diff[i]):.3f}, "
+                f"accuracy {float(comp.baseline_accuracy[i]):.0%}.")
+        out.sections.append(ReportSection(f"Rank vs metric: {titles.get(cond, cond)}", text=text, figure=fig))
+    ev = pd.concat([hs.to_frame().assign(fit=f) for f, per in fits.items() for hs in per.values()])
+    ev = ev[ev["rank"].isin([r for r in comp.ranks if r <= d])]
+    ev_table = ev.pivot_table(index=["fit", "layer", "head", "component"], columns="rank",
+                              values="explained_variance").reset_index()
+    ev_table.columns = [str(x) for x in ev_table.columns]
+    out.sections.append(ReportSection("Explained variance of the q/k subspaces", text=(
+        "Share of the centred variance of the fitted activations in the top-r singular directions."),
+        table=ev_table, table_max_rows=60))
+
+
+register_task("mcq_letters", Task(prepare=_prepare, execute=_execute))
