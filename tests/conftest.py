@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -332,3 +333,22 @@ class RawReference:
 
     def head_dla(self, tokens, answer, distractor, layer: int, head: int) -> torch.Tensor:
         return self.direct_effect(tokens, answer, distractor, self.head_output(tokens, layer, head))
+
+
+@pytest.fixture
+def run_notebook(tmp_path, monkeypatch):
+    """Execute a notebook under notebooks/ with extra environment variables (its small
+    setting) and return the error outputs of its cells (empty when it ran cleanly)."""
+
+    def run(name: str, env: dict[str, str], timeout: int = 900) -> list:
+        import nbformat
+        from nbclient import NotebookClient
+
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / name, as_version=4)
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+        return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+
+    return run

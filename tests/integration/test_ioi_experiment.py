@@ -4,7 +4,6 @@ reduced setting."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,21 +38,5 @@ def test_ioi_experiment_end_to_end(tmp_path):
     assert (acc["clean_logit_diff"] > 0).mean() >= 0.8  # the model does IOI
 
 
-def test_notebook_executes(tmp_path):
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks" / "ioi_walkthrough.ipynb", as_version=4)
-    env = {"INTERP_NB_N_PROMPTS": "4", "INTERP_NB_TEMPLATES": "0"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+def test_notebook_executes(run_notebook):
+    assert not run_notebook("ioi_walkthrough.ipynb", {"INTERP_NB_N_PROMPTS": "4", "INTERP_NB_TEMPLATES": "0"})

@@ -56,22 +56,7 @@ def test_experiment_end_to_end(tmp_path):
     assert (run_dir / "report.html").stat().st_size > 100_000
 
 
-def test_notebook_executes(tmp_path):
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks" / "speech_saliency.ipynb", as_version=4)
+def test_notebook_executes(run_notebook):
     env = {"INTERP_NB_N_UTTERANCES": "1", "INTERP_NB_PATCH_FRAMES": "50", "INTERP_NB_PATCH_MELS": "80",
            "INTERP_NB_IG_STEPS": "2", "INTERP_NB_DELETION_STEP": "0.25", "INTERP_NB_THREADS": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+    assert not run_notebook("speech_saliency.ipynb", env)
