@@ -29,3 +29,20 @@ def sha256_files(paths: list[Path]) -> str:
         h.update(p.name.encode())
         h.update(bytes.fromhex(sha256_file(p)))
     return h.hexdigest()
+
+
+def memoised_sha256(path: Path, stamp: Path) -> str:
+    """sha256 of `path`, remembered in the JSON file `stamp` and reused while the file's path,
+    size and mtime are unchanged (hashing a weights file costs a noticeable fraction of a load)."""
+    import json
+
+    st = path.stat()
+    key = {"path": str(path), "size": st.st_size, "mtime": st.st_mtime}
+    if stamp.is_file():
+        data = json.loads(stamp.read_text())
+        if data.get("key") == key:
+            return data["sha256"]
+    digest = sha256_file(path)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"key": key, "sha256": digest}))
+    return digest

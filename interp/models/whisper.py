@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from interp.core.errors import ModelLoadError
-from interp.models.cache import cache_root, sha256_file
+from interp.models.cache import cache_root, memoised_sha256
 from interp.models.ct2 import CT2Model, read_ct2, to_float32
 
 NAME = "whisper-tiny.en"
@@ -99,17 +99,7 @@ def weights_present() -> bool:
 
 def _digest(path: Path) -> str:
     """sha256 of model.bin, memoised next to the cache (keyed by path, size and mtime)."""
-    stamp = cache_root() / NAME / "model_bin.json"
-    st = path.stat()
-    key = {"path": str(path), "size": st.st_size, "mtime": st.st_mtime}
-    if stamp.is_file():
-        data = json.loads(stamp.read_text())
-        if data.get("key") == key:
-            return data["sha256"]
-    digest = sha256_file(path)
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"key": key, "sha256": digest}))
-    return digest
+    return memoised_sha256(path, cache_root() / NAME / "model_bin.json")
 
 
 # --- CTranslate2 arrays -> Hugging Face ------------------------------------------------------
