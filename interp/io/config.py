@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -77,6 +78,17 @@ class _FieldError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
+
+
+def _known_metric(metric: str) -> str:
+    allowed = allowed_metrics()
+    if metric not in allowed:
+        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(allowed)}")
+    return metric
+
+
+# A metric name from the registry (interp.core.metrics), checked when the config is loaded.
+MetricName = Annotated[StrictStr, AfterValidator(_known_metric)]
 
 
 class _Section(BaseModel):
@@ -173,18 +185,10 @@ class DlaConfig(_AnalysisConfig):
 
 class _PatchingConfig(_AnalysisConfig):
     direction: Direction = "denoising"
-    metric: StrictStr = "logit_diff"
+    metric: MetricName = "logit_diff"
     batch_size: PositiveInt = Field(
         64, description="an integer >= 1 (max patch variants per forward)"
     )
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, metric: str) -> str:
-        allowed = allowed_metrics()
-        if metric not in allowed:
-            raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(allowed)}")
-        return metric
 
 
 class HeadPatchingConfig(_PatchingConfig):

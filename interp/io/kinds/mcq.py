@@ -48,11 +48,11 @@ from interp.core.errors import ConfigError
 from interp.data.mcq import generate_mcq
 from interp.data.pairs import PairDataset, tokenize_pairs
 from interp.io.config import (
+    MetricName,
     ModelConfig,
     OutputConfig,
     _FieldError,
     _Section,
-    allowed_metrics,
     register_experiment_kind,
 )
 from interp.io.report import ReportSection
@@ -105,16 +105,8 @@ class MCQPatchingConfig(_Enabled):
         "last", description="'last' (each head patched at the answer position; a few forwards) or "
         "'all' (every position; one forward per layer and head group, much slower)")
     direction: Literal["denoising", "noising"] = "denoising"
-    metric: StrictStr = "logit_diff"
+    metric: MetricName = "logit_diff"
     batch_size: PositiveInt = Field(64, description="an integer >= 1 (max patch variants per forward)")
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, metric: str) -> str:
-        allowed = allowed_metrics()
-        if metric not in allowed:
-            raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(allowed)}")
-        return metric
 
 
 class CompressionConfig(_Enabled):
