@@ -12,6 +12,11 @@ Modes (`ABLATION_MODES`):
 - ``"mean"``: z[:, :, head] = the head's mean z over a reference dataset (`head_means`), at every
   position: keeps the head's average (bias-like) contribution and removes only what depends on
   the prompt (Wang et al. 2022 use mean ablation for this reason).
+- ``"uniform"``: the head's query is set to 0 (`Site("q_rot", layer)`, after the rotary
+  embedding), so all its attention scores are 0 and its pattern is uniform over the causal
+  window: the head still writes the average of the values it can see. This is how Wu et al.
+  (2024, `needle_in_haystack_with_mask.py`) "mask" retrieval heads: the head can no longer
+  choose where to look, but its output is not removed.
 
 Grouped-query attention needs no care here: z is per *query* head (its own pattern times its
 KV group's values), so one query head is ablated without touching the others of its group.
@@ -36,7 +41,7 @@ from interp.core.types import Float, Int, Tensor
 
 __all__ = ["ABLATION_MODES", "ablated_heads", "ablation_hooks", "head_means"]
 
-ABLATION_MODES: tuple[str, ...] = ("zero", "mean")
+ABLATION_MODES: tuple[str, ...] = ("zero", "mean", "uniform")
 
 HeadMeans = Float[Tensor, "layer head d_head"]
 
@@ -86,6 +91,9 @@ def ablation_hooks(
         if head not in by_layer.setdefault(layer, []):
             by_layer[layer].append(head)
 
+    if mode == "uniform":
+        return [(Site("q_rot", layer=layer), _zero_query(hs)) for layer, hs in sorted(by_layer.items())]
+
     def make(layer: int, hs: list[int]) -> HookFn:
         def fn(z: torch.Tensor, _site: Site) -> torch.Tensor:
             z = z.clone()  # (batch, pos, head, d_head)
@@ -98,6 +106,15 @@ def ablation_hooks(
         return fn
 
     return [(Site("z", layer=layer), make(layer, hs)) for layer, hs in sorted(by_layer.items())]
+
+
+def _zero_query(hs: list[int]) -> HookFn:
+    def fn(q: torch.Tensor, _site: Site) -> torch.Tensor:
+        q = q.clone()  # (batch, pos, head, d_head)
+        q[:, :, hs] = 0
+        return q
+
+    return fn
 
 
 @contextmanager

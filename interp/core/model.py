@@ -94,6 +94,16 @@ class HookedModel(ABC):
         With `end_layer`, stop before that block and return the residual entering it."""
         raise NotImplementedError(f"backend {self.backend!r} cannot resume a forward at a layer")
 
+    def forward_incremental(
+        self, tokens: torch.Tensor, past: Any = None, *, last_logits: int | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        """Forward `tokens` after the positions already held in `past` (a key/value cache from
+        an earlier call, or None to start) and return (logits, cache). Hooks fire on the new
+        positions only; attention patterns and scores span (new queries, all keys). Chunked
+        prefill and greedy decoding are built on it. With `last_logits=n`, only the last n
+        positions are unembedded (the rest of a long chunk's logits are never needed)."""
+        raise NotImplementedError(f"backend {self.backend!r} has no key/value-cached forward")
+
     def final_norm(self) -> FinalNorm:
         raise NotImplementedError(f"backend {self.backend!r} exposes no final norm")
 

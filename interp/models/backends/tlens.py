@@ -12,6 +12,8 @@ unpatched prefix; the bridge's own `start_at_layer` still executes blocks 0..L-1
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from typing import Any
 
 import torch
@@ -120,6 +122,17 @@ class TLBridgeModel(HookedModel):
     # -- forwards ----------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.bridge(tokens.to(self.device), return_type="logits")
+
+    def forward_incremental(self, tokens: torch.Tensor, past: Any = None, *,
+                            last_logits: int | None = None) -> tuple[torch.Tensor, Any]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache() if past is None else past
+        with _cache_kwarg_renamed(self.bridge):
+            kwargs = {} if last_logits is None else {"logits_to_keep": last_logits}
+            logits, cache = self.bridge(tokens.to(self.device), return_type="logits_and_cache",
+                                        past_key_values=cache, **kwargs)
+        return logits, cache
 
     def capture_block_inputs(self, tokens: torch.Tensor) -> BlockInputs:
         """One forward recording each block's extra arguments, its input residual and its
@@ -236,6 +249,26 @@ class TLBridgeModel(HookedModel):
         if self._W_O is None:
             self._W_O = self.bridge.W_O.detach()  # (layer, head, d_head, d_model)
         return self._W_O[layer]
+
+
+@contextmanager
+def _cache_kwarg_renamed(bridge: nn.Module):
+    """Transformers 5 hands each attention its cache as `cache=`; the bridge's attention reads
+    `past_key_values` / `layer_past` and otherwise silently attends to the new tokens only.
+    Rename it for the duration of a cached forward (pre-hooks removed in `finally`)."""
+
+    def pre(_mod, args, kwargs):
+        if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+            kwargs = {**kwargs, "past_key_values": kwargs["cache"]}
+            kwargs.pop("cache")
+        return args, kwargs
+
+    handles = [block.attn.register_forward_pre_hook(pre, with_kwargs=True) for block in bridge.blocks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class _KVRecorder:
