@@ -42,6 +42,10 @@ def load_model(
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     if info.modality == "speech":
         return _load_speech(name, backend, dev, dt)  # type: ignore[return-value]
+    if info.modality == "vision":  # a VisionLanguageModel (LLaVA; hooks on W_O, no TransformerLens)
+        from interp.models.llava import load_llava
+
+        return load_llava(name, local_only=info.kind != "hub", device=dev, dtype=dt)  # type: ignore[return-value]
     backend = backend or "transformer_lens"
     if info.kind == "tiny":
         from interp.models import smollm2

