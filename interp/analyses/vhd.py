@@ -47,7 +47,7 @@ def paper_layers(n_layers: int, n_last: int = 14) -> list[int]:
     return sorted({min(1, n_layers - 1), *range(max(0, n_layers - n_last), n_layers)})
 
 
-def token_vhd(vhd: Float[np.ndarray, "step layer head"], top_k: int) -> Float[np.ndarray, "step"]:
+def token_vhd(vhd: Float[np.ndarray, "step layer head"], top_k: int) -> Float[np.ndarray, " step"]:
     """T-VHD per step: the sum over layers of the top-k VHD of each layer."""
     k = min(top_k, vhd.shape[-1])
     return np.sort(vhd, axis=-1)[..., -k:].sum(axis=(-1, -2))

@@ -341,6 +341,7 @@ _KIND_MODULES: list[str] = [
     "interp.io.kinds.circuits",
     "interp.io.kinds.speech",
     "interp.io.kinds.mcq",
+    "interp.io.kinds.vision",
 ]
 
 

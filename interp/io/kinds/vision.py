@@ -1,0 +1,335 @@
+"""Experiment kind ``vision_heads``: vision-aware heads and hallucination in a LLaVA model.
+
+Reproduces He et al., "Cracking the Code of Hallucination in LVLMs with Vision-aware Head
+Divergence" (arXiv 2412.13949) on ``shapes-llava`` (DINOv2 + projector + SmolLM2, built here):
+VHD head maps at the first generated token and over all tokens, T-VHD of hallucinated vs
+correct attribute tokens, and VHR (reinforce the vision-aware heads by alpha) against a random-
+head control with the same number of heads per layer, scored CHAIR-style (attribute words not in
+the image) and by answer accuracy. The data are the prior-contradicting probe (a blue banana,
+a purple sun, ...: colour questions, optionally captions) plus ordinary shapes questions.
+
+    kind: vision_heads
+    name: vision_heads
+    model: {name: shapes-llava}
+    data: {n_probe: 40, probe_captions: true, n_shapes: 24}
+    analyses: {vhd: {top_k: 3}, vhr: {alpha: 2.0, layers: null, random_seeds: [0, 1]}}
+
+Registered on import (listed in `interp.io.config._KIND_MODULES`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, StrictBool, StrictStr, field_validator
+
+from interp.analyses.vhd import head_divergence, label_tokens, paper_layers, reinforce_heads
+from interp.core.errors import ConfigError, ModelLoadError
+from interp.data.shapes import (
+    QTYPES,
+    ShapeItem,
+    answer_correct,
+    attribute_mentions,
+    generate_prior_probe,
+    generate_shapes,
+    hallucinated_mentions,
+)
+from interp.io.config import (
+    NonNegativeInt,
+    OutputConfig,
+    PositiveInt,
+    _Section,
+    register_experiment_kind,
+)
+from interp.io.report import ReportSection
+from interp.io.runner import RunOutcome, Task, _progress, register_task
+from interp.models.registry import describe_model_name
+from interp.viz.heatmaps import head_heatmap
+from interp.viz.vision import condition_bars, tvhd_box
+
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+
+def _unique(values: tuple, what: str) -> tuple:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
+    return values
+
+
+class VisionModelConfig(_Section):
+    name: StrictStr = Field("shapes-llava", description="a LLaVA model: shapes-llava, a llava-hf/... hub id "
+                                                        "or a local LLaVA directory")
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @field_validator("name")
+    @classmethod
+    def _vision_model(cls, name: str) -> str:
+        allowed = "shapes-llava, a llava-hf/... hub id or a local LLaVA directory"
+        try:
+            info = describe_model_name(name)
+        except ModelLoadError as exc:
+            raise ValueError(f"{exc}; vision-language models: {allowed}") from None
+        if info.modality != "vision":
+            raise ValueError(f"{name!r} is not a vision-language (LLaVA) model; allowed: {allowed}")
+        return name
+
+
+class VisionDataConfig(_Section):
+    n_probe: NonNegativeInt = Field(40, description="an integer >= 0: prior-contradicting colour questions "
+                                                    "(a blue banana, a purple sun, ...)")
+    probe_captions: StrictBool = Field(True, description="true or false: also ask for a caption of each probe image")
+    n_shapes: NonNegativeInt = Field(24, description="an integer >= 0: ordinary held-out shapes questions")
+    qtypes: tuple[Literal["colour", "shape", "position", "count", "caption"], ...] = Field(
+        QTYPES, description=f"a non-empty list of: {', '.join(QTYPES)}")
+
+    @field_validator("qtypes")
+    @classmethod
+    def _qtypes(cls, value: tuple) -> tuple:
+        if not value:
+            raise ValueError(f"must not be empty; give some of: {', '.join(QTYPES)}")
+        return _unique(value, "question types")
+
+
+class VHDConfig(_Section):
+    enabled: StrictBool = True
+    top_k: PositiveInt = Field(3, description="an integer >= 1: heads per layer summed in T-VHD")
+    n_heads_report: PositiveInt = Field(10, description="an integer >= 1: vision-aware heads listed")
+
+
+class VHRConfig(_Section):
+    enabled: StrictBool = True
+    alpha: PositiveFloat = Field(2.0, description="a number > 0: the factor on the selected heads' outputs")
+    layers: tuple[NonNegativeInt, ...] | None = Field(
+        None, description="null (layer 1 and the last 14 layers, as the reference) or a list of layer indices")
+    random_seeds: tuple[NonNegativeInt, ...] = Field(
+        (0,), description="a list of integers >= 0: one random-head control per seed (empty: no control)")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: tuple | None) -> tuple | None:
+        if value is not None and not value:
+            raise ValueError("empty list; give layer indices, or null for the reference's layers")
+        return None if value is None else _unique(value, "layers")
+
+    @field_validator("random_seeds")
+    @classmethod
+    def _seeds(cls, value: tuple) -> tuple:
+        return _unique(value, "random seeds")
+
+
+class VisionAnalysesConfig(_Section):
+    max_new_tokens: PositiveInt = Field(8, description="an integer >= 1: greedy tokens per answer")
+    batch_size: PositiveInt = Field(8, description="an integer >= 1: questions per forward")
+    vhd: VHDConfig = VHDConfig()
+    vhr: VHRConfig = VHRConfig()
+
+
+class VisionHeadsConfig(_Section):
+    kind: Literal["vision_heads"] = "vision_heads"
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]+$")] = Field(
+        description="a name of letters, digits, '_' and '-' (used in the run directory name)")
+    description: StrictStr = ""
+    seed: NonNegativeInt = Field(0, description="an integer >= 0")
+    model: VisionModelConfig = VisionModelConfig()
+    data: VisionDataConfig = VisionDataConfig()
+    analyses: VisionAnalysesConfig = VisionAnalysesConfig()
+    output: OutputConfig = OutputConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+register_experiment_kind("vision_heads", VisionHeadsConfig)
+
+
+# ------------------------------------------------------------------------------------ runner
+
+
+def _prepare(cfg: VisionHeadsConfig, model, log) -> list[tuple[str, ShapeItem]]:
+    if getattr(model, "modality", None) != "vision":
+        raise ConfigError(f"{model.name} is not a vision-language model", path="model.name")
+    d, size = cfg.data, model.spec.image_size
+    items: list[tuple[str, ShapeItem]] = []
+    if d.n_probe:
+        items += [("probe", it) for it in generate_prior_probe(d.n_probe, cfg.seed, image_size=size,
+                                                               captions=d.probe_captions).items]
+    if d.n_shapes:
+        items += [("shapes", it) for it in generate_shapes(d.n_shapes, cfg.seed + 1, image_size=size,
+                                                           qtypes=d.qtypes).items]
+    if not items:
+        raise ConfigError("no questions: set data.n_probe or data.n_shapes above 0", path="data")
+    layers = cfg.analyses.vhr.layers or ()
+    for i, layer in enumerate(layers):
+        if layer >= model.spec.n_layers:
+            raise ConfigError(f"layer {layer} does not exist in {model.name} (layers 0..{model.spec.n_layers - 1})",
+                              path=f"analyses.vhr.layers[{i}]")
+    log(f"data: {sum(s == 'probe' for s, _ in items)} probe items, {sum(s == 'shapes' for s, _ in items)} shapes items")
+    return items
+
+
+def score(texts: list[str], items: list[tuple[str, ShapeItem]], condition: str) -> pd.DataFrame:
+    """Per answer: correct, attribute mentions, hallucinated mentions, the prior's colour said."""
+    rows = []
+    for i, (text, (set_, it)) in enumerate(zip(texts, items, strict=True)):
+        men, hal = attribute_mentions(text), hallucinated_mentions(text, it.scene)
+        rows.append({"item": i, "condition": condition, "set": set_, "qtype": it.qtype, "question": it.question,
+                     "truth": it.answer, "prior": it.prior, "text": text, "correct": answer_correct(text, it),
+                     "n_mentions": len(men), "n_hallucinated": len(hal), "hallucinated": ", ".join(w for w, *_ in hal),
+                     "said_prior": bool(it.prior) and it.prior in {v for _, k, v, _, _ in men if k == "colour"}})
+    return pd.DataFrame(rows)
+
+
+def summarise(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per condition (and set): accuracy, CHAIR_i (hallucinated / mentioned attribute words),
+    CHAIR_s (answers with any hallucinated attribute), prior-colour rate on the probe."""
+    def agg(g: pd.DataFrame) -> pd.Series:
+        probe = g[g["prior"].notna()]
+        return pd.Series({"n": len(g), "accuracy": g["correct"].mean(),
+                          "chair_i": g["n_hallucinated"].sum() / max(1, g["n_mentions"].sum()),
+                          "chair_s": (g["n_hallucinated"] > 0).mean(),
+                          "prior_rate": probe["said_prior"].mean() if len(probe) else np.nan})
+    parts = [scores.groupby("condition", sort=False).apply(agg, include_groups=False).reset_index().assign(set="all"),
+             scores.groupby(["condition", "set"], sort=False).apply(agg, include_groups=False).reset_index()]
+    return pd.concat(parts, ignore_index=True)[["condition", "set", "n", "accuracy", "chair_i", "chair_s", "prior_rate"]]
+
+
+def _spans(texts: list[str], items: list[tuple[str, ShapeItem]]) -> list[list[tuple[int, int, str]]]:
+    out = []
+    for text, (_, it) in zip(texts, items, strict=True):
+        truth = it.scene.attributes()
+        out.append([(s, e, "correct" if v in truth[k] else "hallucinated") for _, k, v, s, e in attribute_mentions(text)])
+    return out
+
+
+def _fmt_heads(df: pd.DataFrame, value: str) -> str:
+    return ", ".join(f"L{int(r.layer)}H{int(r.head)} ({getattr(r, value):.2f})" for r in df.itertuples())
+
+
+def _execute(cfg: VisionHeadsConfig, model, items, out: RunOutcome, show: bool, log) -> None:
+    run, a = out.run, cfg.analyses
+    images, questions = [it.image for _, it in items], [it.question for _, it in items]
+    run.update_manifest(task="vision_heads", dataset={"name": "shapes", "n": len(items)})
+    run.write_table("dataset", pd.DataFrame([{"item": i, "set": s, "qtype": it.qtype, "question": it.question,
+                                              "truth": it.answer, "prior": it.prior, "caption": it.scene.caption()}
+                                             for i, (s, it) in enumerate(items)]))
+    bar, prog = _progress("VHD (greedy, image and text-only rows)", show)
+    res = head_divergence(model, images, questions, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
+                          progress=prog)
+    bar.close()
+    base = score(res.texts, items, "baseline")
+    conditions = [base]
+    if a.vhd.enabled:
+        _vhd_sections(cfg, res, items, out)
+    if a.vhr.enabled:
+        layers = list(a.vhr.layers) if a.vhr.layers else paper_layers(model.spec.n_layers)
+        bar, prog = _progress("VHR", show)
+        vhr = reinforce_heads(model, images, questions, alpha=a.vhr.alpha, layers=layers,
+                              max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, progress=prog)
+        bar.close()
+        conditions.append(score(vhr.texts, items, "vhr"))
+        sel = vhr.selection_frame()
+        run.write_table("vhr_heads", sel)
+        for seed in a.vhr.random_seeds:
+            bar, prog = _progress(f"random heads (seed {seed})", show)
+            ctl = reinforce_heads(model, images, questions, alpha=a.vhr.alpha, layers=layers,
+                                  control_counts=vhr.counts(), seed=seed, max_new_tokens=a.max_new_tokens,
+                                  batch_size=a.batch_size, progress=prog)
+            bar.close()
+            conditions.append(score(ctl.texts, items, f"random_seed{seed}"))
+        _vhr_sections(cfg, vhr, sel, conditions, layers, model, out)
+    scores = pd.concat(conditions, ignore_index=True)
+    run.write_table("answers", scores)
+    summary = summarise(scores)
+    run.write_table("hallucination", summary)
+    b = summary[(summary.condition == "baseline") & (summary.set == "all")].iloc[0]
+    out.summary.insert(0, f"baseline over {int(b.n)} answers: accuracy {b.accuracy:.1%}, CHAIR_i {b.chair_i:.1%}, "
+                          f"CHAIR_s {b.chair_s:.1%}, probe answers naming the prior colour {b.prior_rate:.1%}")
+    out.sections.insert(0, ReportSection("Answers and hallucination", text=(
+        "accuracy: the answer names the true attribute(s) and no attribute absent from the image; CHAIR_i: "
+        "share of mentioned attribute words (colours, shapes, counts, positions) not in the image; CHAIR_s: "
+        "share of answers with at least one; prior_rate: probe answers naming the colour the object's name "
+        "suggests (yellow for a banana) although the image shows another."), table=summary))
+    out.sections.append(ReportSection("Example answers", table=scores[scores.condition == "baseline"][
+        ["set", "question", "truth", "text", "correct", "hallucinated"]], table_max_rows=20))
+    out.finished("hallucination")
+
+
+def _vhd_sections(cfg: VisionHeadsConfig, res, items, out: RunOutcome) -> None:
+    run, k = out.run, cfg.analyses.vhd
+    run.write_table("vhd", res.to_frame())
+    first, every = res.head_map("first"), res.head_map("all")
+    run.write_table("head_scores", pd.concat([
+        first.assign(score="vhd.shapes.first_token", value=first["vhd"]),
+        every.assign(score="vhd.shapes.all_tokens", value=every["vhd"])])[["layer", "head", "score", "value"]])
+    fig1 = head_heatmap(first, "vhd", title="VHD per head at the first generated token (mean over questions)")
+    fig2 = head_heatmap(every, "vhd", title="VHD per head over all generated tokens")
+    run.write_figure("vhd_first_token", fig1)
+    run.write_figure("vhd_all_tokens", fig2)
+    top = first.sort_values("vhd", ascending=False).head(k.n_heads_report)
+    z = (first["vhd"] - first.groupby("layer")["vhd"].transform("mean")) / first.groupby("layer")["vhd"].transform("std")
+    zt = first.assign(z_in_layer=z).sort_values("z_in_layer", ascending=False).head(k.n_heads_report)
+    by_layer = first.groupby("layer")["vhd"].mean()
+    out.summary.append(f"vision-aware heads (largest mean first-token VHD): {_fmt_heads(top, 'vhd')}; "
+                       f"largest within their layer (z-score): {_fmt_heads(zt, 'z_in_layer')}; mean VHD per layer "
+                       f"rises from {by_layer.iloc[0]:.2f} (layer 0) to {by_layer.max():.2f} (layer {by_layer.idxmax()})")
+    out.sections.append(ReportSection("Vision-aware heads (VHD)", text=(
+        "VHD[l,i] = ||A[l,i](image + question) - A[l,i](question, image tokens removed)||, A = the head's "
+        f"output before W_O at the position predicting the token; mean over {len(res.texts)} questions. "
+        f"Top heads: {_fmt_heads(top, 'vhd')}. Within-layer outliers (VHD z-score in its layer): "
+        f"{_fmt_heads(zt, 'z_in_layer')}."), figure=fig1, table=top))
+    out.sections.append(ReportSection("VHD over all generated tokens", figure=fig2))
+
+    tokens = res.token_frame(k.top_k)
+    tokens["label"] = label_tokens(tokens, _spans(res.texts, items))
+    run.write_table("tvhd_tokens", tokens)
+    stats = tokens.groupby("label")["tvhd"].agg(["count", "mean", "median", "std"]).reset_index()
+    steps = tokens.groupby("label")["step"].mean()
+    stats["mean_step"] = stats["label"].map(steps)
+    hal, cor = tokens[tokens.label == "hallucinated"], tokens[tokens.label == "correct"]
+    if len(hal) and len(cor):
+        from scipy.stats import mannwhitneyu
+
+        p = float(mannwhitneyu(hal["tvhd"], cor["tvhd"], alternative="less").pvalue)
+        line = (f"T-VHD (top-{k.top_k} per layer, summed): hallucinated attribute tokens {hal.tvhd.mean():.2f} "
+                f"(n={len(hal)}) vs correct {cor.tvhd.mean():.2f} (n={len(cor)}); hallucinated lower: "
+                f"{'yes' if hal.tvhd.mean() < cor.tvhd.mean() else 'no'} (one-sided Mann-Whitney p={p:.3g})")
+    else:
+        line = (f"T-VHD: {len(hal)} hallucinated and {len(cor)} correct attribute tokens; "
+                "no comparison possible without both")
+    out.summary.append(line)
+    fig = tvhd_box(tokens, title="T-VHD of generated tokens by label")
+    run.write_figure("tvhd", fig)
+    out.sections.append(ReportSection("T-VHD of hallucinated vs correct tokens", text=(
+        line + ". Labels: a token inside an attribute word that is in the image (correct) or not "
+        "(hallucinated); other tokens are function words. mean_step: where in the answer the tokens sit."),
+        figure=fig, table=stats))
+    out.finished("vhd")
+
+
+def _vhr_sections(cfg, vhr, sel: pd.DataFrame, conditions: list[pd.DataFrame], layers, model, out: RunOutcome) -> None:
+    table = summarise(pd.concat(conditions, ignore_index=True))
+    allset = table[table.set == "all"].set_index("condition")
+    base, v = allset.loc["baseline"], allset.loc["vhr"]
+    rnd = allset.drop(index=["baseline", "vhr"])
+    n_sel = sel.groupby("item").size().mean() if len(sel) else 0.0
+    freq = sel.groupby(["layer", "head"]).size().sort_values(ascending=False).head(8) / max(1, len(vhr.texts))
+    line = (f"VHR (alpha {vhr.alpha}, layers {layers[0]}..{layers[-1]} ({len(layers)} layers), {n_sel:.1f} heads per "
+            f"answer): accuracy {base.accuracy:.1%} -> {v.accuracy:.1%}, CHAIR_i {base.chair_i:.1%} -> {v.chair_i:.1%}, "
+            f"CHAIR_s {base.chair_s:.1%} -> {v.chair_s:.1%}, prior rate {base.prior_rate:.1%} -> {v.prior_rate:.1%}")
+    if len(rnd):
+        line += (f"; random heads (same count per layer, {len(rnd)} seeds, mean): accuracy {rnd.accuracy.mean():.1%}, "
+                 f"CHAIR_i {rnd.chair_i.mean():.1%}, CHAIR_s {rnd.chair_s.mean():.1%}, prior rate {rnd.prior_rate.mean():.1%}")
+    out.summary.append(line)
+    fig = condition_bars(table[table.set == "all"], title="Baseline vs VHR vs random heads")
+    out.run.write_figure("vhr", fig)
+    out.sections.append(ReportSection("VHR vs random heads", text=(
+        line + ". Most often selected heads (share of answers): " +
+        ", ".join(f"L{la}H{h} ({f:.0%})" for (la, h), f in freq.items())), figure=fig, table=table))
+    out.finished("vhr")
+
+
+register_task("vision_heads", Task(prepare=_prepare, execute=_execute))
