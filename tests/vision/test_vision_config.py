@@ -90,13 +90,13 @@ def test_run_on_tiny_llava_writes_tables_figures_report(tiny_llava, tmp_path):
 
 
 def test_scoring_counts_attribute_hallucinations():
+    from interp.analyses.hallucination import score_answers, summarise
     from interp.data.shapes import generate_prior_probe
-    from interp.io.kinds.vision import score, summarise
 
     it = generate_prior_probe(1, seed=0, image_size=28).items[0]  # a banana, not yellow
     items = [("probe", it)] * 3
     texts = [it.answer, "yellow", f"a {it.answer} triangle"]
-    s = score(texts, items, "x")
+    s = score_answers(texts, items, "x")
     assert s["correct"].tolist() == [True, False, False]
     assert s["n_hallucinated"].tolist() == [0, 1, 1]
     assert s["said_prior"].tolist() == [False, True, False]

@@ -21,21 +21,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import pandas as pd
 from pydantic import Field, StrictBool, StrictStr, field_validator
 
+from interp.analyses.hallucination import attribute_spans, score_answers, summarise
 from interp.analyses.vhd import head_divergence, label_tokens, paper_layers, reinforce_heads
 from interp.core.errors import ConfigError, ModelLoadError
-from interp.data.shapes import (
-    QTYPES,
-    ShapeItem,
-    answer_correct,
-    attribute_mentions,
-    generate_prior_probe,
-    generate_shapes,
-    hallucinated_mentions,
-)
+from interp.data.shapes import QTYPES, ShapeItem, generate_prior_probe, generate_shapes
 from interp.io.config import (
     NonNegativeInt,
     OutputConfig,
@@ -171,40 +163,6 @@ def _prepare(cfg: VisionHeadsConfig, model, log) -> list[tuple[str, ShapeItem]]:
     return items
 
 
-def score(texts: list[str], items: list[tuple[str, ShapeItem]], condition: str) -> pd.DataFrame:
-    """Per answer: correct, attribute mentions, hallucinated mentions, the prior's colour said."""
-    rows = []
-    for i, (text, (set_, it)) in enumerate(zip(texts, items, strict=True)):
-        men, hal = attribute_mentions(text), hallucinated_mentions(text, it.scene)
-        rows.append({"item": i, "condition": condition, "set": set_, "qtype": it.qtype, "question": it.question,
-                     "truth": it.answer, "prior": it.prior, "text": text, "correct": answer_correct(text, it),
-                     "n_mentions": len(men), "n_hallucinated": len(hal), "hallucinated": ", ".join(w for w, *_ in hal),
-                     "said_prior": bool(it.prior) and it.prior in {v for _, k, v, _, _ in men if k == "colour"}})
-    return pd.DataFrame(rows)
-
-
-def summarise(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per condition (and set): accuracy, CHAIR_i (hallucinated / mentioned attribute words),
-    CHAIR_s (answers with any hallucinated attribute), prior-colour rate on the probe."""
-    def agg(g: pd.DataFrame) -> pd.Series:
-        probe = g[g["prior"].notna()]
-        return pd.Series({"n": len(g), "accuracy": g["correct"].mean(),
-                          "chair_i": g["n_hallucinated"].sum() / max(1, g["n_mentions"].sum()),
-                          "chair_s": (g["n_hallucinated"] > 0).mean(),
-                          "prior_rate": probe["said_prior"].mean() if len(probe) else np.nan})
-    parts = [scores.groupby("condition", sort=False).apply(agg, include_groups=False).reset_index().assign(set="all"),
-             scores.groupby(["condition", "set"], sort=False).apply(agg, include_groups=False).reset_index()]
-    return pd.concat(parts, ignore_index=True)[["condition", "set", "n", "accuracy", "chair_i", "chair_s", "prior_rate"]]
-
-
-def _spans(texts: list[str], items: list[tuple[str, ShapeItem]]) -> list[list[tuple[int, int, str]]]:
-    out = []
-    for text, (_, it) in zip(texts, items, strict=True):
-        truth = it.scene.attributes()
-        out.append([(s, e, "correct" if v in truth[k] else "hallucinated") for _, k, v, s, e in attribute_mentions(text)])
-    return out
-
-
 def _fmt_heads(df: pd.DataFrame, value: str) -> str:
     return ", ".join(f"L{int(r.layer)}H{int(r.head)} ({getattr(r, value):.2f})" for r in df.itertuples())
 
@@ -220,7 +178,7 @@ def _execute(cfg: VisionHeadsConfig, model, items, out: RunOutcome, show: bool, 
     res = head_divergence(model, images, questions, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
                           progress=prog)
     bar.close()
-    base = score(res.texts, items, "baseline")
+    base = score_answers(res.texts, items, "baseline")
     conditions = [base]
     if a.vhd.enabled:
         _vhd_sections(cfg, res, items, out)
@@ -230,7 +188,7 @@ def _execute(cfg: VisionHeadsConfig, model, items, out: RunOutcome, show: bool, 
         vhr = reinforce_heads(model, images, questions, alpha=a.vhr.alpha, layers=layers,
                               max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, progress=prog)
         bar.close()
-        conditions.append(score(vhr.texts, items, "vhr"))
+        conditions.append(score_answers(vhr.texts, items, "vhr"))
         sel = vhr.selection_frame()
         run.write_table("vhr_heads", sel)
         for seed in a.vhr.random_seeds:
@@ -239,7 +197,7 @@ def _execute(cfg: VisionHeadsConfig, model, items, out: RunOutcome, show: bool, 
                                   control_counts=vhr.counts(), seed=seed, max_new_tokens=a.max_new_tokens,
                                   batch_size=a.batch_size, progress=prog)
             bar.close()
-            conditions.append(score(ctl.texts, items, f"random_seed{seed}"))
+            conditions.append(score_answers(ctl.texts, items, f"random_seed{seed}"))
         _vhr_sections(cfg, vhr, sel, conditions, layers, model, out)
     scores = pd.concat(conditions, ignore_index=True)
     run.write_table("answers", scores)
@@ -284,7 +242,7 @@ def _vhd_sections(cfg: VisionHeadsConfig, res, items, out: RunOutcome) -> None:
     out.sections.append(ReportSection("VHD over all generated tokens", figure=fig2))
 
     tokens = res.token_frame(k.top_k)
-    tokens["label"] = label_tokens(tokens, _spans(res.texts, items))
+    tokens["label"] = label_tokens(tokens, attribute_spans(res.texts, items))
     run.write_table("tvhd_tokens", tokens)
     stats = tokens.groupby("label")["tvhd"].agg(["count", "mean", "median", "std"]).reset_index()
     steps = tokens.groupby("label")["step"].mean()
