@@ -1,0 +1,443 @@
+"""Knowledge-conflict prompts: a fact table, closed-book questions and counterfactual contexts.
+
+After Jin et al. 2024 ("Cutting Off the Head Ends the Conflict", arXiv 2402.18154). A *fact* is
+(subject, relation, object), e.g. (France, capital_of, Paris). The model's *memory answer* o_m is
+the object; a *counterfactual context* states the same relation with another object of that
+relation, o_c ("The capital of France is Rome."), and then asks the question, so the model must
+choose between its parametric memory and the context.
+
+The table (``data/facts.jsonl``) has two kinds of lines:
+
+- a relation: ``{"relation": "capital_of", "question": "What is the capital of {subject}?",
+  "cloze": "The capital of {subject} is"}``; both templates hold ``{subject}`` once;
+- a fact: ``{"subject": "France", "relation": "capital_of", "object": "Paris"}``.
+
+Prompts (``chat=True``, the default for the instruct model SmolLM2): a user turn with the
+question (closed book) or the context statement followed by the question (conflict), rendered
+with the tokenizer's chat template, and the assistant turn prefilled with the cloze, so the very
+next token is the answer's first token. The statement is the cloze plus the object and a full
+stop. With ``chat=False`` the prompt is the plain text "[statement ]cloze". Answers are scored
+by their first token (`answer_token`: the token of " " + object), so multi-token objects
+("New Delhi") count by " New"; a counterfactual object is only drawn among objects whose first
+token differs from o_m's.
+
+    table = load_facts()                                    # data/facts.jsonl
+    closed_book_prompt(tok, table.relations["capital_of"], "France")
+    items = make_conflicts(known, tok, seed=0)              # one counterfactual per fact
+    pairs = conflict_pairs(items, tok, seed=0)              # clean/corrupt pairs for patching
+    train, heldout = split_by_relation(items, ["antonym"])
+
+Errors in the table are `DatasetError`s naming the file and the 1-based line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from interp.core.errors import DatasetError
+from interp.data.pairs import PairDataset, PromptPair
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+DEFAULT_FACTS = Path(__file__).resolve().parents[2] / "data" / "facts.jsonl"
+RELATION_KEYS = ("relation", "question", "cloze")
+FACT_KEYS = ("subject", "relation", "object")
+_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+@dataclass(frozen=True)
+class Relation:
+    name: str
+    question: str  # "What is the capital of {subject}?"
+    cloze: str  # "The capital of {subject} is" (no trailing space: the answer token has one)
+
+    def render_question(self, subject: str) -> str:
+        return _capitalise(self.question.replace("{subject}", subject))
+
+    def render_cloze(self, subject: str) -> str:
+        return _capitalise(self.cloze.replace("{subject}", subject))
+
+    def statement(self, subject: str, obj: str) -> str:
+        """The context sentence: "The capital of France is Rome." """
+        return f"{self.render_cloze(subject)} {obj}."
+
+
+@dataclass(frozen=True)
+class Fact:
+    subject: str
+    relation: str
+    object: str
+    line: int | None = None  # where it came from in the table (1-based)
+
+
+@dataclass(frozen=True)
+class FactTable:
+    relations: dict[str, Relation]
+    facts: tuple[Fact, ...]
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.facts)
+
+    def objects(self, relation: str) -> list[str]:
+        """The distinct objects of a relation, in table order."""
+        return list(dict.fromkeys(f.object for f in self.facts if f.relation == relation))
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {"subject": f.subject, "relation": f.relation, "object": f.object}
+                for f in self.facts
+            ],
+            columns=list(FACT_KEYS),
+        )
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def _check_template(value: Any, key: str, line: int, file: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DatasetError(f"{key!r} must be a non-empty string", line=line, file=file)
+    fields = _FIELD.findall(value)
+    if fields != ["subject"] or value.count("{") != 1 or value.count("}") != 1:
+        raise DatasetError(
+            f"{key!r} template {value!r} must contain '{{subject}}' exactly once and no other "
+            "braces",
+            line=line,
+            file=file,
+        )
+    if key == "cloze" and value != value.rstrip():
+        raise DatasetError(
+            "'cloze' must not end with a space (the answer token carries its own leading space)",
+            line=line,
+            file=file,
+        )
+    return value
+
+
+def _parse_line(obj: Any, line: int, file: str) -> Relation | Fact:
+    if not isinstance(obj, dict):
+        raise DatasetError(
+            "expected a JSON object: a relation (keys relation, question, cloze) or a fact "
+            "(keys subject, relation, object)",
+            line=line,
+            file=file,
+        )
+    kind = "fact" if "subject" in obj or "object" in obj else "relation"
+    allowed = FACT_KEYS if kind == "fact" else RELATION_KEYS
+    unknown = [k for k in obj if k not in allowed]
+    if unknown:
+        raise DatasetError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in a {kind} line; allowed keys: "
+            f"{', '.join(allowed)}",
+            line=line,
+            file=file,
+        )
+    missing = [k for k in allowed if k not in obj]
+    if missing:
+        raise DatasetError(
+            f"missing key(s) {', '.join(map(repr, missing))} in a {kind} line; a {kind} needs "
+            f"{', '.join(allowed)}",
+            line=line,
+            file=file,
+        )
+    if kind == "relation":
+        name = obj["relation"]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            raise DatasetError(
+                f"relation name must be letters, digits and '_', got {json.dumps(name)}",
+                line=line,
+                file=file,
+            )
+        return Relation(
+            name,
+            _check_template(obj["question"], "question", line, file),
+            _check_template(obj["cloze"], "cloze", line, file),
+        )
+    for k in FACT_KEYS:
+        v = obj[k]
+        if not isinstance(v, str) or not v.strip() or v != v.strip():
+            raise DatasetError(
+                f"{k!r} must be a non-empty string without surrounding spaces, got {json.dumps(v)}",
+                line=line,
+                file=file,
+            )
+    return Fact(obj["subject"], obj["relation"], obj["object"], line)
+
+
+def load_facts(path: str | Path | None = None) -> FactTable:
+    """Read and validate a fact table (default ``data/facts.jsonl``); blank lines are skipped.
+
+    Checks: valid JSON objects with exactly the keys of a relation or a fact, templates with
+    ``{subject}`` once, each relation defined once, every fact's relation defined, no repeated
+    (subject, relation), and at least two distinct objects per relation (a counterfactual needs
+    another object)."""
+    path = Path(path) if path is not None else DEFAULT_FACTS
+    file = str(path)
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as e:
+        raise DatasetError(f"cannot read the fact table ({e.strerror or e})", file=file) from e
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"file is not valid UTF-8 (byte {e.start})", file=file) from e
+    relations: dict[str, Relation] = {}
+    relation_line: dict[str, int] = {}
+    facts: list[Fact] = []
+    seen: dict[tuple[str, str], int] = {}
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(
+                f"invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object",
+                line=line_no,
+                file=file,
+            ) from e
+        item = _parse_line(obj, line_no, file)
+        if isinstance(item, Relation):
+            if item.name in relations:
+                raise DatasetError(
+                    f"relation {item.name!r} is defined twice (first on line "
+                    f"{relation_line[item.name]})",
+                    line=line_no,
+                    file=file,
+                )
+            relations[item.name] = item
+            relation_line[item.name] = line_no
+            continue
+        key = (item.subject, item.relation)
+        if key in seen:
+            raise DatasetError(
+                f"fact ({item.subject!r}, {item.relation!r}) repeats line {seen[key]}",
+                line=line_no,
+                file=file,
+            )
+        seen[key] = line_no
+        facts.append(item)
+    if not facts:
+        raise DatasetError("the fact table has no facts", file=file)
+    for f in facts:
+        if f.relation not in relations:
+            known = ", ".join(relations) or "none"
+            raise DatasetError(
+                f"unknown relation {f.relation!r}; defined relations: {known} (define it with "
+                '{"relation": ..., "question": ..., "cloze": ...})',
+                line=f.line,
+                file=file,
+            )
+    table = FactTable(
+        relations, tuple(facts), {"file": file, "sha256": hashlib.sha256(raw).hexdigest()}
+    )
+    for name in relations:
+        if len(table.objects(name)) < 2 and any(f.relation == name for f in facts):
+            raise DatasetError(
+                f"relation {name!r} has fewer than 2 distinct objects; a counterfactual "
+                "context needs another object of the same relation",
+                line=relation_line[name],
+                file=file,
+            )
+    return table
+
+
+# ---------------------------------------------------------------------------------- prompts
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, user: str, prefill: str, chat: bool) -> str:
+    if not chat:
+        return f"{user} {prefill}" if user else prefill
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DatasetError("chat=True needs a tokenizer with a chat template; pass chat=False")
+    head = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
+    )
+    return head + prefill
+
+
+def closed_book_prompt(
+    tokenizer: PreTrainedTokenizerBase, relation: Relation, subject: str, *, chat: bool = True
+) -> str:
+    """The question with no context; the next token should be the object's first token."""
+    user = relation.render_question(subject) if chat else ""
+    return _render(tokenizer, user, relation.render_cloze(subject), chat)
+
+
+def conflict_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    relation: Relation,
+    subject: str,
+    context_object: str,
+    *,
+    chat: bool = True,
+) -> str:
+    """The context statement with `context_object`, then the question (chat) and the cloze."""
+    statement = relation.statement(subject, context_object)
+    user = f"{statement} {relation.render_question(subject)}" if chat else statement
+    return _render(tokenizer, user, relation.render_cloze(subject), chat)
+
+
+def answer_token(tokenizer: PreTrainedTokenizerBase, obj: str) -> int:
+    """The first token of " " + obj: what follows the cloze when the model answers `obj`."""
+    ids = tokenizer(" " + obj, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise DatasetError(f"object {obj!r} encodes to no tokens")
+    return int(ids[0])
+
+
+# ---------------------------------------------------------------------------- conflict items
+
+
+@dataclass(frozen=True)
+class ConflictItem:
+    """One fact with a counterfactual context: o_m = fact.object, o_c = context_object."""
+
+    fact: Fact
+    context_object: str
+    prompt: str
+    memory_token: int
+    context_token: int
+
+
+def make_conflicts(
+    facts: Sequence[Fact],
+    table: FactTable,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    seed: int = 0,
+    chat: bool = True,
+) -> list[ConflictItem]:
+    """One counterfactual per fact: o_c drawn (seeded) among the relation's objects in `table`
+    whose first token differs from o_m's first token."""
+    rng = random.Random(seed)
+    first = {}
+    out = []
+    for f in facts:
+        rel = table.relations[f.relation]
+        pool = table.objects(f.relation)
+        for o in pool:
+            if o not in first:
+                first[o] = answer_token(tokenizer, o)
+        m_tok = first.get(f.object) or answer_token(tokenizer, f.object)
+        choices = [o for o in pool if first[o] != m_tok]
+        if not choices:
+            raise DatasetError(
+                f"relation {f.relation!r} has no object whose first token differs from "
+                f"{f.object!r}'s; add more objects to it",
+                line=f.line,
+                file=table.source.get("file"),
+            )
+        oc = rng.choice(choices)
+        prompt = conflict_prompt(tokenizer, rel, f.subject, oc, chat=chat)
+        out.append(ConflictItem(f, oc, prompt, m_tok, first[oc]))
+    return out
+
+
+def items_frame(items: Sequence[ConflictItem], tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "subject": it.fact.subject,
+                "relation": it.fact.relation,
+                "memory_object": it.fact.object,
+                "context_object": it.context_object,
+                "memory_token": tokenizer.decode([it.memory_token]),
+                "context_token": tokenizer.decode([it.context_token]),
+                "prompt": it.prompt,
+            }
+            for it in items
+        ]
+    )
+
+
+def split_by_relation(
+    items: Sequence[ConflictItem], heldout: Sequence[str]
+) -> tuple[list[ConflictItem], list[ConflictItem]]:
+    """(train items, held-out items): held-out = the items of the `heldout` relations."""
+    held = set(heldout)
+    return [i for i in items if i.fact.relation not in held], [
+        i for i in items if i.fact.relation in held
+    ]
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def conflict_pairs(
+    items: Sequence[ConflictItem], tokenizer: PreTrainedTokenizerBase, *, seed: int = 0
+) -> PairDataset:
+    """Clean/corrupt pairs for path patching the memory/context heads.
+
+    clean = an item's conflict prompt; corrupt = the conflict prompt of another fact of the same
+    relation with the same token length whose o_m and o_c first tokens share none with the
+    clean item's (so in the corrupt run neither the memory nor the context of the clean item is
+    present); answer = o_m's first token, distractor = o_c's. Items without such a partner (or
+    whose answer tokens do not survive decode/encode) are left out, counted in
+    ``source["n_unpaired"]``."""
+    rng = random.Random(seed)
+    lengths = [len(_ids(tokenizer, it.prompt)) for it in items]
+    pairs = []
+    unpaired = 0
+    for i, it in enumerate(items):
+        mine = {it.memory_token, it.context_token}
+        partners = [
+            j
+            for j, other in enumerate(items)
+            if j != i
+            and other.fact.relation == it.fact.relation
+            and lengths[j] == lengths[i]
+            and not mine & {other.memory_token, other.context_token}
+        ]
+        if not partners:
+            unpaired += 1
+            continue
+        answer, distractor = (tokenizer.decode([t]) for t in (it.memory_token, it.context_token))
+        if [_ids(tokenizer, answer), _ids(tokenizer, distractor)] != [
+            [it.memory_token],
+            [it.context_token],
+        ]:  # the pair format stores answers as text: they must re-encode to the same token
+            unpaired += 1
+            continue
+        other = items[rng.choice(partners)]
+        pairs.append(
+            PromptPair(
+                it.prompt,
+                other.prompt,
+                answer,
+                distractor,
+                {
+                    "item": i,
+                    "relation": it.fact.relation,
+                    "subject": it.fact.subject,
+                    "memory_object": it.fact.object,
+                    "context_object": it.context_object,
+                    "corrupt_subject": other.fact.subject,
+                    "corrupt_context_object": other.context_object,
+                },
+            )
+        )
+    if not pairs:
+        raise DatasetError(
+            f"no conflict prompt has a same-relation, same-length partner among {len(items)} "
+            "items; use more facts"
+        )
+    return PairDataset(
+        tuple(pairs), name="knowledge_conflicts", source={"seed": seed, "n_unpaired": unpaired}
+    )
