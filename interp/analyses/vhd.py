@@ -77,7 +77,7 @@ def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questi
     for q, f in zip(questions, feats, strict=True):
         rows += [model.embed(model.prompt(q), f), model.embed(model.prompt(q, with_image=False))]
     emb, mask, pos = model.pack(rows)
-    scale = torch.ones(B, L, H)  # multiplier per item, layer, head
+    scale = torch.ones(B, L, H, device=model.device)  # multiplier per item, layer, head
     if fixed_heads is not None:
         for b, per_layer in enumerate(fixed_heads):
             for layer, heads in per_layer.items():
@@ -96,9 +96,9 @@ def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questi
                 (t > t.mean(-1, keepdim=True) + t.std(-1, keepdim=True))
             d = d.masked_fill(out, 0.0)
             pick = d > d.median(-1, keepdim=True).values  # (B, head)
-            scale[:, layer] = torch.where(pick, torch.tensor(alpha), torch.tensor(1.0))
+            scale[:, layer] = torch.where(pick, alpha, 1.0)
             for b in range(B):
-                selected[b][layer] = [int(h) for h in pick[b].nonzero().flatten()]
+                selected[b][layer] = [int(h) for h in pick[b].nonzero().flatten().cpu()]
         s = scale[:, layer]
         if bool((s != 1).any()):
             z = z * s.repeat_interleave(2, 0).to(z.dtype)[:, None, :, None]  # both rows of each item
@@ -115,8 +115,8 @@ def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questi
         for step in range(max_new_tokens):
             first[0] = False
             z = torch.stack([captured[layer] for layer in range(L)], 1)  # (2B, layer, head, d_head)
-            steps_vhd.append((z[0::2] - z[1::2]).norm(dim=-1).numpy())  # (B, layer, head)
-            steps_norm.append(z[1::2].norm(dim=-1).numpy())
+            steps_vhd.append((z[0::2] - z[1::2]).norm(dim=-1).cpu().numpy())  # (B, layer, head)
+            steps_norm.append(z[1::2].norm(dim=-1).cpu().numpy())
             nxt = logits[0::2].argmax(-1)  # the image row decides
             for b, tok in enumerate(nxt.tolist()):
                 if not done[b]:

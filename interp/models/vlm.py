@@ -165,7 +165,8 @@ class VisionLanguageModel:
         key = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
         out = lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                  use_cache=True, **{key: cache})
-        return self.module("lm_head")(out.last_hidden_state[:, -1]), out.past_key_values
+        new_cache = out.cache if key == "cache" else out.past_key_values
+        return self.module("lm_head")(out.last_hidden_state[:, -1]), new_cache
 
     @contextmanager
     def head_hooks(self, fn: HeadFn, layers: Sequence[int] | None = None) -> Iterator[None]:
