@@ -342,6 +342,7 @@ _KIND_MODULES: list[str] = [
     "interp.io.kinds.speech",
     "interp.io.kinds.mcq",
     "interp.io.kinds.vision",
+    "interp.io.kinds.retrieval",
     "interp.io.kinds.knowledge",
 ]
 

@@ -1,0 +1,278 @@
+"""Experiment kind ``retrieval_heads``: retrieval heads on needle-in-a-haystack prompts and the
+causal test of masking them (Wu et al. 2024, arXiv 2404.15574).
+
+Steps: build the needle trials (context lengths x depths x needles), score every head while
+the model answers (greedy, the reference procedure; or teacher-forced on the needle sentence),
+keep the trials it answers correctly, call heads with mean score > threshold retrieval heads;
+then mask the top-K of them and K matched random non-retrieval heads (several seeds) with each
+ablation type and compare needle accuracy.
+
+    kind: retrieval_heads
+    name: retrieval_heads
+    data: {lengths: [500, 1000, 2000], depths: [0.2, 0.5, 0.8], n_needles: 4}
+    masking: {k: 10, modes: [uniform, zero, mean], seeds: [0, 1, 2], lengths: [400]}
+
+Registered on import (listed in `interp.io.config._KIND_MODULES`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from pydantic import Field, StrictBool, StrictInt, StrictStr, ValidationInfo, field_validator
+
+from interp.analyses.ablation import ABLATION_MODES, head_means
+from interp.analyses.retrieval import RETRIEVAL_THRESHOLD, RetrievalResult, retrieval_scores
+from interp.analyses.retrieval_masking import MaskingResult, masking_test
+from interp.core.errors import ConfigError
+from interp.data.needles import HAYSTACK_DIR, NeedleTrial, build_trials, load_haystack, load_needles
+from interp.io.config import ModelConfig, OutputConfig, _Section, register_experiment_kind
+from interp.io.report import ReportSection
+from interp.io.runner import RunOutcome, Task, _progress, register_task
+from interp.viz.heatmaps import head_heatmap
+
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _unique(values: tuple, what: str) -> tuple:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
+    return values
+
+
+def _resolve(path: Path | None, info: ValidationInfo, *, is_dir: bool) -> Path | None:
+    if path is None:
+        return None
+    base = Path((info.context or {}).get("base_dir") or Path.cwd())
+    resolved = (base / path.expanduser()).resolve()
+    ok = resolved.is_dir() if is_dir else resolved.is_file()
+    if not ok:
+        what = "directory" if is_dir else "file"
+        raise ValueError(f"{what} {resolved} does not exist (relative paths are resolved against {base})")
+    return resolved
+
+
+class NeedleDataConfig(_Section):
+    needles: Path | None = Field(None, description="null (the bundled data/haystack/needles.jsonl) or a JSONL path")
+    haystack: Path | None = Field(None, description="null (the bundled data/haystack prose) or a directory of *.txt")
+    n_needles: PositiveInt | None = Field(None, description="null (all needles) or an integer >= 1 (the first n)")
+    lengths: tuple[PositiveInt, ...] = Field(
+        (500, 1000, 2000), min_length=1,
+        description="a non-empty list of haystack lengths in tokens (>= 1; long contexts want a GPU)")
+    depths: tuple[Fraction, ...] = Field(
+        (0.2, 0.5, 0.8), min_length=1, description="a non-empty list of needle depths in [0, 1]")
+    chat: StrictBool = Field(True, description="true (the model's chat template; instruct models) or false")
+    max_new_tokens: PositiveInt = Field(32, description="an integer >= 1 (greedy answer length cap)")
+    chunk_size: PositiveInt = Field(512, description="an integer >= 1 (prefill chunk, tokens)")
+
+    @property
+    def source(self) -> str:
+        return (f"needle-in-a-haystack ({len(self.lengths)} lengths x {len(self.depths)} depths x "
+                f"{self.n_needles or 'all'} needles)")
+
+    @field_validator("needles")
+    @classmethod
+    def _needles_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return _resolve(path, info, is_dir=False)
+
+    @field_validator("haystack")
+    @classmethod
+    def _haystack_dir(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        return _resolve(path, info, is_dir=True)
+
+    @field_validator("lengths", "depths")
+    @classmethod
+    def _no_repeats(cls, values: tuple, info: ValidationInfo) -> tuple:
+        return _unique(values, info.field_name)
+
+
+class DetectionConfig(_Section):
+    scorer: Literal["greedy", "teacher_forced"] = Field(
+        "greedy", description="'greedy' (the reference: score while decoding) or 'teacher_forced' (force the needle sentence)")
+    threshold: Annotated[float, Field(ge=0.0)] = Field(RETRIEVAL_THRESHOLD, description="a number >= 0 (retrieval head: score > threshold)")
+    query_chunk: PositiveInt = Field(64, description="an integer >= 1 (teacher-forced answer rows per forward)")
+
+
+class MaskingConfig(_Section):
+    enabled: StrictBool = True
+    k: PositiveInt | Literal["retrieval"] = Field(
+        10, description="an integer >= 1 (the top-k heads by score) or 'retrieval' (every head above the threshold)")
+    modes: tuple[Literal["uniform", "zero", "mean"], ...] = Field(
+        ("uniform", "zero", "mean"), min_length=1, description=f"a non-empty list of: {', '.join(ABLATION_MODES)}")
+    seeds: tuple[NonNegativeInt, ...] = Field((0, 1, 2), min_length=1, description="a non-empty list of integers >= 0")
+    lengths: tuple[PositiveInt, ...] | None = Field(None, description="null (the detection lengths) or a list of lengths")
+    depths: tuple[Fraction, ...] | None = Field(None, description="null (the detection depths) or a list of depths")
+
+    @field_validator("modes", "seeds")
+    @classmethod
+    def _no_repeats(cls, values: tuple, info: ValidationInfo) -> tuple:
+        return _unique(values, info.field_name)
+
+
+class RetrievalHeadsConfig(_Section):
+    kind: Literal["retrieval_heads"] = "retrieval_heads"
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]+$")] = Field(
+        description="a name of letters, digits, '_' and '-' (used in the run directory name)")
+    description: StrictStr = ""
+    seed: NonNegativeInt = Field(0, description="an integer >= 0")
+    model: ModelConfig = ModelConfig()
+    data: NeedleDataConfig = NeedleDataConfig()
+    detection: DetectionConfig = DetectionConfig()
+    masking: MaskingConfig = MaskingConfig()
+    output: OutputConfig = OutputConfig()
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+register_experiment_kind("retrieval_heads", RetrievalHeadsConfig)
+
+
+# ------------------------------------------------------------------------------------ runner
+
+
+def _trials(cfg: RetrievalHeadsConfig, model, lengths, depths) -> list[NeedleTrial]:
+    d = cfg.data
+    needles = load_needles(d.needles)
+    if d.n_needles is not None:
+        needles = needles[: d.n_needles]
+    return build_trials(model.tokenizer, needles, list(lengths), list(depths), chat=d.chat,
+                        haystack=load_haystack(d.haystack) if d.haystack else None)
+
+
+def _prepare(cfg: RetrievalHeadsConfig, model, log):
+    d, m = cfg.data, cfg.masking
+    detect = _trials(cfg, model, d.lengths, d.depths)
+    mask = _trials(cfg, model, m.lengths or d.lengths, m.depths or d.depths) if m.enabled else []
+    log(f"needle trials: {len(detect)} for detection (prompts of {min(t.n_tokens for t in detect)}-"
+        f"{max(t.n_tokens for t in detect)} tokens); {len(mask)} for the masking test")
+    if m.enabled and isinstance(m.k, int) and m.k > model.spec.n_layers * model.spec.n_heads // 2:
+        raise ConfigError(f"k = {m.k} heads is more than half of {model.name}'s "
+                          f"{model.spec.n_layers * model.spec.n_heads} heads; no matched random control is left",
+                          path="masking.k")
+    return detect, mask
+
+
+def _targets(model, trials: list[NeedleTrial]) -> list[list[int]]:
+    """Teacher-forced targets: the needle sentence then end of turn (SmolLM2 restates the needle)."""
+    tok = model.tokenizer
+    end = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    return [tok(t.needle.needle, add_special_tokens=False)["input_ids"] + end for t in trials]
+
+
+def _trial_grid(frame: pd.DataFrame, value: str, title: str) -> go.Figure:
+    grid = frame.pivot_table(index="depth", columns="context_length", values=value, aggfunc="mean")
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=[str(c) for c in grid.columns], y=[f"{d:.2f}" for d in grid.index],
+                               colorscale="Viridis", zmin=0, zmax=1, colorbar={"title": value},
+                               hovertemplate="length %{x}<br>depth %{y}<br>" + value + " %{z:.2f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="haystack length (tokens)", yaxis_title="needle depth")
+    return fig
+
+
+def _masking_figure(res: MaskingResult) -> go.Figure:
+    s = res.summary()
+    fig = go.Figure()
+    fig.add_bar(x=s["mode"], y=[s["unmasked"].iloc[0]] * len(s), name="unmasked")
+    fig.add_bar(x=s["mode"], y=s["retrieval_masked"], name="top-K retrieval heads masked")
+    fig.add_bar(x=s["mode"], y=s["random_mean"], name="K random heads (mean over seeds)",
+                error_y={"type": "data", "array": s["random_std"].fillna(0).tolist()})
+    fig.update_layout(barmode="group", title="Needle accuracy with heads masked", xaxis_title="ablation",
+                      yaxis_title="accuracy (ROUGE-1 recall > 0.5)", yaxis_range=[0, 1.05])
+    return fig
+
+
+def _detect(cfg: RetrievalHeadsConfig, model, trials, out: RunOutcome, show: bool) -> RetrievalResult:
+    d, det, run = cfg.data, cfg.detection, out.run
+    bar, prog = _progress("retrieval scores", show)
+    targets = _targets(model, trials) if det.scorer == "teacher_forced" else None
+    res = retrieval_scores(model, trials, scorer=det.scorer, targets=targets, max_new_tokens=d.max_new_tokens,
+                           chunk_size=d.chunk_size, query_chunk=det.query_chunk, progress=prog)
+    bar.close()
+    frame = res.to_frame()
+    run.write_table("retrieval_scores", frame)
+    run.write_table("retrieval_trials", res.trials)
+    run.write_table("head_scores", frame.assign(score="retrieval.niah", value=frame["score"])[
+        ["layer", "head", "score", "value"]])
+    heads = res.retrieval_heads(det.threshold)
+    n_all = model.spec.n_layers * model.spec.n_heads
+    fig = head_heatmap(frame, "score", title=f"Retrieval score per head ({det.scorer}, {res.n_kept} kept trials)")
+    run.write_figure("retrieval_scores", fig)
+    acc = res.trials["kept"].mean()
+    grid = _trial_grid(res.trials.assign(correct=res.trials["kept"].astype(float)), "correct",
+                       "Needle accuracy of the unmasked model (detection trials)")
+    run.write_figure("niah_accuracy", grid)
+    top = frame.sort_values("score", ascending=False).head(max(cfg.output.top_k, len(heads)))
+    named = ", ".join(f"L{a}H{b} ({float(res.scores[a, b]):.2f})" for a, b in heads) or "none"
+    out.summary.append(f"needle accuracy (unmasked): {acc:.0%} of {len(res.trials)} trials "
+                       f"({res.n_kept} kept for scoring)")
+    out.summary.append(f"retrieval heads (score > {det.threshold}): {len(heads)} of {n_all} heads "
+                       f"({len(heads) / n_all:.1%}): {named}")
+    out.sections.append(ReportSection("Needle-in-a-haystack accuracy", text=(
+        f"{len(res.trials)} trials: lengths {list(d.lengths)} tokens of haystack x depths {list(d.depths)} x "
+        f"{res.trials['needle_index'].nunique()} needles; greedy answer, correct when ROUGE-1 recall of the "
+        f"answer is > 0.5 (the reference's rule). Accuracy {acc:.0%}."), figure=grid,
+        table=res.trials.groupby("context_length")[["kept", "recall"]].mean().reset_index()))
+    out.sections.append(ReportSection("Retrieval heads", text=(
+        f"Scorer: {det.scorer}. At each answer step, a head copies when its argmax key lies in the needle's "
+        "answer span and holds the token just produced (adds 1 / span length); a head's score is its mean "
+        f"over the {res.n_kept} correctly answered trials. {len(heads)} of {n_all} query heads "
+        f"({len(heads) / n_all:.1%}) score > {det.threshold}: {named}."), figure=fig, table=top))
+    out.finished("retrieval_scores")
+    return res
+
+
+def _mask(cfg: RetrievalHeadsConfig, model, trials, res: RetrievalResult, out: RunOutcome, show: bool, log) -> None:
+    m, d, run = cfg.masking, cfg.data, out.run
+    retrieval = res.retrieval_heads(cfg.detection.threshold)
+    chosen = retrieval if m.k == "retrieval" else res.ranked()[: m.k]
+    if not chosen:
+        out.summary.append("masking test skipped: no retrieval heads above the threshold")
+        out.sections.append(ReportSection("Masking test", text="Skipped: no head scored above the threshold."))
+        return
+    means = None
+    if "mean" in m.modes:
+        log("head means for mean ablation over the masking trials' prompts")
+        means = head_means(model, (torch.tensor([t.prompt_ids]) for t in trials))
+    bar, prog = _progress("masking test", show)
+    mres = masking_test(model, trials, chosen, exclude=set(retrieval), modes=m.modes, seeds=m.seeds, means=means,
+                        max_new_tokens=d.max_new_tokens, chunk_size=d.chunk_size, progress=prog)
+    bar.close()
+    run.write_table("masking", mres.conditions)
+    run.write_table("masking_trials", mres.trials)
+    summary = mres.summary()
+    run.write_table("masking_summary", summary)
+    fig = _masking_figure(mres)
+    run.write_figure("masking", fig)
+    lines = [f"{r.mode}: unmasked {r.unmasked:.0%}, top-{r.k} retrieval heads masked {r.retrieval_masked:.0%}, "
+             f"{r.k} random heads {r.random_mean:.0%} +- {r.random_std:.0%} (min {r.random_min:.0%}, max "
+             f"{r.random_max:.0%}, {r.n_seeds} seeds)" for r in summary.itertuples()]
+    out.summary.append(f"masking test on {len(trials)} trials: " + "; ".join(lines))
+    out.sections.append(ReportSection("Masking test", text=(
+        f"Masked heads: {', '.join(f'L{a}H{b}' for a, b in chosen)} (top {len(chosen)} by retrieval score). "
+        "Control: for each seed, one random non-retrieval head per masked head from the same layer (or the "
+        "nearest layer with one left). Ablations: uniform = zero query, so the head attends uniformly (the "
+        "reference's masking); zero = the head's output set to 0; mean = its mean output over the trials' "
+        f"prompts. {len(trials)} trials per condition. " + " ".join(lines)), figure=fig, table=summary))
+    out.finished("masking")
+
+
+def _execute(cfg: RetrievalHeadsConfig, model, prepared, out: RunOutcome, show: bool, log) -> None:
+    detect, mask = prepared
+    d = cfg.data
+    out.run.update_manifest(task="niah", dataset={
+        "name": "niah", "n": len(detect),
+        "source": {"needles": str(d.needles or HAYSTACK_DIR / "needles.jsonl"), "haystack": str(d.haystack or HAYSTACK_DIR),
+                   "lengths": list(d.lengths), "depths": list(d.depths), "chat": d.chat}})
+    res = _detect(cfg, model, detect, out, show)
+    if cfg.masking.enabled:
+        _mask(cfg, model, mask, res, out, show, log)
+
+
+register_task("retrieval_heads", Task(prepare=_prepare, execute=_execute))
