@@ -61,6 +61,7 @@ class TrialRetrieval:
     output_ids: tuple[int, ...]
     response: str
     recall: float
+    keys: torch.Tensor | None = None  # (layer, head, step): each head's argmax key position
 
     @property
     def correct(self) -> bool:
@@ -172,16 +173,19 @@ def score_greedy(model: HookedModel, trial: NeedleTrial, *, max_new_tokens: int 
     prompt = _check(model, trial)
     rec = _ArgmaxKeys(model)
     total = torch.zeros(model.spec.n_layers, model.spec.n_heads)
+    steps: list[torch.Tensor] = []
 
     def on_step(token: torch.Tensor) -> None:
         keys = rec.stacked()  # (layer, head, 1)
+        steps.append(keys.cpu())
         total.add_(_copy_hits(keys, token.view(1), prompt, trial.span).cpu())
 
     out = decode_greedy(model, trial, max_new_tokens=max_new_tokens, chunk_size=chunk_size, stops=stops,
                         on_step=on_step, step_hooks=rec.hooks())
     span_len = trial.span[1] - trial.span[0]
     response = _response(model, out)
-    return TrialRetrieval(total / span_len, out, response, rouge1_recall(trial.needle.answer, response))
+    return TrialRetrieval(total / span_len, out, response, rouge1_recall(trial.needle.answer, response),
+                          keys=torch.cat(steps, -1))
 
 
 @torch.no_grad()
@@ -201,17 +205,20 @@ def score_teacher_forced(model: HookedModel, trial: NeedleTrial, target: Sequenc
     rec = _ArgmaxKeys(model)
     total = torch.zeros(model.spec.n_layers, model.spec.n_heads)
     predicted: list[int] = []
+    steps: list[torch.Tensor] = []
     for start in range(0, rows.numel(), query_chunk):
         part = rows[start : start + query_chunk]
         with model.hooks(rec.hooks()):
             logits, cache = model.forward_incremental(part.view(1, -1), cache, last_logits=part.numel())
         predicted.extend(logits[0].argmax(-1).tolist())
         produced = target_t[start : start + part.numel()]
-        total += _copy_hits(rec.stacked(), produced, prompt, trial.span).cpu()
+        keys = rec.stacked()  # (layer, head, rows)
+        steps.append(keys.cpu())
+        total += _copy_hits(keys, produced, prompt, trial.span).cpu()
     span_len = trial.span[1] - trial.span[0]
     response = _response(model, target)
     scored = TrialRetrieval(total / span_len, tuple(int(t) for t in target), response,
-                            rouge1_recall(trial.needle.answer, response))
+                            rouge1_recall(trial.needle.answer, response), keys=torch.cat(steps, -1))
     return scored, tuple(predicted)
 
 
@@ -295,7 +302,7 @@ def retrieval_scores(
             scored, predicted = score_teacher_forced(model, trial, targets[i], chunk_size=chunk_size,  # type: ignore[index]
                                                      query_chunk=query_chunk)
             recall = rouge1_recall(trial.needle.answer, _response(model, predicted))
-            scored = TrialRetrieval(scored.scores, scored.output_ids, scored.response, recall)
+            scored = TrialRetrieval(scored.scores, scored.output_ids, scored.response, recall, scored.keys)
         per_trial.append(scored.scores)
         rows.append(_trial_row(i, trial, scored))
         if progress is not None:

@@ -102,11 +102,12 @@ class DetectionConfig(_Section):
 
 class MaskingConfig(_Section):
     enabled: StrictBool = True
-    k: PositiveInt | Literal["retrieval"] = Field(
+    k: int | str = Field(
         10, description="an integer >= 1 (the top-k heads by score) or 'retrieval' (every head above the threshold)")
     modes: tuple[Literal["uniform", "zero", "mean"], ...] = Field(
         ("uniform", "zero", "mean"), min_length=1, description=f"a non-empty list of: {', '.join(ABLATION_MODES)}")
     seeds: tuple[NonNegativeInt, ...] = Field((0, 1, 2), min_length=1, description="a non-empty list of integers >= 0")
+    n_needles: PositiveInt | None = Field(None, description="null (data.n_needles) or an integer >= 1 (the first n needles)")
     lengths: tuple[PositiveInt, ...] | None = Field(None, description="null (the detection lengths) or a list of lengths")
     depths: tuple[Fraction, ...] | None = Field(None, description="null (the detection depths) or a list of depths")
 
@@ -114,6 +115,14 @@ class MaskingConfig(_Section):
     @classmethod
     def _no_repeats(cls, values: tuple, info: ValidationInfo) -> tuple:
         return _unique(values, info.field_name)
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, k: object) -> int | str:
+        if k == "retrieval" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+            return k  # type: ignore[return-value]
+        raise ValueError(f"got {k!r}; allowed: an integer >= 1 (the top-k heads by score) or 'retrieval' "
+                         "(every head above the threshold)")
 
 
 class RetrievalHeadsConfig(_Section):
@@ -138,19 +147,20 @@ register_experiment_kind("retrieval_heads", RetrievalHeadsConfig)
 # ------------------------------------------------------------------------------------ runner
 
 
-def _trials(cfg: RetrievalHeadsConfig, model, lengths, depths) -> list[NeedleTrial]:
+def _trials(cfg: RetrievalHeadsConfig, model, lengths, depths, n_needles) -> list[NeedleTrial]:
     d = cfg.data
     needles = load_needles(d.needles)
-    if d.n_needles is not None:
-        needles = needles[: d.n_needles]
+    if n_needles is not None:
+        needles = needles[:n_needles]
     return build_trials(model.tokenizer, needles, list(lengths), list(depths), chat=d.chat,
                         haystack=load_haystack(d.haystack) if d.haystack else None)
 
 
 def _prepare(cfg: RetrievalHeadsConfig, model, log):
     d, m = cfg.data, cfg.masking
-    detect = _trials(cfg, model, d.lengths, d.depths)
-    mask = _trials(cfg, model, m.lengths or d.lengths, m.depths or d.depths) if m.enabled else []
+    detect = _trials(cfg, model, d.lengths, d.depths, d.n_needles)
+    mask = (_trials(cfg, model, m.lengths or d.lengths, m.depths or d.depths, m.n_needles or d.n_needles)
+            if m.enabled else [])
     log(f"needle trials: {len(detect)} for detection (prompts of {min(t.n_tokens for t in detect)}-"
         f"{max(t.n_tokens for t in detect)} tokens); {len(mask)} for the masking test")
     if m.enabled and isinstance(m.k, int) and m.k > model.spec.n_layers * model.spec.n_heads // 2:
@@ -232,9 +242,11 @@ def _mask(cfg: RetrievalHeadsConfig, model, trials, res: RetrievalResult, out: R
     m, d, run = cfg.masking, cfg.data, out.run
     retrieval = res.retrieval_heads(cfg.detection.threshold)
     chosen = retrieval if m.k == "retrieval" else res.ranked()[: m.k]
-    if not chosen:
-        out.summary.append("masking test skipped: no retrieval heads above the threshold")
-        out.sections.append(ReportSection("Masking test", text="Skipped: no head scored above the threshold."))
+    why = ("no detection trial was answered correctly, so there are no retrieval scores" if res.n_kept == 0 else
+           "no head scored above the threshold" if not chosen else None)
+    if why:
+        out.summary.append(f"masking test skipped: {why}")
+        out.sections.append(ReportSection("Masking test", text=f"Skipped: {why}."))
         return
     means = None
     if "mean" in m.modes:

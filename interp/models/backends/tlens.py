@@ -12,6 +12,7 @@ unpatched prefix; the bridge's own `start_at_layer` still executes blocks 0..L-1
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 from typing import Any
@@ -128,7 +129,9 @@ class TLBridgeModel(HookedModel):
         from transformers import DynamicCache
 
         cache = DynamicCache() if past is None else past
-        with _cache_kwarg_renamed(self.bridge):
+        with _cache_kwarg_renamed(self.bridge), warnings.catch_warnings():
+            # the bridge hands HF `past_key_values`, which transformers 5 renames `cache` (still accepted)
+            warnings.filterwarnings("ignore", message=".*past_key_values.* is deprecated", category=FutureWarning)
             kwargs = {} if last_logits is None else {"logits_to_keep": last_logits}
             logits, cache = self.bridge(tokens.to(self.device), return_type="logits_and_cache",
                                         past_key_values=cache, **kwargs)
