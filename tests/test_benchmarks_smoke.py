@@ -42,3 +42,17 @@ def test_attribution_benchmark_runs(tmp_path):
     assert "forward equivalents (target <= 4:" in proc.stdout
     numbers = json.loads(out.read_text())
     assert numbers["agreement"]["spearman"] > 0.5
+
+
+def test_retrieval_memory_benchmark_runs(tmp_path):
+    out = tmp_path / "ret.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "retrieval_memory.py"), "--model", "tiny-llama", "--context", "300",
+         "--chunk", "64", "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # exit 1 when the two scorers' scores differ
+    assert "memory ratio (ours / baseline):" in proc.stdout and "speed ratio" in proc.stdout
+    numbers = json.loads(out.read_text())
+    assert numbers["max_abs_diff"] == 0 and numbers["baseline_peak_bytes"] > 0
