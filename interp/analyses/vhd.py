@@ -70,12 +70,14 @@ def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questi
     """Greedy generation of a batch of items, image row and text-only row side by side.
 
     `vhr_layers`: select heads at the first step with VHR's rule at these layers; `fixed_heads`:
-    reinforce these (layer -> heads) per item from the start; neither: plain generation."""
+    reinforce these (layer -> heads) per item from the start (no text-only row is needed then,
+    and no VHD is recorded); neither: plain generation."""
     B, L, H = len(questions), model.spec.n_layers, model.spec.n_heads
+    r = 1 if fixed_heads is not None else 2  # rows per item
     feats = model.image_features(model.pixel_values(images))
     rows = []
     for q, f in zip(questions, feats, strict=True):
-        rows += [model.embed(model.prompt(q), f), model.embed(model.prompt(q, with_image=False))]
+        rows += [model.embed(model.prompt(q), f)] + ([model.embed(model.prompt(q, with_image=False))] if r == 2 else [])
     emb, mask, pos = model.pack(rows)
     scale = torch.ones(B, L, H, device=model.device)  # multiplier per item, layer, head
     if fixed_heads is not None:
@@ -101,7 +103,7 @@ def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questi
                 selected[b][layer] = [int(h) for h in pick[b].nonzero().flatten().cpu()]
         s = scale[:, layer]
         if bool((s != 1).any()):
-            z = z * s.repeat_interleave(2, 0).to(z.dtype)[:, None, :, None]  # both rows of each item
+            z = z * s.repeat_interleave(r, 0).to(z.dtype)[:, None, :, None]  # both rows of each item
             captured[layer] = z[:, -1].float()
             return z
         captured[layer] = last
@@ -114,10 +116,14 @@ def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questi
         logits, cache = model.forward_embeds(emb, mask, pos)
         for step in range(max_new_tokens):
             first[0] = False
-            z = torch.stack([captured[layer] for layer in range(L)], 1)  # (2B, layer, head, d_head)
-            steps_vhd.append((z[0::2] - z[1::2]).norm(dim=-1).cpu().numpy())  # (B, layer, head)
-            steps_norm.append(z[1::2].norm(dim=-1).cpu().numpy())
-            nxt = logits[0::2].argmax(-1)  # the image row decides
+            if r == 2:
+                z = torch.stack([captured[layer] for layer in range(L)], 1)  # (2B, layer, head, d_head)
+                steps_vhd.append((z[0::2] - z[1::2]).norm(dim=-1).cpu().numpy())  # (B, layer, head)
+                steps_norm.append(z[1::2].norm(dim=-1).cpu().numpy())
+            else:
+                steps_vhd.append(np.zeros((B, 0, H)))
+                steps_norm.append(np.zeros((B, 0, H)))
+            nxt = logits[0::r].argmax(-1)  # the image row decides
             for b, tok in enumerate(nxt.tolist()):
                 if not done[b]:
                     if tok in model.end_ids:
@@ -126,8 +132,8 @@ def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questi
                         out_ids[b].append(tok)
             if all(done) or step == max_new_tokens - 1:
                 break
-            feed = nxt.repeat_interleave(2)[:, None]
-            mask = torch.cat([mask, mask.new_ones(2 * B, 1)], 1)
+            feed = nxt.repeat_interleave(r)[:, None]
+            mask = torch.cat([mask, mask.new_ones(r * B, 1)], 1)
             pos = pos[:, -1:] + 1
             logits, cache = model.forward_embeds(model.module("embed_tokens")(feed), mask, pos, cache)
     vhd = np.stack(steps_vhd, 1)  # (B, steps, layer, head)

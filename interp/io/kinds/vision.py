@@ -243,18 +243,23 @@ def _vhd_sections(cfg: VisionHeadsConfig, res, items, out: RunOutcome) -> None:
 
     tokens = res.token_frame(k.top_k)
     tokens["label"] = label_tokens(tokens, attribute_spans(res.texts, items))
+    # T-VHD drifts with the position in the answer; centring per step compares like with like
+    tokens["tvhd_step_centred"] = tokens["tvhd"] - tokens.groupby("step")["tvhd"].transform("mean")
     run.write_table("tvhd_tokens", tokens)
     stats = tokens.groupby("label")["tvhd"].agg(["count", "mean", "median", "std"]).reset_index()
-    steps = tokens.groupby("label")["step"].mean()
-    stats["mean_step"] = stats["label"].map(steps)
+    stats["mean_step_centred"] = stats["label"].map(tokens.groupby("label")["tvhd_step_centred"].mean())
+    stats["mean_step"] = stats["label"].map(tokens.groupby("label")["step"].mean())
     hal, cor = tokens[tokens.label == "hallucinated"], tokens[tokens.label == "correct"]
     if len(hal) and len(cor):
         from scipy.stats import mannwhitneyu
 
         p = float(mannwhitneyu(hal["tvhd"], cor["tvhd"], alternative="less").pvalue)
+        pc = float(mannwhitneyu(hal["tvhd_step_centred"], cor["tvhd_step_centred"], alternative="less").pvalue)
         line = (f"T-VHD (top-{k.top_k} per layer, summed): hallucinated attribute tokens {hal.tvhd.mean():.2f} "
                 f"(n={len(hal)}) vs correct {cor.tvhd.mean():.2f} (n={len(cor)}); hallucinated lower: "
-                f"{'yes' if hal.tvhd.mean() < cor.tvhd.mean() else 'no'} (one-sided Mann-Whitney p={p:.3g})")
+                f"{'yes' if hal.tvhd.mean() < cor.tvhd.mean() else 'no'} (one-sided Mann-Whitney p={p:.3g}); "
+                f"centred per answer position: {hal.tvhd_step_centred.mean():+.2f} vs {cor.tvhd_step_centred.mean():+.2f} "
+                f"(p={pc:.3g})")
     else:
         line = (f"T-VHD: {len(hal)} hallucinated and {len(cor)} correct attribute tokens; "
                 "no comparison possible without both")
