@@ -58,6 +58,7 @@ _PROMISED_TABLES = {
     "head_patching_per_position": ("head_patching_per_position",),
     "residual_patching": ("residual_patching",),
     "dla": ("dla", "dla_per_prompt"),
+    "head_patterns": ("head_scores",),
 }
 
 

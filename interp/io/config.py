@@ -183,6 +183,15 @@ class DlaConfig(_AnalysisConfig):
     pass
 
 
+class HeadPatternsConfig(_AnalysisConfig):
+    """Previous-token, duplicate-token and induction scores on repeated random tokens (cheap:
+    one forward of n_sequences x 2*seq_len tokens); written as `head_scores` for the atlas."""
+
+    enabled: StrictBool = False
+    n_sequences: PositiveInt = Field(8, description="an integer >= 1 (random sequences)")
+    seq_len: Annotated[StrictInt, Field(ge=2)] = Field(20, description="an integer >= 2 (tokens per half)")
+
+
 class _PatchingConfig(_AnalysisConfig):
     direction: Direction = "denoising"
     metric: MetricName = "logit_diff"
@@ -216,6 +225,7 @@ class AnalysesConfig(_Section):
     head_patching: HeadPatchingConfig = HeadPatchingConfig()
     residual_patching: ResidualPatchingConfig = ResidualPatchingConfig()
     dla: DlaConfig = DlaConfig()
+    head_patterns: HeadPatternsConfig = HeadPatternsConfig()
 
 
 class OutputConfig(_Section):

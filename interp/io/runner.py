@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from interp.analyses.accuracy import task_accuracy
 from interp.analyses.dla import direct_logit_attribution
+from interp.analyses.head_patterns import head_pattern_scores
 from interp.analyses.patching import patch_heads, patch_residual
 from interp.core.model import HookedModel
 from interp.data.ioi import generate_ioi
@@ -248,6 +249,26 @@ def _analyses(cfg, model, ds, pairs, pos_pairs, run: Run, out: RunOutcome, show:
             text=f"Contributions to logit(answer) - logit(distractor) at the last position; they sum to the model's value within {dla.max_abs_error:.2e}.",
             figure=fig, table=top))
         finished("dla")
+
+    if a.head_patterns.enabled:
+        hp = a.head_patterns
+        pat = head_pattern_scores(model, n=hp.n_sequences, seq_len=hp.seq_len, seed=cfg.seed)
+        df = pat.to_frame()
+        run.write_table("head_scores", df)  # the atlas reads these by score name
+        parts = []
+        for name in pat.scores:
+            part = df[df.score == name].sort_values("value", ascending=False).head(3)
+            parts.append(f"{name}: " + ", ".join(f"L{r.layer}H{r.head} ({r.value:.2f})" for r in part.itertuples()))
+            run.write_figure(f"head_pattern_{name}", head_heatmap(df[df.score == name], "value",
+                                                                  title=f"{name} score per head"))
+        out.summary.append("head pattern scores (top 3): " + "; ".join(parts))
+        out.sections.append(ReportSection("Head pattern scores", text=(
+            f"Attention-pattern scores on {pat.n_sequences} sequences of {pat.seq_len} random tokens repeated "
+            "twice: previous-token (attention to q-1), duplicate-token (to the earlier copy of the same token), "
+            "induction (to the token after the earlier copy). " + "; ".join(parts) + "."),
+            table=df.pivot_table(index=["layer", "head"], columns="score", values="value").reset_index()
+            .sort_values("induction", ascending=False), table_max_rows=k))
+        finished("head_patterns")
 
 
 def _report(run: Run, cfg: Any, out: RunOutcome, failed: bool = False) -> Path:

@@ -45,6 +45,27 @@ def test_run_writes_a_complete_run(tmp_path, capsys):
     assert "Head patching" in report and "<script src=\"http" not in report
 
 
+def test_head_patterns_feed_the_atlas(tmp_path, capsys):
+    import pandas as pd
+
+    from interp.io.atlas import build_atlas
+    from interp.io.runstore import RunStore
+
+    cfg = {**SMALL, "analyses": {**SMALL["analyses"], "head_patching": {"enabled": False},
+                                 "residual_patching": {"enabled": False},
+                                 "head_patterns": {"enabled": True, "n_sequences": 3, "seq_len": 6}}}
+    runs = tmp_path / "runs"
+    assert main(["run", str(_write(tmp_path, cfg)), "--runs-dir", str(runs), "--quiet"]) == 0
+    assert "head pattern scores (top 3): previous_token:" in capsys.readouterr().out
+    (run_dir,) = list(runs.iterdir())
+    assert json.loads((run_dir / "manifest.json").read_text())["analyses_done"][-1] == "head_patterns"
+    scores = pd.read_parquet(run_dir / "tables" / "head_scores.parquet")
+    assert set(scores["score"]) == {"previous_token", "duplicate_token", "induction"} and len(scores) == 3 * 16
+    assert scores["value"].between(0, 1).all()
+    table = build_atlas(RunStore(runs), model="tiny-llama").table
+    assert {"induction", "previous_token", "duplicate_token", "dla.ioi"} <= set(table.columns)
+
+
 def test_set_overrides_and_validate(tmp_path, capsys):
     cfg = _write(tmp_path, SMALL)
     assert main(["validate", str(cfg), "--set", "data.n_prompts=2"]) == 0

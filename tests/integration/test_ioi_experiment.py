@@ -36,6 +36,9 @@ def test_ioi_experiment_end_to_end(tmp_path):
     assert len(heads) == 30 * 9
     acc = pd.read_parquet(run_dir / "tables" / "accuracy.parquet")
     assert (acc["clean_logit_diff"] > 0).mean() >= 0.8  # the model does IOI
+    scores = pd.read_parquet(run_dir / "tables" / "head_scores.parquet")
+    induction = scores[scores.score == "induction"].sort_values("value", ascending=False)
+    assert induction["value"].iloc[0] > 0.5  # SmolLM2 has strong induction heads (L18H6 ~0.9)
 
 
 def test_notebook_executes(run_notebook):
