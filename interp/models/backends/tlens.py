@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-
 from typing import Any
 
 import torch
