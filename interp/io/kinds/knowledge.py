@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -354,6 +355,13 @@ def _execute(
             f"context-rate {s['context_rate']:.1%}, other {s['other_rate']:.1%}; mean logit(o_m) - logit(o_c) "
             f"{s['mean_logit_diff']:+.2f}"
         )
+        others = Counter(
+            t for t, o in zip(rates.top1_tokens, rates.outcome, strict=True) if o == "other"
+        )
+        if others:
+            line += "; most frequent other answers: " + ", ".join(
+                f"{t!r} ({n})" for t, n in others.most_common(4)
+            )
         out.summary.append(line)
         per = "; ".join(
             f"{r.relation} {r.memory_rate:.0%}/{r.context_rate:.0%}" for r in by_rel.itertuples()
