@@ -7,8 +7,9 @@ Heads are ranked on training relations (`memory_context_heads`) and the rates ar
 held-out relations, so the effect is not fitted to the evaluation prompts.
 
 Control: k random heads, excluding every selected head of either kind, drawn with the same
-layer distribution as the selected heads when `match_layers` (one random head from the same
-layer per selected head, any layer if that layer has no free head left), for several seeds.
+layer distribution as the selected heads (`matched_random_heads`, shared with the retrieval-head
+masking test: one random head from each selected head's layer, the nearest layer with a free
+head where that layer has none left), for several seeds.
 Each condition also reports closed-book accuracy on the held-out facts, to show that a change
 of rates is not bought by breaking the model's knowledge.
 
@@ -28,6 +29,7 @@ import torch
 
 from interp.analyses.ablation import ablated_heads
 from interp.analyses.knowledge import OUTCOMES, HeadEffects, conflict_rates, last_logits
+from interp.analyses.retrieval_masking import matched_random_heads
 from interp.core.errors import InterpError
 from interp.core.model import HookedModel
 from interp.data.knowledge import ConflictItem, FactTable, answer_token, closed_book_prompt
@@ -36,7 +38,7 @@ Head = tuple[int, int]
 ProgressFn = Callable[[int, int], None]
 CONDITIONS = ("none", "prune_context", "prune_memory", "random_context", "random_memory")
 
-__all__ = ["CONDITIONS", "PH3Result", "ph3_pruning", "random_heads", "top_heads"]
+__all__ = ["CONDITIONS", "PH3Result", "ph3_pruning", "top_heads"]
 
 
 def top_heads(effects: HeadEffects, kind: str, k: int) -> list[Head]:
@@ -45,29 +47,6 @@ def top_heads(effects: HeadEffects, kind: str, k: int) -> list[Head]:
         raise InterpError(f"unknown head kind {kind!r}; allowed: memory, context")
     df = effects.top_memory(k) if kind == "memory" else effects.top_context(k)
     return [(int(r.layer), int(r.head)) for r in df.itertuples()]
-
-
-def random_heads(
-    n_layers: int,
-    n_heads: int,
-    like: Sequence[Head],
-    exclude: set[Head],
-    rng: random.Random,
-    *,
-    match_layers: bool = True,
-) -> list[Head]:
-    """len(like) distinct random heads not in `exclude`; with `match_layers`, one from each
-    selected head's layer where that layer has a free head."""
-    free = [(la, h) for la in range(n_layers) for h in range(n_heads) if (la, h) not in exclude]
-    if len(free) < len(like):
-        raise InterpError(f"only {len(free)} heads are left to draw {len(like)} random heads from")
-    chosen: list[Head] = []
-    for layer, _ in like:
-        pool = [x for x in free if x not in chosen and (not match_layers or x[0] == layer)]
-        if not pool:
-            pool = [x for x in free if x not in chosen]
-        chosen.append(rng.choice(pool))
-    return sorted(chosen)
 
 
 @dataclass(frozen=True)
@@ -116,7 +95,6 @@ def ph3_pruning(
     ks: Sequence[int] = (3, 10),
     n_random: int = 3,
     seed: int = 0,
-    match_layers: bool = True,
     mode: str = "zero",
     means: torch.Tensor | None = None,
     chat: bool = True,
@@ -148,18 +126,13 @@ def ph3_pruning(
     plan: list[tuple[str, int, int | None, list[Head]]] = [("none", 0, None, [])]
     for k in ks:
         for kind, heads in (("context", ctx), ("memory", mem)):
-            if len(heads) < k:  # fewer heads of this sign than k: prune what there is
+            if len(heads) < k:  # fewer heads of this sign than k: no such condition
                 continue
             plan.append((f"prune_{kind}", k, None, heads[:k]))
             for s in range(n_random):
-                rng = random.Random(f"{seed}-{kind}-{k}-{s}")
+                draw = random.Random(f"{seed}-{kind}-{k}-{s}").randrange(2**31)
                 plan.append(
-                    (
-                        f"random_{kind}",
-                        k,
-                        s,
-                        random_heads(L, H, heads[:k], exclude, rng, match_layers=match_layers),
-                    )
+                    (f"random_{kind}", k, s, matched_random_heads(L, H, heads[:k], exclude, draw))
                 )
     rows = []
     for i, (cond, k, s, heads) in enumerate(plan):

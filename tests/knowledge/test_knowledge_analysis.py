@@ -4,7 +4,6 @@ statistics and PH3's conditions and random control."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 
 import pytest
@@ -18,7 +17,7 @@ from interp.analyses.knowledge import (
     path_patch_last_position,
 )
 from interp.analyses.path_patching import Receiver, path_patch_senders
-from interp.analyses.ph3 import ph3_pruning, random_heads, top_heads
+from interp.analyses.ph3 import ph3_pruning, top_heads
 from interp.core.errors import InterpError
 from interp.data.knowledge import conflict_pairs, load_facts, make_conflicts
 from interp.data.pairs import tokenize_pairs
@@ -121,23 +120,6 @@ def test_rates_match_raw_model(tiny_models, table):
     assert by_rel["n_prompts"].sum() == 6 and set(by_rel["relation"]) == {"capital_of", "antonym"}
 
 
-def test_random_heads_control():
-    like = [(5, 1), (5, 2), (7, 0)]
-    exclude = {(5, 1), (5, 2), (7, 0), (6, 3)}
-    for s in range(20):
-        heads = random_heads(8, 4, like, exclude, random.Random(s))
-        assert len(set(heads)) == 3 and not set(heads) & exclude
-        assert sorted(la for la, _ in heads) == [5, 5, 7]  # same layer distribution
-    assert random_heads(8, 4, like, exclude, random.Random(1)) == random_heads(
-        8, 4, like, exclude, random.Random(1)
-    )
-    # a layer without free heads falls back to any layer
-    heads = random_heads(2, 2, [(0, 0), (0, 1)], {(0, 0), (0, 1)}, random.Random(0))
-    assert sorted(heads) == [(1, 0), (1, 1)]
-    with pytest.raises(InterpError, match="only 0 heads"):
-        random_heads(1, 2, [(0, 0)], {(0, 0), (0, 1)}, random.Random(0))
-
-
 def test_ph3_conditions(tiny_models, table, assert_clean):
     model = tiny_models["tiny-llama"]
     L, H = model.spec.n_layers, model.spec.n_heads
@@ -172,10 +154,18 @@ def test_ph3_conditions(tiny_models, table, assert_clean):
     row = allrows[(allrows["condition"] == "prune_memory") & (allrows["k"] == 2)].iloc[0]
     assert row.heads == ", ".join(f"L{a}H{b}" for a, b in mem2)
     assert row.mean_logit_diff == pytest.approx(manual, abs=1e-5)
-    # random rows never use a selected head
-    selected = {f"L{a}H{b}" for a, b in res.memory_heads + res.context_heads}
-    for heads in allrows.loc[allrows["condition"].str.startswith("random"), "heads"]:
-        assert not set(heads.split(", ")) & selected
+    # random rows never use a selected head and take the selected heads' layers (where free)
+    selected_heads = res.memory_heads + res.context_heads
+    selected = {f"L{a}H{b}" for a, b in selected_heads}
+    for kind, top in (("memory", res.memory_heads[:2]), ("context", res.context_heads[:2])):
+        draws = allrows.loc[allrows["condition"] == f"random_{kind}", "heads"].tolist()
+        assert len(draws) == 2
+        for heads in draws:
+            labels = heads.split(", ")
+            assert len(set(labels)) == 2 and not set(labels) & selected
+            free = {a: H - sum(1 for a2, _ in selected_heads if a2 == a) for a, _ in top}
+            if all(free[a] >= sum(1 for a2, _ in top if a2 == a) for a in free):
+                assert sorted(int(x[1 : x.index("H")]) for x in labels) == sorted(a for a, _ in top)
     assert_clean(model)
     with pytest.raises(InterpError, match="ks must be"):
         ph3_pruning(model, items, eff, table, ks=(0,))

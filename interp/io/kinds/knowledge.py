@@ -161,9 +161,6 @@ class PH3Config(_Enabled):
     n_random: NonNegativeInt = Field(
         3, description="an integer >= 0 (random-head seeds per k and kind)"
     )
-    match_layers: StrictBool = Field(
-        True, description="true or false: random heads drawn from the selected heads' layers"
-    )
     ablation: Literal["zero", "mean"] = "zero"
     closed_book_check: StrictBool = Field(
         True,
@@ -489,7 +486,6 @@ def _execute(
         ks=p.ks,
         n_random=p.n_random,
         seed=cfg.seed,
-        match_layers=p.match_layers,
         mode=p.ablation,
         means=means,
         chat=d.chat,
@@ -535,7 +531,7 @@ def _execute(
             text=(
                 "Heads ranked on the training relations; rates on the held-out relations. Pruning = "
                 f"{p.ablation}-ablating the head's output z at every position, no weight update. Random control: "
-                f"{p.n_random} seeds of k heads {'from the same layers as' if p.match_layers else 'anywhere but'} the "
+                f"{p.n_random} seeds of k heads from the same layers as the "
                 "selected heads, never a selected head of either kind.\n\n"
                 + "\n\n".join(lines)
                 + f"\n\nContext heads pruned: {', '.join(f'L{x}H{y}' for x, y in ph3.context_heads)}; memory heads "
