@@ -1,8 +1,8 @@
 """Figures for the vision-language head analyses (`interp.analyses.vhd`): T-VHD by token label,
-and hallucination / accuracy per condition (baseline, VHR, random heads). No computation.
+and hallucination / accuracy against alpha (baseline, VHR, random heads). No computation.
 
     fig = tvhd_box(tokens)                 # tokens: HeadDivergenceResult.token_frame + a label column
-    fig = condition_bars(summary)          # summary: condition, accuracy, chair_i, chair_s, prior_rate
+    fig = alpha_curves(summary)            # summary: method, alpha, seed, accuracy, chair_i, chair_s, prior_rate
 """
 
 from __future__ import annotations
@@ -26,12 +26,29 @@ def tvhd_box(tokens: pd.DataFrame, title: str = "") -> go.Figure:
     return fig
 
 
-def condition_bars(summary: pd.DataFrame, title: str = "") -> go.Figure:
-    """One panel per metric, one bar per condition."""
+def alpha_curves(summary: pd.DataFrame, title: str = "") -> go.Figure:
+    """One panel per metric: VHR and the random-head control (one marker per seed, a line through
+    their mean) against alpha; the baseline as a dotted horizontal line."""
     fig = make_subplots(rows=1, cols=len(METRICS), subplot_titles=[t for _, t in METRICS])
+    base = summary[summary["method"] == "baseline"]
     for col, (key, label) in enumerate(METRICS, start=1):
-        fig.add_trace(go.Bar(x=summary["condition"], y=summary[key], name=label, showlegend=False,
-                             hovertemplate=f"%{{x}}<br>{label} = %{{y:.3f}}<extra></extra>"), row=1, col=col)
+        for method, colour in (("vhr", "#d62728"), ("random", "#7f7f7f")):
+            part = summary[summary["method"] == method]
+            if part.empty:
+                continue
+            mean = part.groupby("alpha")[key].mean()
+            fig.add_trace(go.Scatter(x=mean.index, y=mean.values, mode="lines+markers", name=method,
+                                     legendgroup=method, showlegend=col == 1, line={"color": colour},
+                                     hovertemplate=f"{method}<br>alpha %{{x}}<br>{label} = %{{y:.3f}}<extra></extra>"),
+                          row=1, col=col)
+            if method == "random" and part["seed"].nunique() > 1:
+                fig.add_trace(go.Scatter(x=part["alpha"], y=part[key], mode="markers", showlegend=False,
+                                         marker={"color": colour, "size": 5, "opacity": 0.5},
+                                         hovertemplate=f"random seed<br>alpha %{{x}}<br>{label} = %{{y:.3f}}<extra></extra>"),
+                              row=1, col=col)
+        if len(base):
+            fig.add_hline(y=float(base[key].iloc[0]), line_dash="dot", row=1, col=col)
+        fig.update_xaxes(title_text="alpha", row=1, col=col)
         fig.update_yaxes(range=[0, 1], row=1, col=col)
     fig.update_layout(title=title or None)
     return fig

@@ -22,7 +22,7 @@ def _cfg(**sections):
 def test_shipped_yaml_loads():
     cfg = load_config(YAML)
     assert cfg.kind == "vision_heads" and cfg.model.name == "shapes-llava"
-    assert cfg.analyses.vhr.alpha == 2.0 and cfg.analyses.vhr.layers is None
+    assert cfg.analyses.vhr.alphas == (1.1, 1.25, 1.5, 2.0) and cfg.analyses.vhr.layers is None
     assert parse_config(cfg.to_dict()) == cfg
     assert with_overrides(cfg, {"analyses.vhr.layers": "[1, 20, 29]"}).analyses.vhr.layers == (1, 20, 29)
 
@@ -37,7 +37,9 @@ def test_shipped_yaml_loads():
         (_cfg(data={"qtypes": ["colour", "size"]}), "data.qtypes[1]", "'colour', 'shape', 'position', 'count' or 'caption'"),
         (_cfg(data={"qtypes": []}), "data.qtypes", "must not be empty"),
         (_cfg(data={"qtypes": ["shape", "shape"]}), "data.qtypes", "more than once"),
-        (_cfg(analyses={"vhr": {"alpha": 0}}), "analyses.vhr.alpha", "greater than 0"),
+        (_cfg(analyses={"vhr": {"alphas": [2.0, 0]}}), "analyses.vhr.alphas[1]", "greater than 0"),
+        (_cfg(analyses={"vhr": {"alphas": []}}), "analyses.vhr.alphas", "must not be empty"),
+        (_cfg(analyses={"vhr": {"alpha": 2}}), "analyses.vhr.alpha", "did you mean 'alphas'"),
         (_cfg(analyses={"vhr": {"layers": []}}), "analyses.vhr.layers", "empty list"),
         (_cfg(analyses={"vhr": {"layers": [3, 3]}}), "analyses.vhr.layers", "more than once"),
         (_cfg(analyses={"vhr": {"layers": [-2]}}), "analyses.vhr.layers[0]", ">= 0"),
@@ -68,19 +70,25 @@ def test_no_questions_is_a_config_error(tiny_llava, tmp_path):
 
 def test_run_on_tiny_llava_writes_tables_figures_report(tiny_llava, tmp_path):
     cfg = parse_config(_cfg(data={"n_probe": 3, "n_shapes": 3},
-                            analyses={"max_new_tokens": 3, "batch_size": 4, "vhr": {"random_seeds": [0, 1]}}))
+                            analyses={"max_new_tokens": 3, "batch_size": 4,
+                                      "vhr": {"alphas": [1.5, 2.0], "random_seeds": [0, 1]}}))
     lines: list[str] = []
     run = run_experiment(cfg, model=tiny_llava, runs_dir=tmp_path, show_progress=False, log=lines.append)
-    assert {"dataset", "vhd", "head_scores", "tvhd_tokens", "vhr_heads", "answers", "hallucination"} <= set(run.tables())
+    assert {"dataset", "vhd", "head_scores", "tvhd_tokens", "vhr_heads", "vhr_effect", "answers",
+            "hallucination"} <= set(run.tables())
     assert {"vhd_first_token", "vhd_all_tokens", "tvhd", "vhr"} <= set(run.figures())
     hs = run.read_table("head_scores")
     assert list(hs.columns) == ["layer", "head", "score", "value"]
     assert set(hs["score"]) == {"vhd.shapes.first_token", "vhd.shapes.all_tokens"} and len(hs) == 2 * 2 * 4
     summary = run.read_table("hallucination")
-    assert set(summary["condition"]) == {"baseline", "vhr", "random_seed0", "random_seed1"}
+    assert set(summary["condition"]) == {"baseline", "vhr a=1.5", "random a=1.5 seed=0", "random a=1.5 seed=1",
+                                         "vhr a=2.0", "random a=2.0 seed=0", "random a=2.0 seed=1"}
     assert summary[["accuracy", "chair_i", "chair_s"]].stack().between(0, 1).all()
+    effect = run.read_table("vhr_effect")
+    assert set(effect["method"]) == {"baseline", "vhr", "random"} and set(effect["alpha"]) == {1.0, 1.5, 2.0}
     answers = run.read_table("answers")
-    assert len(answers) == 4 * 9  # (3 probe questions + 3 captions + 3 shapes) x 4 conditions
+    assert len(answers) == 7 * 9  # (3 probe questions + 3 captions + 3 shapes) x 7 conditions
+    assert set(run.read_table("vhr_heads")["alpha"]) == {1.5, 2.0}
     report = (run.path / "report.html").read_text()
     assert "VHR vs random heads" in report and "T-VHD" in report
     assert any(line.startswith("vision-aware heads") for line in lines)

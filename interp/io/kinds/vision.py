@@ -12,13 +12,14 @@ a purple sun, ...: colour questions, optionally captions) plus ordinary shapes q
     name: vision_heads
     model: {name: shapes-llava}
     data: {n_probe: 40, probe_captions: true, n_shapes: 24}
-    analyses: {vhd: {top_k: 3}, vhr: {alpha: 2.0, layers: null, random_seeds: [0, 1]}}
+    analyses: {vhd: {top_k: 3}, vhr: {alphas: [1.1, 1.25, 1.5, 2.0], layers: null, random_seeds: [0, 1]}}
 
 Registered on import (listed in `interp.io.config._KIND_MODULES`).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 import pandas as pd
@@ -39,7 +40,7 @@ from interp.io.report import ReportSection
 from interp.io.runner import RunOutcome, Task, _progress, register_task
 from interp.models.registry import describe_model_name
 from interp.viz.heatmaps import head_heatmap
-from interp.viz.vision import condition_bars, tvhd_box
+from interp.viz.vision import alpha_curves, tvhd_box
 
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 
@@ -94,7 +95,9 @@ class VHDConfig(_Section):
 
 class VHRConfig(_Section):
     enabled: StrictBool = True
-    alpha: PositiveFloat = Field(2.0, description="a number > 0: the factor on the selected heads' outputs")
+    alphas: tuple[PositiveFloat, ...] = Field(
+        (1.1, 1.25, 1.5, 2.0), description="a non-empty list of numbers > 0: the factors on the selected heads' "
+        "outputs (one VHR run and its random controls per value)")
     layers: tuple[NonNegativeInt, ...] | None = Field(
         None, description="null (layer 1 and the last 14 layers, as the reference) or a list of layer indices")
     random_seeds: tuple[NonNegativeInt, ...] = Field(
@@ -106,6 +109,13 @@ class VHRConfig(_Section):
         if value is not None and not value:
             raise ValueError("empty list; give layer indices, or null for the reference's layers")
         return None if value is None else _unique(value, "layers")
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, value: tuple) -> tuple:
+        if not value:
+            raise ValueError("must not be empty; give at least one factor, e.g. [2.0]")
+        return _unique(value, "alphas")
 
     @field_validator("random_seeds")
     @classmethod
@@ -174,6 +184,8 @@ def _execute(cfg: VisionHeadsConfig, model, items, out: RunOutcome, show: bool, 
     run.write_table("dataset", pd.DataFrame([{"item": i, "set": s, "qtype": it.qtype, "question": it.question,
                                               "truth": it.answer, "prior": it.prior, "caption": it.scene.caption()}
                                              for i, (s, it) in enumerate(items)]))
+    t0 = time.perf_counter()
+    log(f"VHD: greedy answers to {len(items)} questions, image and text-only rows side by side")
     bar, prog = _progress("VHD (greedy, image and text-only rows)", show)
     res = head_divergence(model, images, questions, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
                           progress=prog)
@@ -184,21 +196,28 @@ def _execute(cfg: VisionHeadsConfig, model, items, out: RunOutcome, show: bool, 
         _vhd_sections(cfg, res, items, out)
     if a.vhr.enabled:
         layers = list(a.vhr.layers) if a.vhr.layers else paper_layers(model.spec.n_layers)
-        bar, prog = _progress("VHR", show)
-        vhr = reinforce_heads(model, images, questions, alpha=a.vhr.alpha, layers=layers,
-                              max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, progress=prog)
-        bar.close()
-        conditions.append(score_answers(vhr.texts, items, "vhr"))
-        sel = vhr.selection_frame()
-        run.write_table("vhr_heads", sel)
-        for seed in a.vhr.random_seeds:
-            bar, prog = _progress(f"random heads (seed {seed})", show)
-            ctl = reinforce_heads(model, images, questions, alpha=a.vhr.alpha, layers=layers,
-                                  control_counts=vhr.counts(), seed=seed, max_new_tokens=a.max_new_tokens,
-                                  batch_size=a.batch_size, progress=prog)
+        sels, meta = [], {"baseline": ("baseline", 1.0, None)}
+        for alpha in a.vhr.alphas:
+            log(f"VHR (alpha {alpha}, {len(layers)} layers) [{time.perf_counter() - t0:.0f} s]")
+            bar, prog = _progress(f"VHR alpha {alpha}", show)
+            vhr = reinforce_heads(model, images, questions, alpha=alpha, layers=layers,
+                                  max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, progress=prog)
             bar.close()
-            conditions.append(score_answers(ctl.texts, items, f"random_seed{seed}"))
-        _vhr_sections(cfg, vhr, sel, conditions, layers, model, out)
+            conditions.append(score_answers(vhr.texts, items, f"vhr a={alpha}"))
+            meta[f"vhr a={alpha}"] = ("vhr", alpha, None)
+            sels.append(vhr.selection_frame().assign(alpha=alpha))
+            for seed in a.vhr.random_seeds:
+                log(f"random-head control, alpha {alpha}, seed {seed} [{time.perf_counter() - t0:.0f} s]")
+                bar, prog = _progress(f"random heads alpha {alpha} seed {seed}", show)
+                ctl = reinforce_heads(model, images, questions, alpha=alpha, layers=layers,
+                                      control_counts=vhr.counts(), seed=seed, max_new_tokens=a.max_new_tokens,
+                                      batch_size=a.batch_size, progress=prog)
+                bar.close()
+                conditions.append(score_answers(ctl.texts, items, f"random a={alpha} seed={seed}"))
+                meta[f"random a={alpha} seed={seed}"] = ("random", alpha, seed)
+        sel = pd.concat(sels, ignore_index=True)
+        run.write_table("vhr_heads", sel)
+        _vhr_sections(cfg, sel, conditions, meta, layers, out)
     scores = pd.concat(conditions, ignore_index=True)
     run.write_table("answers", scores)
     summary = summarise(scores)
@@ -273,25 +292,41 @@ def _vhd_sections(cfg: VisionHeadsConfig, res, items, out: RunOutcome) -> None:
     out.finished("vhd")
 
 
-def _vhr_sections(cfg, vhr, sel: pd.DataFrame, conditions: list[pd.DataFrame], layers, model, out: RunOutcome) -> None:
-    table = summarise(pd.concat(conditions, ignore_index=True))
-    allset = table[table.set == "all"].set_index("condition")
-    base, v = allset.loc["baseline"], allset.loc["vhr"]
-    rnd = allset.drop(index=["baseline", "vhr"])
-    n_sel = sel.groupby("item").size().mean() if len(sel) else 0.0
-    freq = sel.groupby(["layer", "head"]).size().sort_values(ascending=False).head(8) / max(1, len(vhr.texts))
-    line = (f"VHR (alpha {vhr.alpha}, layers {layers[0]}..{layers[-1]} ({len(layers)} layers), {n_sel:.1f} heads per "
-            f"answer): accuracy {base.accuracy:.1%} -> {v.accuracy:.1%}, CHAIR_i {base.chair_i:.1%} -> {v.chair_i:.1%}, "
-            f"CHAIR_s {base.chair_s:.1%} -> {v.chair_s:.1%}, prior rate {base.prior_rate:.1%} -> {v.prior_rate:.1%}")
-    if len(rnd):
-        line += (f"; random heads (same count per layer, {len(rnd)} seeds, mean): accuracy {rnd.accuracy.mean():.1%}, "
-                 f"CHAIR_i {rnd.chair_i.mean():.1%}, CHAIR_s {rnd.chair_s.mean():.1%}, prior rate {rnd.prior_rate.mean():.1%}")
-    out.summary.append(line)
-    fig = condition_bars(table[table.set == "all"], title="Baseline vs VHR vs random heads")
+def _with_meta(table: pd.DataFrame, meta: dict[str, tuple]) -> pd.DataFrame:
+    cols = pd.DataFrame([(c, *meta[c]) for c in table["condition"]], columns=["condition", "method", "alpha", "seed"])
+    return pd.concat([table.reset_index(drop=True), cols.drop(columns="condition")], axis=1)
+
+
+def _vhr_sections(cfg, sel: pd.DataFrame, conditions: list[pd.DataFrame], meta: dict[str, tuple], layers,
+                  out: RunOutcome) -> None:
+    table = _with_meta(summarise(pd.concat(conditions, ignore_index=True)), meta)
+    out.run.write_table("vhr_effect", table)
+    allset = table[table.set == "all"]
+    base = allset[allset.method == "baseline"].iloc[0]
+    n_items = max(1, int(base.n))
+    n_sel = sel.groupby(["alpha", "item"]).size().mean() if len(sel) else 0.0
+    lines = [f"VHR on layers {', '.join(map(str, layers))} ({n_sel:.1f} heads per answer; baseline accuracy "
+             f"{base.accuracy:.1%}, CHAIR_i {base.chair_i:.1%}, CHAIR_s {base.chair_s:.1%}, prior rate {base.prior_rate:.1%}):"]
+    for alpha, g in allset[allset.method != "baseline"].groupby("alpha"):
+        v, r = g[g.method == "vhr"].iloc[0], g[g.method == "random"]
+        line = (f"  alpha {alpha}: VHR accuracy {v.accuracy:.1%}, CHAIR_i {v.chair_i:.1%}, CHAIR_s {v.chair_s:.1%}, "
+                f"prior rate {v.prior_rate:.1%}")
+        if len(r):
+            line += (f" | random heads ({len(r)} seeds, mean [min-max]): accuracy {r.accuracy.mean():.1%} "
+                     f"[{r.accuracy.min():.1%}-{r.accuracy.max():.1%}], CHAIR_i {r.chair_i.mean():.1%} "
+                     f"[{r.chair_i.min():.1%}-{r.chair_i.max():.1%}], CHAIR_s {r.chair_s.mean():.1%}, "
+                     f"prior rate {r.prior_rate.mean():.1%}")
+        lines.append(line)
+    out.summary.extend(lines)
+    first = sel[sel.alpha == sel.alpha.min()] if len(sel) else sel
+    freq = first.groupby(["layer", "head"]).size().sort_values(ascending=False).head(8) / n_items
+    fig = alpha_curves(allset, title="Baseline vs VHR vs random heads, by alpha")
     out.run.write_figure("vhr", fig)
     out.sections.append(ReportSection("VHR vs random heads", text=(
-        line + ". Most often selected heads (share of answers): " +
-        ", ".join(f"L{la}H{h} ({f:.0%})" for (la, h), f in freq.items())), figure=fig, table=table))
+        " ".join(lines) + f". One answer changes a rate by {1 / n_items:.1%}. Most often selected heads at "
+        f"alpha {sel.alpha.min() if len(sel) else '-'} (share of answers): " +
+        ", ".join(f"L{la}H{h} ({f:.0%})" for (la, h), f in freq.items())), figure=fig, table=table,
+        table_max_rows=60))
     out.finished("vhr")
 
 
