@@ -94,6 +94,9 @@ class MaskingResult:
                 "random_mean": float(rnd.mean()), "random_std": float(rnd.std(ddof=1)) if len(rnd) > 1 else 0.0,
                 "random_min": float(rnd.min()), "random_max": float(rnd.max()), "n_seeds": int(len(rnd)),
                 "n_trials": int(ret["n_trials"].iloc[0]),
+                # the retrieval heads matter beyond "any K heads of these layers" only if masking
+                # them hurts more than every random draw did
+                "below_all_random": bool(float(ret["accuracy"].iloc[0]) < float(rnd.min())),
             })
         return pd.DataFrame(rows)
 

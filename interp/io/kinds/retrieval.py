@@ -264,7 +264,8 @@ def _mask(cfg: RetrievalHeadsConfig, model, trials, res: RetrievalResult, out: R
     run.write_figure("masking", fig)
     lines = [f"{r.mode}: unmasked {r.unmasked:.0%}, top-{r.k} retrieval heads masked {r.retrieval_masked:.0%}, "
              f"{r.k} random heads {r.random_mean:.0%} +- {r.random_std:.0%} (min {r.random_min:.0%}, max "
-             f"{r.random_max:.0%}, {r.n_seeds} seeds)" for r in summary.itertuples()]
+             f"{r.random_max:.0%}, {r.n_seeds} seeds); retrieval masking "
+             f"{'below' if r.below_all_random else 'NOT below'} every random draw" for r in summary.itertuples()]
     out.summary.append(f"masking test on {len(trials)} trials: " + "; ".join(lines))
     out.sections.append(ReportSection("Masking test", text=(
         f"Masked heads: {', '.join(f'L{a}H{b}' for a, b in chosen)} (top {len(chosen)} by retrieval score). "
