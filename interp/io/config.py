@@ -91,6 +91,29 @@ def _known_metric(metric: str) -> str:
 MetricName = Annotated[StrictStr, AfterValidator(_known_metric)]
 
 
+def resolve_config_path(path: Path | None, info: ValidationInfo, *, must: str | None, what: str) -> Path | None:
+    """`path` resolved against the config file's folder (validation context `base_dir`, else the
+    current directory). `must` = "file" | "dir" | "exist" raises a ValueError naming `what`
+    when the resolved path is not one; None accepts any path."""
+    if path is None:
+        return None
+    base = Path((info.context or {}).get("base_dir") or Path.cwd())
+    resolved = (base / path.expanduser()).resolve()
+    ok = {"file": resolved.is_file, "dir": resolved.is_dir, "exist": resolved.exists, None: lambda: True}[must]()
+    if not ok:
+        problem = "is a directory" if must == "file" and resolved.is_dir() else (
+            "is not a directory" if must == "dir" and resolved.exists() else "does not exist")
+        raise ValueError(f"{what} {resolved} {problem} (relative paths are resolved against {base})")
+    return resolved
+
+
+def unique_items(values: tuple, what: str) -> tuple:
+    """`values` unchanged, or a ValueError naming the repeated entries."""
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
+    return values
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -134,16 +157,8 @@ class DataConfig(_Section):
     @field_validator("path")
     @classmethod
     def _resolve_path(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        if path is None:
-            return None
-        base = Path((info.context or {}).get("base_dir") or Path.cwd())
-        resolved = (base / path.expanduser()).resolve()
-        if info.data.get("source") == "jsonl" and not resolved.is_file():
-            what = "is a directory" if resolved.is_dir() else "does not exist"
-            raise ValueError(
-                f"data file {resolved} {what} (relative paths are resolved against {base})"
-            )
-        return resolved
+        must = "file" if info.data.get("source") == "jsonl" else None
+        return resolve_config_path(path, info, must=must, what="data file")
 
     @field_validator("templates")
     @classmethod

@@ -54,6 +54,8 @@ from interp.io.config import (
     _FieldError,
     _Section,
     register_experiment_kind,
+    resolve_config_path,
+    unique_items,
 )
 from interp.io.report import ReportSection
 from interp.io.runner import RunOutcome, Task, _progress, register_task
@@ -61,13 +63,6 @@ from interp.viz.heatmaps import dla_bar, head_heatmap
 
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
-
-
-def _unique(values: tuple, what: str) -> tuple:
-    repeated = sorted({str(v) for v in values if values.count(v) > 1})
-    if repeated:
-        raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
-    return values
 
 
 class MCQDataConfig(_Section):
@@ -87,13 +82,7 @@ class MCQDataConfig(_Section):
     @field_validator("items")
     @classmethod
     def _resolve_items(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        if path is None:
-            return None
-        base = Path((info.context or {}).get("base_dir") or Path.cwd())
-        resolved = (base / path.expanduser()).resolve()
-        if not resolved.is_file():
-            raise ValueError(f"items file {resolved} does not exist (relative paths are resolved against {base})")
-        return resolved
+        return resolve_config_path(path, info, must="file", what="items file")
 
 
 class _Enabled(_Section):
@@ -124,19 +113,19 @@ class CompressionConfig(_Enabled):
     @field_validator("ranks")
     @classmethod
     def _unique_ranks(cls, ranks: tuple[int, ...]) -> tuple[int, ...]:
-        return _unique(ranks, "ranks")
+        return unique_items(ranks, "ranks")
 
     @field_validator("variants")
     @classmethod
     def _unique_variants(cls, variants: tuple[str, ...]) -> tuple[str, ...]:
-        return _unique(variants, "variants")
+        return unique_items(variants, "variants")
 
     @field_validator("heads")
     @classmethod
     def _heads(cls, heads: tuple | None) -> tuple | None:
         if heads is not None and not heads:
             raise ValueError("empty list; give [layer, head] pairs, or null for the top heads")
-        return None if heads is None else _unique(heads, "heads")
+        return None if heads is None else unique_items(heads, "heads")
 
 
 class MCQAnalysesConfig(_Section):

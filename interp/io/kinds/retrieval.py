@@ -30,7 +30,14 @@ from interp.analyses.retrieval import RETRIEVAL_THRESHOLD, RetrievalResult, retr
 from interp.analyses.retrieval_masking import MaskingResult, masking_test
 from interp.core.errors import ConfigError
 from interp.data.needles import HAYSTACK_DIR, NeedleTrial, build_trials, load_haystack, load_needles
-from interp.io.config import ModelConfig, OutputConfig, _Section, register_experiment_kind
+from interp.io.config import (
+    ModelConfig,
+    OutputConfig,
+    _Section,
+    register_experiment_kind,
+    resolve_config_path,
+    unique_items,
+)
 from interp.io.report import ReportSection
 from interp.io.runner import RunOutcome, Task, _progress, register_task
 from interp.viz.heatmaps import head_heatmap
@@ -38,25 +45,6 @@ from interp.viz.heatmaps import head_heatmap
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-def _unique(values: tuple, what: str) -> tuple:
-    repeated = sorted({str(v) for v in values if values.count(v) > 1})
-    if repeated:
-        raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
-    return values
-
-
-def _resolve(path: Path | None, info: ValidationInfo, *, is_dir: bool) -> Path | None:
-    if path is None:
-        return None
-    base = Path((info.context or {}).get("base_dir") or Path.cwd())
-    resolved = (base / path.expanduser()).resolve()
-    ok = resolved.is_dir() if is_dir else resolved.is_file()
-    if not ok:
-        what = "directory" if is_dir else "file"
-        raise ValueError(f"{what} {resolved} does not exist (relative paths are resolved against {base})")
-    return resolved
 
 
 class NeedleDataConfig(_Section):
@@ -80,17 +68,17 @@ class NeedleDataConfig(_Section):
     @field_validator("needles")
     @classmethod
     def _needles_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        return _resolve(path, info, is_dir=False)
+        return resolve_config_path(path, info, must="file", what="needles file")
 
     @field_validator("haystack")
     @classmethod
     def _haystack_dir(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        return _resolve(path, info, is_dir=True)
+        return resolve_config_path(path, info, must="dir", what="haystack directory")
 
     @field_validator("lengths", "depths")
     @classmethod
     def _no_repeats(cls, values: tuple, info: ValidationInfo) -> tuple:
-        return _unique(values, info.field_name)
+        return unique_items(values, info.field_name)
 
 
 class DetectionConfig(_Section):
@@ -114,7 +102,7 @@ class MaskingConfig(_Section):
     @field_validator("modes", "seeds")
     @classmethod
     def _no_repeats(cls, values: tuple, info: ValidationInfo) -> tuple:
-        return _unique(values, info.field_name)
+        return unique_items(values, info.field_name)
 
     @field_validator("k", mode="before")
     @classmethod

@@ -71,6 +71,7 @@ from interp.io.config import (
     _FieldError,
     _Section,
     register_experiment_kind,
+    resolve_config_path,
 )
 from interp.io.report import ReportSection
 from interp.io.runner import RunOutcome, Task, register_task
@@ -128,13 +129,8 @@ class SpeechDataConfig(_Section):
     @field_validator("path")
     @classmethod
     def _resolve(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        if path is None:
-            return None
-        base = Path((info.context or {}).get("base_dir") or Path.cwd())
-        resolved = (base / path.expanduser()).resolve()
-        if info.data.get("source") == "files" and not resolved.exists():
-            raise ValueError(f"{resolved} does not exist (relative paths are resolved against {base})")
-        return resolved
+        must = "exist" if info.data.get("source") == "files" else None
+        return resolve_config_path(path, info, must=must, what="audio path")
 
     @model_validator(mode="after")
     def _fields_match_source(self) -> SpeechDataConfig:
