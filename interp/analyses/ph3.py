@@ -64,7 +64,8 @@ class PH3Result:
 
     def summary(self) -> pd.DataFrame:
         """One row per (condition, k) on all held-out prompts; random conditions give the mean
-        and std over seeds."""
+        and std over seeds and how many distinct head sets the seeds drew (layer matching can
+        leave a single choice, e.g. when a layer has only k non-selected heads)."""
         df = self.frame[self.frame["relation"] == "all"]
         cols = [
             "memory_rate",
@@ -76,7 +77,8 @@ class PH3Result:
         g = df.groupby(["condition", "k"], sort=False)
         out = g[cols].mean()
         std = g[cols].std(ddof=0).add_suffix("_std")
-        out = out.join(std).join(g.size().rename("n_seeds")).reset_index()
+        distinct = g["heads"].nunique().rename("n_distinct_sets")
+        out = out.join(std).join(g.size().rename("n_seeds")).join(distinct).reset_index()
         return out
 
 

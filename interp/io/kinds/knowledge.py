@@ -517,8 +517,9 @@ def _execute(
             if not rnd.empty:
                 r = rnd.iloc[0]
                 ctrl = (
-                    f" vs {int(r.n_seeds)} random head sets: memory {r.memory_rate:.1%} ± {r.memory_rate_std:.1%}, "
-                    f"context {r.context_rate:.1%} ± {r.context_rate_std:.1%}"
+                    f" vs {int(r.n_seeds)} random head sets ({int(r.n_distinct_sets)} distinct): memory "
+                    f"{r.memory_rate:.1%} ± {r.memory_rate_std:.1%}, context {r.context_rate:.1%} ± "
+                    f"{r.context_rate_std:.1%}, closed-book {r.closed_book_accuracy:.0%}"
                 )
             lines.append(
                 f"prune top-{k} {kind} heads: memory-rate {s.memory_rate:.1%}, context-rate "
