@@ -96,8 +96,11 @@ def cmd_atlas(args) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         atlas.to_frame().to_parquet(out)
-        atlas.provenance.to_parquet(out.with_name(out.stem + "_provenance.parquet"))
-        print(f"wrote {out} and {out.with_name(out.stem + '_provenance.parquet')}")
+        written = [out]
+        for suffix, frame in (("provenance", atlas.provenance), ("score_pairs", atlas.score_pairs())):
+            written.append(out.with_name(f"{out.stem}_{suffix}.parquet"))
+            frame.to_parquet(written[-1])
+        print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

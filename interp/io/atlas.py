@@ -368,7 +368,24 @@ class Atlas:
                 top = sub.top_k(r.score, 3)
                 heads = ", ".join(f"L{t.layer}H{t.head} ({t.value:+.3g})" for t in top.itertuples())
                 lines.append(f"  {r.score:<40} from {r.run_id} (of {r.n_runs} run(s)); top: {heads}")
+            pairs = sub.score_pairs(k=10)
+            if not pairs.empty:
+                lines.append("  score pairs, by |Spearman|: rho over heads, share of shared top-10 heads")
+                for p in pairs.head(15).itertuples():
+                    lines.append(f"    {p.a} ~ {p.b}: rho {p.spearman:+.2f}, top-10 overlap {p.top_k_overlap:.2f}")
         return lines
+
+    def score_pairs(self, k: int = 10, model: str | None = None) -> pd.DataFrame:
+        """One row per pair of scores (a, b): Spearman rho over the heads with both, and the
+        top-k overlap; sorted by |rho| (pairs with too few shared heads last)."""
+        cols = self.scores(model) if model is not None else self.scores()
+        if len(cols) < 2:
+            return pd.DataFrame(columns=["a", "b", "spearman", "top_k_overlap"])
+        rho, overlap = self.correlations(model), self.top_k_overlap(k, model)
+        rows = [{"a": a, "b": b, "spearman": rho.loc[a, b], "top_k_overlap": overlap.loc[a, b]}
+                for i, a in enumerate(cols) for b in cols[i + 1:]]
+        df = pd.DataFrame(rows)
+        return df.reindex(df["spearman"].abs().sort_values(ascending=False, na_position="last").index).reset_index(drop=True)
 
 
 def build_atlas(store: RunStore, model: str | None = None) -> Atlas:

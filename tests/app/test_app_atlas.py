@@ -154,5 +154,12 @@ def test_cli_atlas(app_store, tmp_path, capsys):
     assert "tiny-llama: 16 heads, 4 scores" in printed and "dla.ioi" in printed
     assert set(SCORES) <= set(pd.read_parquet(out).columns)
     assert (tmp_path / "atlas_provenance.parquet").is_file()
+    pairs = pd.read_parquet(tmp_path / "atlas_score_pairs.parquet")
+    assert len(pairs) == 4 * 3 // 2 and "score pairs, by |Spearman|" in printed
+    atlas = build_atlas(RunStore(app_store), model="tiny-llama")
+    rho, top = atlas.correlations(), atlas.top_k_overlap(10)
+    for p in pairs.itertuples():  # the pairs table restates the two matrices
+        assert p.spearman == pytest.approx(rho.loc[p.a, p.b]) and p.top_k_overlap == top.loc[p.a, p.b]
+    assert list(pairs["spearman"].abs()) == sorted(pairs["spearman"].abs(), reverse=True)
     assert main(["atlas", "--runs-dir", str(app_store), "--model", "smollm2-135m"]) == 0
     assert "the atlas is empty" in capsys.readouterr().out
