@@ -26,7 +26,9 @@ def main() -> None:
 
     with common.guard("Showing the atlas"):
         c = st.columns([1, 2])
-        model = c[0].selectbox("Model", atlas.models, key="atlas_model")
+        # the bundled default model first, when the store has it (most runs are on it)
+        models = sorted(atlas.models, key=lambda m: (m != "smollm2-135m", m))
+        model = c[0].selectbox("Model", models, key="atlas_model")
         sub = atlas.for_model(model)
         all_scores = sub.scores()
         chosen = c[1].multiselect("Scores", all_scores, default=all_scores, key=f"atlas_scores_{model}")
