@@ -13,7 +13,12 @@ head where that layer has none left), for several seeds.
 Each condition also reports closed-book accuracy on the held-out facts, to show that a change
 of rates is not bought by breaking the model's knowledge.
 
-    res = ph3_pruning(model, heldout_items, effects, ks=(3, 10), n_random=3)
+Our choices where the paper's details are not checked here: heads are ranked by their mean
+effect (not by a threshold), "the excluded set" for random heads is the top-max(k) heads of
+both kinds, the heads are zeroed at every position of the prompt, and a rate counts the top-1
+next token against the first tokens of o_m and o_c (anything else is "other").
+
+    res = ph3_pruning(model, heldout_items, effects, table, ks=(3, 10), n_random=3)
     res.to_frame()            # condition, k, seed, heads, relation, rates ...
     res.summary()             # one row per (condition, k): mean and std over random seeds
 """
