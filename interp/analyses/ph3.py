@@ -139,7 +139,12 @@ def ph3_pruning(
             for s in range(n_random):
                 draw = random.Random(f"{seed}-{kind}-{k}-{s}").randrange(2**31)
                 plan.append(
-                    (f"random_{kind}", k, s, matched_random_heads(L, H, heads[:k], exclude, draw))
+                    (
+                        f"random_{kind}",
+                        k,
+                        s,
+                        sorted(matched_random_heads(L, H, heads[:k], exclude, draw)),
+                    )
                 )
     rows = []
     for i, (cond, k, s, heads) in enumerate(plan):
