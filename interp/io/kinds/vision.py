@@ -35,6 +35,7 @@ from interp.io.config import (
     PositiveInt,
     _Section,
     register_experiment_kind,
+    unique_items,
 )
 from interp.io.report import ReportSection
 from interp.io.runner import RunOutcome, Task, _progress, register_task
@@ -43,13 +44,6 @@ from interp.viz.heatmaps import head_heatmap
 from interp.viz.vision import alpha_curves, tvhd_box
 
 PositiveFloat = Annotated[float, Field(gt=0.0)]
-
-
-def _unique(values: tuple, what: str) -> tuple:
-    repeated = sorted({str(v) for v in values if values.count(v) > 1})
-    if repeated:
-        raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
-    return values
 
 
 class VisionModelConfig(_Section):
@@ -84,7 +78,7 @@ class VisionDataConfig(_Section):
     def _qtypes(cls, value: tuple) -> tuple:
         if not value:
             raise ValueError(f"must not be empty; give some of: {', '.join(QTYPES)}")
-        return _unique(value, "question types")
+        return unique_items(value, "question types")
 
 
 class VHDConfig(_Section):
@@ -108,19 +102,19 @@ class VHRConfig(_Section):
     def _layers(cls, value: tuple | None) -> tuple | None:
         if value is not None and not value:
             raise ValueError("empty list; give layer indices, or null for the reference's layers")
-        return None if value is None else _unique(value, "layers")
+        return None if value is None else unique_items(value, "layers")
 
     @field_validator("alphas")
     @classmethod
     def _alphas(cls, value: tuple) -> tuple:
         if not value:
             raise ValueError("must not be empty; give at least one factor, e.g. [2.0]")
-        return _unique(value, "alphas")
+        return unique_items(value, "alphas")
 
     @field_validator("random_seeds")
     @classmethod
     def _seeds(cls, value: tuple) -> tuple:
-        return _unique(value, "random seeds")
+        return unique_items(value, "random seeds")
 
 
 class VisionAnalysesConfig(_Section):
