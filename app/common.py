@@ -188,12 +188,35 @@ def load_model_or_error(name: str, device: str = "cpu", seed: int = 0):
     if not name or not name.strip():
         st.error("Give a model name, e.g. `smollm2-135m` or `tiny-llama`.")
         return None
+    modality = _modality(name.strip())
+    if modality != "text":
+        study = {"speech": "experiments/speech_saliency.yaml", "vision": "experiments/vision_heads.yaml"}.get(modality)
+        st.error(f"**{name}** is a {modality} model; this page runs on causal language models "
+                 f"({', '.join(text_model_names())}, a local directory or a hub id)."
+                 + (f" Its study runs with `interp run {study}`." if study else ""))
+        return None
     try:
         with st.spinner(f"Loading {name} on {device} (once; cached afterwards)..."):
             return _cached_model(name.strip(), device, int(seed))
     except Exception as exc:  # noqa: BLE001 - any loading failure becomes a message
         st.error(f"Model **{name}** could not be loaded: {_describe(exc)}")
         return None
+
+
+def _modality(name: str) -> str:
+    from interp.models.registry import describe_model_name
+
+    try:
+        return describe_model_name(name).modality
+    except Exception:  # noqa: BLE001 - an unknown name is reported by the loader
+        return "text"
+
+
+def text_model_names() -> list[str]:
+    """Known model names the text pages (live analysis, attention patterns) can load."""
+    from interp.models.registry import known_names
+
+    return [n for n in known_names() if _modality(n) == "text"]
 
 
 def available_devices() -> list[str]:

@@ -9,7 +9,6 @@ from interp.analyses.attention import attention_pattern
 from interp.core.errors import InterpError
 from interp.io.config import allowed_metrics
 from interp.io.live import live_patching, save_live_run
-from interp.models.registry import known_names
 from interp.viz import dla_bar, layer_head_table
 from interp.viz.workbench import attention_heatmap, clickable_head_map
 
@@ -24,7 +23,7 @@ def main() -> None:
     # --- model ------------------------------------------------------------------------------------------
     m = st.columns([3, 1, 1])
     name = m[0].text_input("Model", value="smollm2-135m", key="live_model",
-                           help=f"{', '.join(known_names())}, a local Hugging Face directory, or a hub id "
+                           help=f"{', '.join(common.text_model_names())}, a local Hugging Face directory, or a hub id "
                                 "'org/name' (needs a reachable hub)")
     device = m[1].selectbox("Device", common.available_devices(), key="live_device")
     m[2].markdown("&nbsp;")

@@ -84,6 +84,16 @@ def accuracy(vlm, ds, *, with_image: bool, batch: int = 16, max_new_tokens: int 
     return float(np.mean(ok)), texts
 
 
+
+def _portable(value):
+    """Paths as written relative to the current directory when inside it (no machine's absolute path)."""
+    if not isinstance(value, Path):
+        return value
+    try:
+        return str(value.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(value)
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=240)
@@ -156,8 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     state = {k: v.detach().contiguous() for k, v in projector.state_dict().items()}
     save_file(state, str(args.out / "projector.safetensors"))
     meta = {
-        "script": "python -m interp.models.train_projector", "args": {k: str(v) if isinstance(v, Path) else v
-                                                                      for k, v in vars(args).items()},
+        "script": "python -m interp.models.train_projector", "args": {k: _portable(v) for k, v in vars(args).items()},
         "seed": args.seed, "steps": args.steps, "batch": args.batch, "n_train": len(train),
         "loss_first_25": float(np.mean(losses[:25])), "loss_last_25": float(np.mean(losses[-25:])),
         "loss_curve_every_25": [round(float(np.mean(losses[i:i + 25])), 4) for i in range(0, len(losses), 25)],

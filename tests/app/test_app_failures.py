@@ -90,6 +90,16 @@ def test_live_bad_model_name(broken):
     assert not at.get("plotly_chart")
 
 
+@pytest.mark.parametrize(("name", "study"), [("shapes-llava", "vision_heads"), ("whisper-tiny.en", "speech_saliency")])
+def test_live_refuses_non_text_models(broken, name, study):
+    at = make_app("pages/5_Live_analysis.py")
+    at.text_input(key="live_model").input(name)
+    at.button(key="live_load").click().run()
+    assert_no_exception(at)
+    errors = messages(at, "error")
+    assert any(f"{name}** is a" in e and "causal language models" in e and study in e for e in errors), errors
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [
