@@ -28,6 +28,7 @@ KV group's values), so one query head is ablated without touching the others of 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -39,7 +40,7 @@ from interp.core.model import HookedModel
 from interp.core.sites import Site
 from interp.core.types import Float, Int, Tensor
 
-__all__ = ["ABLATION_MODES", "ablated_heads", "ablation_hooks", "head_means"]
+__all__ = ["ABLATION_MODES", "ablated_heads", "ablation_hooks", "head_means", "matched_random_heads"]
 
 ABLATION_MODES: tuple[str, ...] = ("zero", "mean", "uniform")
 
@@ -158,3 +159,25 @@ def head_means(
     if total is None or count == 0:
         raise InterpError("head_means got no token batches; give at least one (batch, pos) tensor")
     return total / count
+
+
+def matched_random_heads(n_layers: int, n_heads: int, selected: Sequence[tuple[int, int]], exclude: set[tuple[int, int]],
+                         seed: int) -> list[tuple[int, int]]:
+    """One random head per selected head, from the same layer when possible (else the nearest
+    layer with a free head), never in `exclude` or `selected`, without repeats."""
+    rng = random.Random(seed)
+    taken = set(exclude) | set(selected)
+    free = {layer: [h for h in range(n_heads) if (layer, h) not in taken] for layer in range(n_layers)}
+    out: list[tuple[int, int]] = []
+    for layer, _ in selected:
+        for dist in range(n_layers):
+            options = [lay for lay in (layer - dist, layer + dist) if 0 <= lay < n_layers and free[lay]]
+            if options:
+                lay = options[0]
+                head = rng.choice(free[lay])
+                free[lay].remove(head)
+                out.append((lay, head))
+                break
+        else:
+            raise InterpError(f"not enough non-retrieval heads to match {len(selected)} masked heads")
+    return out

@@ -7,7 +7,7 @@ Heads are ranked on training relations (`memory_context_heads`) and the rates ar
 held-out relations, so the effect is not fitted to the evaluation prompts.
 
 Control: k random heads, excluding every selected head of either kind, drawn with the same
-layer distribution as the selected heads (`matched_random_heads`, shared with the retrieval-head
+layer distribution as the selected heads (`ablation.matched_random_heads`, shared with the retrieval-head
 masking test: one random head from each selected head's layer, the nearest layer with a free
 head where that layer has none left), for several seeds.
 Each condition also reports closed-book accuracy on the held-out facts, to show that a change
@@ -32,9 +32,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from interp.analyses.ablation import ablated_heads
+from interp.analyses.ablation import ablated_heads, matched_random_heads
 from interp.analyses.knowledge import OUTCOMES, HeadEffects, conflict_rates, last_logits
-from interp.analyses.retrieval_masking import matched_random_heads
 from interp.core.errors import InterpError
 from interp.core.model import HookedModel
 from interp.data.knowledge import ConflictItem, FactTable, answer_token, closed_book_prompt

@@ -15,44 +15,21 @@ see how much the conclusion depends on it.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from interp.analyses.ablation import ABLATION_MODES, ablated_heads
+from interp.analyses.ablation import ABLATION_MODES, ablated_heads, matched_random_heads
 from interp.analyses.retrieval import KEEP_RECALL, decode_greedy, stop_token_ids
 from interp.core.errors import InterpError
 from interp.core.model import HookedModel
 from interp.data.needles import NeedleTrial, rouge1_recall
 
-__all__ = ["MaskingResult", "masking_test", "matched_random_heads", "niah_answers"]
+__all__ = ["MaskingResult", "masking_test", "niah_answers"]
 
 Head = tuple[int, int]
-
-
-def matched_random_heads(n_layers: int, n_heads: int, selected: Sequence[Head], exclude: set[Head],
-                         seed: int) -> list[Head]:
-    """One random head per selected head, from the same layer when possible (else the nearest
-    layer with a free head), never in `exclude` or `selected`, without repeats."""
-    rng = random.Random(seed)
-    taken = set(exclude) | set(selected)
-    free = {layer: [h for h in range(n_heads) if (layer, h) not in taken] for layer in range(n_layers)}
-    out: list[Head] = []
-    for layer, _ in selected:
-        for dist in range(n_layers):
-            options = [lay for lay in (layer - dist, layer + dist) if 0 <= lay < n_layers and free[lay]]
-            if options:
-                lay = options[0]
-                head = rng.choice(free[lay])
-                free[lay].remove(head)
-                out.append((lay, head))
-                break
-        else:
-            raise InterpError(f"not enough non-retrieval heads to match {len(selected)} masked heads")
-    return out
 
 
 @torch.no_grad()

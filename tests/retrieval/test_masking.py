@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.analyses.ablation import ablated_heads, head_means
-from interp.analyses.retrieval_masking import masking_test, matched_random_heads, niah_answers
+from interp.analyses.ablation import ablated_heads, head_means, matched_random_heads
+from interp.analyses.retrieval_masking import masking_test, niah_answers
 from interp.core.errors import InterpError
 from interp.data.needles import build_trials, load_needles
 
