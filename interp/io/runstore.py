@@ -275,7 +275,7 @@ def build_manifest(
         "git_commit": commit,
         "git_dirty": dirty,
         "hostname": socket.gethostname(),
-        "created_at": _now().isoformat(timespec="seconds"),
+        "created_at": _now().isoformat(timespec="microseconds"),  # microseconds: runs made within one second still sort newest first
         "finished_at": None,
         "status": "running",
     }
