@@ -4,7 +4,6 @@ whose q_proj output has that head's slice set to zero (RoPE of a zero query is z
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from interp.analyses.ablation import ablated_heads
@@ -35,9 +34,11 @@ def test_masked_heads_attend_uniformly(tiny_model, assert_clean):
     assert_clean(tiny_model)
 
 
-def test_uniform_masking_matches_raw_q_proj_zeroing(tiny_model, raw_tiny, tiny_name):
-    if tiny_name != "tiny-llama":
-        pytest.skip("the raw reference zeroes q_proj slices (Llama layout)")
+def test_uniform_masking_matches_raw_q_proj_zeroing(tiny_models, tokenizer):
+    from interp.models.tiny import build_tiny
+
+    tiny_model = tiny_models["tiny-llama"]  # the raw reference zeroes q_proj slices (Llama layout)
+    raw_tiny = build_tiny("tiny-llama", vocab_size=len(tokenizer), seed=0)
     tokens = _tokens(tiny_model)
     d = raw_tiny.config.hidden_size // raw_tiny.config.num_attention_heads
     handles = []
