@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from interp.core.errors import DatasetError
-from interp.data.pairs import PairDataset, PromptPair
+from interp.data.pairs import PairDataset, PromptPair, check_keys
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -140,22 +140,8 @@ def _parse_line(obj: Any, line: int, file: str) -> Relation | Fact:
         )
     kind = "fact" if "subject" in obj or "object" in obj else "relation"
     allowed = FACT_KEYS if kind == "fact" else RELATION_KEYS
-    unknown = [k for k in obj if k not in allowed]
-    if unknown:
-        raise DatasetError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} in a {kind} line; allowed keys: "
-            f"{', '.join(allowed)}",
-            line=line,
-            file=file,
-        )
-    missing = [k for k in allowed if k not in obj]
-    if missing:
-        raise DatasetError(
-            f"missing key(s) {', '.join(map(repr, missing))} in a {kind} line; a {kind} needs "
-            f"{', '.join(allowed)}",
-            line=line,
-            file=file,
-        )
+    check_keys(obj, allowed, allowed, line=line, file=file, where=f" in a {kind} line",
+               needs=f"a {kind} needs {', '.join(allowed)}")
     if kind == "relation":
         name = obj["relation"]
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interp.core.errors import DatasetError
+from interp.data.pairs import check_keys
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 HAYSTACK_DIR = Path(__file__).resolve().parents[2] / "data" / "haystack"
 DEFAULT_NEEDLES = HAYSTACK_DIR / "needles.jsonl"
 INSTRUCTION = "Based on the document, answer the question."
+NEEDLE_KEYS = ("needle", "question", "answer")
 
 
 @dataclass(frozen=True)
@@ -79,13 +81,10 @@ def load_needles(path: str | Path | None = None) -> list[Needle]:
         if not isinstance(row, dict):
             raise DatasetError("each line must be a JSON object with needle, question, answer",
                                line=i, file=str(path))
-        for key in ("needle", "question", "answer"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
+        check_keys(row, NEEDLE_KEYS, NEEDLE_KEYS, line=i, file=str(path), needs=f"a needle needs {', '.join(NEEDLE_KEYS)}")
+        for key in NEEDLE_KEYS:
+            if not isinstance(row[key], str) or not row[key].strip():
                 raise DatasetError(f"field {key!r} must be a non-empty string", line=i, file=str(path))
-        extra = sorted(set(row) - {"needle", "question", "answer"})
-        if extra:
-            raise DatasetError(f"unknown field(s) {', '.join(extra)}; allowed: needle, question, answer",
-                               line=i, file=str(path))
         if row["answer"] not in row["needle"]:
             raise DatasetError(f"answer {row['answer']!r} does not occur verbatim in the needle",
                                line=i, file=str(path))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +97,20 @@ def _describe(value: Any) -> str:
     return f"{kind} {json.dumps(value)[:40]}" if kind != "null" else kind
 
 
+def check_keys(obj: dict, allowed: Sequence[str], required: Sequence[str], *, line: int | None, file: str | None,
+               needs: str, where: str = "") -> None:
+    """A `DatasetError` (naming file:line) for keys of a JSON line outside `allowed`, then for
+    `required` keys it lacks; `needs` ends the second message, `where` (e.g. " in a fact line")
+    follows the key list in both."""
+    unknown = [k for k in obj if k not in allowed]
+    if unknown:
+        raise DatasetError(f"unknown key(s) {', '.join(map(repr, unknown))}{where}; allowed keys: {', '.join(allowed)}",
+                           line=line, file=file)
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise DatasetError(f"missing key(s) {', '.join(map(repr, missing))}{where}; {needs}", line=line, file=file)
+
+
 def _parse_pair(obj: Any, line: int, file: str) -> PromptPair:
     if not isinstance(obj, dict):
         raise DatasetError(
@@ -105,22 +119,8 @@ def _parse_pair(obj: Any, line: int, file: str) -> PromptPair:
             line=line,
             file=file,
         )
-    unknown = [k for k in obj if k not in ALLOWED_KEYS]
-    if unknown:
-        raise DatasetError(
-            f"unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: "
-            f"{', '.join(ALLOWED_KEYS)}",
-            line=line,
-            file=file,
-        )
-    missing = [k for k in REQUIRED_KEYS if k not in obj]
-    if missing:
-        raise DatasetError(
-            f"missing key(s) {', '.join(map(repr, missing))}; every line needs "
-            f"{', '.join(REQUIRED_KEYS)} (meta is optional)",
-            line=line,
-            file=file,
-        )
+    check_keys(obj, ALLOWED_KEYS, REQUIRED_KEYS, line=line, file=file,
+               needs=f"every line needs {', '.join(REQUIRED_KEYS)} (meta is optional)")
     for k in REQUIRED_KEYS:
         v = obj[k]
         if not isinstance(v, str):
