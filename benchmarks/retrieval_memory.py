@@ -68,14 +68,12 @@ class PeakRSS:
 
 
 def _trial_and_target(model_name: str, context: int):
-    from interp.data.needles import build_trials, load_needles
+    from interp.data.needles import build_trials, load_needles, needle_target
     from interp.models import smollm2
 
     tok = smollm2.load_tokenizer()
     trial = build_trials(tok, load_needles()[:1], [context], [0.5])[0]
-    # The target: the needle sentence, as SmolLM2 answers (it restates the needle), plus end of turn.
-    target = tok(trial.needle.needle, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
-    return tok, trial, target
+    return tok, trial, needle_target(tok, trial)
 
 
 def _raw_model(model_name: str, tok):

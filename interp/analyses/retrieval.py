@@ -150,16 +150,16 @@ def decode_greedy(
     stops = stop_token_ids(model) if stops is None else stops
     cache = _prefill(model, prompt[:-1], chunk_size)
     inp, out = prompt[-1:], []
-    for _ in range(max_new_tokens):
-        with model.hooks(list(step_hooks)):
+    with model.hooks(list(step_hooks)):  # installed once, after the prefill
+        for _ in range(max_new_tokens):
             logits, cache = model.forward_incremental(inp.view(1, 1), cache, last_logits=1)
-        token = logits[0, -1].argmax()
-        out.append(int(token))
-        if on_step is not None:
-            on_step(token)
-        if int(token) in stops:
-            break
-        inp = token.view(1)
+            token = logits[0, -1].argmax()
+            out.append(int(token))
+            if on_step is not None:
+                on_step(token)
+            if int(token) in stops:
+                break
+            inp = token.view(1)
     return tuple(out)
 
 

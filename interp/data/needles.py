@@ -178,6 +178,13 @@ def build_trials(
     return trials
 
 
+def needle_target(tokenizer: PreTrainedTokenizerBase, trial: NeedleTrial) -> list[int]:
+    """A teacher-forced answer for `trial`: its needle sentence, then end of turn (an instruct
+    model such as SmolLM2 answers by restating the needle)."""
+    end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return tokenizer(trial.needle.needle, add_special_tokens=False)["input_ids"] + end
+
+
 _WORD = re.compile(r"\w+")
 
 

@@ -29,7 +29,14 @@ from interp.analyses.ablation import ABLATION_MODES, head_means
 from interp.analyses.retrieval import RETRIEVAL_THRESHOLD, RetrievalResult, retrieval_scores
 from interp.analyses.retrieval_masking import MaskingResult, masking_test
 from interp.core.errors import ConfigError
-from interp.data.needles import HAYSTACK_DIR, NeedleTrial, build_trials, load_haystack, load_needles
+from interp.data.needles import (
+    HAYSTACK_DIR,
+    NeedleTrial,
+    build_trials,
+    load_haystack,
+    load_needles,
+    needle_target,
+)
 from interp.io.config import (
     ModelConfig,
     OutputConfig,
@@ -158,13 +165,6 @@ def _prepare(cfg: RetrievalHeadsConfig, model, log):
     return detect, mask
 
 
-def _targets(model, trials: list[NeedleTrial]) -> list[list[int]]:
-    """Teacher-forced targets: the needle sentence then end of turn (SmolLM2 restates the needle)."""
-    tok = model.tokenizer
-    end = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    return [tok(t.needle.needle, add_special_tokens=False)["input_ids"] + end for t in trials]
-
-
 def _trial_grid(frame: pd.DataFrame, value: str, title: str) -> go.Figure:
     grid = frame.pivot_table(index="depth", columns="context_length", values=value, aggfunc="mean")
     fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=[str(c) for c in grid.columns], y=[f"{d:.2f}" for d in grid.index],
@@ -189,7 +189,7 @@ def _masking_figure(res: MaskingResult) -> go.Figure:
 def _detect(cfg: RetrievalHeadsConfig, model, trials, out: RunOutcome, show: bool) -> RetrievalResult:
     d, det, run = cfg.data, cfg.detection, out.run
     bar, prog = _progress("retrieval scores", show)
-    targets = _targets(model, trials) if det.scorer == "teacher_forced" else None
+    targets = [needle_target(model.tokenizer, t) for t in trials] if det.scorer == "teacher_forced" else None
     res = retrieval_scores(model, trials, scorer=det.scorer, targets=targets, max_new_tokens=d.max_new_tokens,
                            chunk_size=d.chunk_size, query_chunk=det.query_chunk, progress=prog)
     bar.close()
