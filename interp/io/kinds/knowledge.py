@@ -27,7 +27,6 @@ import pandas as pd
 from pydantic import (
     Field,
     StrictBool,
-    StrictInt,
     StrictStr,
     ValidationInfo,
     field_validator,
@@ -49,7 +48,9 @@ from interp.data.knowledge import (
 from interp.data.pairs import tokenize_pairs
 from interp.io.config import (
     ModelConfig,
+    NonNegativeInt,
     OutputConfig,
+    PositiveInt,
     _FieldError,
     _Section,
     register_experiment_kind,
@@ -59,8 +60,6 @@ from interp.io.runner import RunOutcome, Task, _progress, register_task
 from interp.viz.heatmaps import head_heatmap
 from interp.viz.knowledge import ph3_bars, rates_bars
 
-NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
 RelationName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_]+$")]
 
 

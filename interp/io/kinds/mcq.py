@@ -28,7 +28,6 @@ from plotly.subplots import make_subplots
 from pydantic import (
     Field,
     StrictBool,
-    StrictInt,
     StrictStr,
     ValidationInfo,
     field_validator,
@@ -50,7 +49,9 @@ from interp.data.pairs import PairDataset, tokenize_pairs
 from interp.io.config import (
     MetricName,
     ModelConfig,
+    NonNegativeInt,
     OutputConfig,
+    PositiveInt,
     _FieldError,
     _Section,
     register_experiment_kind,
@@ -60,9 +61,6 @@ from interp.io.config import (
 from interp.io.report import ReportSection
 from interp.io.runner import RunOutcome, Task, _progress, register_task
 from interp.viz.heatmaps import dla_bar, head_heatmap
-
-NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
 
 
 class MCQDataConfig(_Section):

@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from pydantic import Field, StrictBool, StrictInt, StrictStr, ValidationInfo, field_validator
+from pydantic import Field, StrictBool, StrictStr, ValidationInfo, field_validator
 
 from interp.analyses.ablation import ABLATION_MODES, head_means
 from interp.analyses.retrieval import RETRIEVAL_THRESHOLD, RetrievalResult, retrieval_scores
@@ -39,7 +39,9 @@ from interp.data.needles import (
 )
 from interp.io.config import (
     ModelConfig,
+    NonNegativeInt,
     OutputConfig,
+    PositiveInt,
     _Section,
     register_experiment_kind,
     resolve_config_path,
@@ -49,8 +51,6 @@ from interp.io.report import ReportSection
 from interp.io.runner import RunOutcome, Task, _progress, register_task
 from interp.viz.heatmaps import head_heatmap
 
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
-NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
