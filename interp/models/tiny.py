@@ -26,6 +26,10 @@ TINY_CONFIGS = {
 
 
 def build_tiny(name: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
+    from interp.models.zoo import build_family, family_of_tiny_name
+
+    if name not in TINY_CONFIGS and (family := family_of_tiny_name(name)) is not None:
+        return build_family(family, vocab_size, seed)
     config_cls, model_cls, kwargs = TINY_CONFIGS[name]
     config = config_cls(vocab_size=vocab_size, **kwargs)
     config._attn_implementation = "eager"
