@@ -103,3 +103,16 @@ def _perturb(model: torch.nn.Module) -> None:
             p.normal_(0, 1.0)
         else:
             p.normal_(0, 0.08)
+
+
+def load_family(model_type: str, *, backend: str = "transformer_lens", seed: int = 0):
+    """The zoo model of `model_type` as a hooked model (SmolLM2 tokenizer). A second
+    `build_family(model_type, vocab, seed)` gives an identical, independent HF model."""
+    from interp.models import smollm2
+    from interp.models.loading import _state_digest, _wrap
+
+    tok = smollm2.load_tokenizer()
+    hf = build_family(model_type, vocab_size=len(tok), seed=seed)
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    return _wrap(backend, f"tiny-{model_type.replace('_', '-')}", hf, tok, _state_digest(hf))
