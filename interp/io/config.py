@@ -54,6 +54,9 @@ __all__ = [
     "with_overrides",
     "parse_set_args",
     "allowed_metrics",
+    "resolve_chat",
+    "resolve_prepend_bos",
+    "resolve_for_model",
 ]
 
 Component = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
@@ -61,6 +64,11 @@ Direction = Literal["denoising", "noising"]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 _FALLBACK_METRICS = ("logit_diff", "prob")
+# `data.chat` of the kinds that can wrap prompts in the model's chat template (mcq_letters,
+# retrieval_heads, knowledge_conflicts); unset = follow the model, see `resolve_chat`.
+ChatSetting = Annotated[StrictBool | None, Field(
+    description="true or false (prompts in the model's chat template, for instruct models), or "
+    "null/unset to follow the model (true when its tokenizer has a chat template)")]
 
 
 def allowed_metrics() -> list[str]:
@@ -114,6 +122,46 @@ def unique_items(values: tuple, what: str) -> tuple:
         raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
     return values
 
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_chat(chat: bool | None, model: Any) -> bool:
+    """`data.chat` of the mcq, retrieval and knowledge kinds for a loaded `model`: unset (None)
+    follows the model (true when its tokenizer has a chat template); true on a model without
+    one is a one-line `ConfigError` instead of a transformers error deep in the run."""
+    has = has_chat_template(model.tokenizer)
+    if chat is None:
+        return has
+    if chat and not has:
+        raise ConfigError(f"model {model.name} has no chat template; set data.chat: false "
+                          "(or leave data.chat unset to follow the model)", path="data.chat")
+    return chat
+
+
+def resolve_prepend_bos(prepend_bos: bool | None, model: Any) -> bool:
+    """`data.prepend_bos` for a loaded `model`: unset (None) follows the model's `prepend_bos`
+    (a per-model fact, `interp.models.registry.MODEL_FACTS`); true or false is kept."""
+    return bool(model.prepend_bos) if prepend_bos is None else prepend_bos
+
+
+_MODEL_DEFAULTS = {"chat": resolve_chat, "prepend_bos": resolve_prepend_bos}
+
+
+def resolve_for_model(cfg: Any, model: Any) -> Any:
+    """`cfg` with every model-dependent default of its `data` section (`chat`,
+    `prepend_bos`, where the kind has them) resolved against the loaded `model`; the runner
+    calls it right after loading the model, before any data is built, so the kinds and the
+    run manifest see plain true/false. Raises `ConfigError` where a setting cannot work."""
+    data = getattr(cfg, "data", None)
+    update = {key: fn(getattr(data, key), model) for key, fn in _MODEL_DEFAULTS.items()
+              if data is not None and key in type(data).model_fields}
+    if not update:
+        return cfg
+    return cfg.model_copy(update={"data": data.model_copy(update=update)})
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -152,7 +200,9 @@ class DataConfig(_Section):
     position_n_prompts: PositiveInt = Field(
         8, description="an integer >= 1 (ioi only): prompts in the position-resolved maps"
     )
-    prepend_bos: StrictBool = False
+    prepend_bos: StrictBool | None = Field(
+        None, description="true or false, or null/unset to follow the model (true for gemma3-270m, "
+        "which expects <bos> first; false for smollm2-135m)")
 
     @field_validator("path")
     @classmethod

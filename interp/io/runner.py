@@ -27,7 +27,7 @@ from interp.analyses.patching import patch_heads, patch_residual
 from interp.core.model import HookedModel
 from interp.data.ioi import generate_ioi
 from interp.data.pairs import PairDataset, TokenizedPairs, load_jsonl, tokenize_pairs
-from interp.io.config import ExperimentConfig
+from interp.io.config import ExperimentConfig, resolve_for_model, resolve_prepend_bos
 from interp.io.report import ReportSection, write_report
 from interp.io.runstore import Run, RunStore, build_manifest
 from interp.models.loading import load_model
@@ -70,16 +70,17 @@ def register_task(kind: str, task: Task) -> None:
 def load_data(cfg: ExperimentConfig, model: HookedModel) -> tuple[PairDataset, TokenizedPairs, TokenizedPairs]:
     """(dataset, its tokenized pairs, the pairs used for maps resolved by position)."""
     d = cfg.data
+    bos = resolve_prepend_bos(d.prepend_bos, model)  # unset: the model's own prepend_bos
     if d.source == "jsonl":
         ds = load_jsonl(d.path)
-        pairs = tokenize_pairs(ds, model.tokenizer, prepend_bos=d.prepend_bos, source_file=str(d.path))
+        pairs = tokenize_pairs(ds, model.tokenizer, prepend_bos=bos, source_file=str(d.path))
         return ds, pairs, pairs
     templates = list(d.templates) if d.templates is not None else None
     ds = generate_ioi(d.n_prompts, model.tokenizer, seed=cfg.seed, corruption=d.corruption, templates=templates)
-    pairs = tokenize_pairs(ds, model.tokenizer, prepend_bos=d.prepend_bos)
+    pairs = tokenize_pairs(ds, model.tokenizer, prepend_bos=bos)
     pos_ds = generate_ioi(d.position_n_prompts, model.tokenizer, seed=cfg.seed, corruption=d.corruption,
                           templates=[d.position_template])
-    return ds, pairs, tokenize_pairs(pos_ds, model.tokenizer, prepend_bos=d.prepend_bos)
+    return ds, pairs, tokenize_pairs(pos_ds, model.tokenizer, prepend_bos=bos)
 
 
 def run_experiment(
@@ -102,6 +103,10 @@ def run_experiment(
     if model is None:
         log(f"loading model {cfg.model.name} ({cfg.model.device}, {cfg.model.dtype})")
         model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype, seed=cfg.seed)
+    # Defaults that follow the model (data.chat, data.prepend_bos) become plain true/false here,
+    # before any data is built: a setting the model cannot honour fails in one line, and the
+    # manifest records what was used.
+    cfg = resolve_for_model(cfg, model)
     prepared = task.prepare(cfg, model, log)
 
     run = RunStore(runs_dir or cfg.output.runs_dir).create(cfg.name)

@@ -36,7 +36,7 @@ def test_defaults() -> None:
     assert cfg.model.name == "smollm2-135m" and cfg.model.device == "auto"
     assert cfg.model.dtype == "float32" and cfg.seed == 0 and cfg.description == ""
     assert cfg.data.source == "ioi" and cfg.data.n_prompts == 20 and cfg.data.corruption == "abc"
-    assert cfg.data.templates is None and cfg.data.path is None and cfg.data.prepend_bos is False
+    assert cfg.data.templates is None and cfg.data.path is None and cfg.data.prepend_bos is None  # None: follow the model
     hp = cfg.analyses.head_patching
     assert (hp.enabled, hp.direction, hp.metric, hp.per_position, hp.batch_size) == (
         True,

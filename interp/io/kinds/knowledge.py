@@ -47,6 +47,7 @@ from interp.data.knowledge import (
 )
 from interp.data.pairs import tokenize_pairs
 from interp.io.config import (
+    ChatSetting,
     ModelConfig,
     NonNegativeInt,
     OutputConfig,
@@ -74,9 +75,7 @@ class KnowledgeDataConfig(_Section):
     facts: Path | None = Field(
         None, description="null (the bundled data/facts.jsonl) or a path to a fact table JSONL file"
     )
-    chat: StrictBool = Field(
-        True, description="true or false: questions in the model's chat template"
-    )
+    chat: ChatSetting = None
     relations: tuple[RelationName, ...] | None = Field(
         None, description="null (every relation of the table) or a list of relation names"
     )

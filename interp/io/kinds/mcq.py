@@ -47,6 +47,7 @@ from interp.core.errors import ConfigError
 from interp.data.mcq import generate_mcq
 from interp.data.pairs import PairDataset, tokenize_pairs
 from interp.io.config import (
+    ChatSetting,
     MetricName,
     ModelConfig,
     NonNegativeInt,
@@ -67,7 +68,7 @@ class MCQDataConfig(_Section):
     n_prompts: PositiveInt = Field(64, description="an integer >= 1 (questions; items cycle past the file's count)")
     items: Path | None = Field(None, description="null (the bundled data/mcq_items.jsonl) or a path to an items JSONL file")
     format: Literal["content_letter", "letter"] = "content_letter"
-    chat: StrictBool = True
+    chat: ChatSetting = None
     random_labels: StrictBool = Field(True, description="true or false: also build the randomised-labels control set")
     compare_letter_format: StrictBool = Field(
         True, description="true or false: also measure accuracy on Lieberum's direct letter format")

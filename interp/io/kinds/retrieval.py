@@ -38,6 +38,7 @@ from interp.data.needles import (
     needle_target,
 )
 from interp.io.config import (
+    ChatSetting,
     ModelConfig,
     NonNegativeInt,
     OutputConfig,
@@ -63,7 +64,7 @@ class NeedleDataConfig(_Section):
         description="a non-empty list of haystack lengths in tokens (>= 1; long contexts want a GPU)")
     depths: tuple[Fraction, ...] = Field(
         (0.2, 0.5, 0.8), min_length=1, description="a non-empty list of needle depths in [0, 1]")
-    chat: StrictBool = Field(True, description="true (the model's chat template; instruct models) or false")
+    chat: ChatSetting = None
     max_new_tokens: PositiveInt = Field(32, description="an integer >= 1 (greedy answer length cap)")
     chunk_size: PositiveInt = Field(512, description="an integer >= 1 (prefill chunk, tokens)")
 
