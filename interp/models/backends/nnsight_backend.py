@@ -3,9 +3,12 @@
 `NNsightModel` wraps an already-loaded HF model with nnsight 0.8's `TransformersModel` (the
 non-deprecated name of `LanguageModel`; no hub access) and reads activations as nnsight proxies
 (`.input` / `.output` + `.save()`), not through torch hooks. Which module carries which site is
-data, one table per family (`interp.models.families`). Tensors come out in the same layouts as
-the TransformerLens backend: z is (batch, pos, head, d_head), i.e. the input of o_proj (Llama)
-or c_proj (GPT-2) split into heads; residual-stream sites are (batch, pos, d_model).
+data, one table per family (`interp.models.families`, every family of the conformance zoo).
+Tensors come out in the same layouts as the TransformerLens backend: z is (batch, pos, head,
+d_head), i.e. the input of the attention output projection split into heads; residual-stream
+sites are (batch, pos, d_model); the pattern is (batch, head, query, key). Each module value is
+copied when the module returns, so a later in-place update by the model (Falcon adds the
+attention output into the MLP's output tensor) does not reach the cache.
 
 Reading only. Interventions (`add_hook`, and so patching sweeps) are not implemented on this
 backend yet; use ``backend="transformer_lens"`` for them.
@@ -25,14 +28,19 @@ from torch import nn
 
 from interp.core.errors import SiteError
 from interp.core.hooks import HookFn
-from interp.core.model import FinalNorm, HookedModel, ModelSpec
+from interp.core.model import FinalNorm, HookedModel, ModelSpec, apply_final_norm
 from interp.core.sites import Component, Site
 from interp.models.families import ModuleSite, family_of
 
 _HEAD_COMPONENTS = (Component.Z, Component.Q, Component.K, Component.V)
 
-# One module value read in a trace: (module path, "input" | "output", tuple index or None).
-_Access = tuple[str, str, int | None]
+# One module value read in a trace: (module path, "input" | "output").
+_Access = tuple[str, str]
+
+# The causal-LM head after lm_head, from the HF config: logits = softcap(lm_head(x) * scale).
+# config attribute -> how the scale applies (Cohere multiplies, Granite divides).
+_LOGIT_SCALES = {"logit_scale": "multiply", "logits_scaling": "divide"}
+_FINAL_SOFTCAP = "final_logit_softcapping"  # Gemma 2/3: cap * tanh(logits / cap)
 
 
 class NNsightModel(HookedModel):
@@ -58,10 +66,11 @@ class NNsightModel(HookedModel):
         first_layered = next(i for i, (path, _, _) in enumerate(self.sites_table.values()) if "{layer}" in path)
         self._rank = {c: i for i, c in enumerate(self.sites_table)}
         self._before_blocks = {c for c, i in self._rank.items() if i < first_layered}
+        self._final_norm: FinalNorm | None = None
 
     # -- sites -------------------------------------------------------------------------------
-    def _access(self, site: Site) -> tuple[tuple[int, int], _Access]:
-        """(execution-order key, module access) of the whole tensor carrying `site`."""
+    def _access(self, site: Site) -> tuple[tuple[int, int], _Access, int | None]:
+        """(execution-order key, module access, tuple index) of the whole tensor carrying `site`."""
         comp = site.component
         if comp not in self.sites_table:
             allowed = ", ".join(c.value for c in self.sites_table)
@@ -79,7 +88,10 @@ class NNsightModel(HookedModel):
             layer_key = site.layer
         else:
             layer_key = -1 if comp in self._before_blocks else self.spec.n_layers
-        return (layer_key, self._rank[comp]), (path.format(layer=site.layer), io, index)
+        return (layer_key, self._rank[comp]), (path.format(layer=site.layer), io), index
+
+    def validate_site(self, site: Site) -> None:
+        self._access(site)
 
     def _envoy(self, path: str):
         env = self.lm
@@ -87,9 +99,12 @@ class NNsightModel(HookedModel):
             env = env[int(part)] if part.isdigit() else getattr(env, part)
         return env
 
-    def _to_layout(self, site: Site, value: Any, index: int | None) -> torch.Tensor:
-        if index is not None and isinstance(value, tuple | list):
-            value = value[index]
+    def _to_layout(self, site: Site, value: Any) -> torch.Tensor:
+        if value is None and site.component is Component.PATTERN:
+            raise SiteError(
+                f"site {site}: the attention module returned no weights; only eager attention "
+                "returns them (load the model with attn_implementation='eager')"
+            )
         if not isinstance(value, torch.Tensor):
             raise RuntimeError(f"site {site}: the module value is a {type(value).__name__}, not a tensor")
         if site.component in _HEAD_COMPONENTS:  # (batch, pos, heads * d_head) -> (batch, pos, head, d_head)
@@ -106,23 +121,30 @@ class NNsightModel(HookedModel):
         self, tokens: torch.Tensor, sites: Sequence[Site], *, hooks: Sequence[tuple[Site, HookFn]] = ()
     ) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
         """Logits and the asked-for sites, all read in one nnsight trace."""
+        import nnsight
+
         if hooks:
             raise NotImplementedError(_NO_HOOKS)
         wanted = {s: self._access(s) for s in sites}
-        # nnsight 0.8 reads module values in execution order: request them sorted, once each.
+        # nnsight 0.8 reads module values in execution order: request them sorted, each module
+        # value once (attn_out and pattern are two elements of one attention output).
         order: dict[_Access, tuple[int, int]] = {}
-        for key, acc in wanted.values():
-            order[acc] = key
+        parts: dict[_Access, set[int | None]] = {}
+        for key, acc, index in wanted.values():
+            order[acc] = min(key, order.get(acc, key))
+            parts.setdefault(acc, set()).add(index)
         accesses = sorted(order, key=order.__getitem__)
-        saved: dict[_Access, Any] = {}
+        saved: dict[tuple[str, str, int | None], Any] = {}
         with self.lm.trace(tokens.to(self.device), use_cache=False):
             for acc in accesses:
-                path, io, _ = acc
-                saved[acc] = getattr(self._envoy(path), io).save()
+                path, io = acc
+                value = getattr(self._envoy(path), io)
+                for index in parts[acc]:
+                    saved[(path, io, index)] = nnsight.save(_copy(_element(value, index)))
             logits = self.lm.output.logits.save()
         cache = {}
-        for site, (_, acc) in wanted.items():
-            whole = self._to_layout(site, saved[acc], acc[2])
+        for site, (_, acc, index) in wanted.items():
+            whole = self._to_layout(site, saved[(*acc, index)])
             cache[site] = site.select(whole).detach()
         return logits, cache
 
@@ -130,29 +152,57 @@ class NNsightModel(HookedModel):
         raise NotImplementedError(_NO_HOOKS)
 
     # -- weights -----------------------------------------------------------------------------
+    def final_norm_module(self) -> nn.Module:
+        return self.hf_model.get_submodule(self.sites_table[Component.RESID_FINAL][0])
+
     def final_norm(self) -> FinalNorm:
-        path = self.sites_table[Component.RESID_FINAL][0]
-        mod = self.hf_model.get_submodule(path)
-        if isinstance(mod, nn.LayerNorm):
-            bias = mod.bias.detach() if mod.bias is not None else None
-            return FinalNorm("layernorm", mod.weight.detach(), bias, mod.eps)
-        eps = getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", None)
-        if eps is None or getattr(mod, "bias", None) is not None:
-            raise NotImplementedError(f"final norm {type(mod).__name__} is neither LayerNorm nor a plain RMSNorm")
-        return FinalNorm("rms", mod.weight.detach(), None, float(eps))
+        """The final norm as LayerNorm / RMSNorm parameters, checked against the module itself:
+        also Gemma's ``x * (1 + w)`` RMSNorm, Cohere's bias-free and OLMo's parameter-free
+        LayerNorm."""
+        if self._final_norm is None:
+            self._final_norm = _final_norm_of(self.final_norm_module(), self.spec.d_model)
+        return self._final_norm
 
     def unembed_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """lm_head's (W_U (d_model, vocab), b_U or None), as the model stores them: a logit scale
+        or final softcap in the model's head is applied by `unembed`, not folded in here."""
         lm_head = self.hf_model.get_output_embeddings()
+        if lm_head is None or not isinstance(getattr(lm_head, "weight", None), torch.Tensor):
+            raise NotImplementedError(f"{self.spec.architecture} has no linear output embedding (lm_head)")
         b = getattr(lm_head, "bias", None)
         return lm_head.weight.detach().T, (b.detach() if b is not None else None)
 
+    def unembed(self, final_resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from the final residual: final norm, lm_head (only `columns` when given), then
+        the model's logit scale (Cohere, Granite) and final softcap (Gemma 2/3)."""
+        out = super().unembed(final_resid, columns)
+        config = self.hf_model.config
+        for attr, how in _LOGIT_SCALES.items():
+            v = getattr(config, attr, None)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out = out * v if how == "multiply" else out / v
+        cap = getattr(config, _FINAL_SOFTCAP, None)
+        if cap:
+            out = torch.tanh(out / cap) * cap
+        return out
+
     def W_O(self, layer: int) -> torch.Tensor:
         """(n_heads, d_head, d_model) from the module whose input is z."""
+        if not 0 <= layer < self.spec.n_layers:
+            raise ValueError(f"layer {layer} out of range 0..{self.spec.n_layers - 1}")
         path = self.sites_table[Component.Z][0].format(layer=layer)
         mod = self.hf_model.get_submodule(path)
-        # nn.Linear stores (out, in); HF's GPT-2 Conv1D stores (in, out).
-        w = mod.weight.detach().T if isinstance(mod, nn.Linear) else mod.weight.detach()
-        return w.reshape(self.spec.n_heads, self.spec.d_head, self.spec.d_model)
+        # nn.Linear (and subclasses such as FalconLinear) stores (out, in); GPT-2's Conv1D (in, out).
+        if isinstance(mod, nn.Linear):
+            w = mod.weight.detach().T
+        elif type(mod).__name__ == "Conv1D":
+            w = mod.weight.detach()
+        else:
+            raise NotImplementedError(f"{path} is a {type(mod).__name__}, neither nn.Linear nor Conv1D; no W_O")
+        H, d, D = self.spec.n_heads, self.spec.d_head, self.spec.d_model
+        if tuple(w.shape) != (H * d, D):
+            raise NotImplementedError(f"{path} weight (in, out) is {tuple(w.shape)}, not ({H * d}, {D}); no W_O")
+        return w.reshape(H, d, D)
 
 
 _NO_HOOKS = (
@@ -161,17 +211,66 @@ _NO_HOOKS = (
 )
 
 
+def _element(value: Any, index: int | None) -> Any:
+    # Index only into a tuple/list: decoder layers return a tensor in transformers 5, a tuple before.
+    return value[index] if index is not None and isinstance(value, tuple | list) else value
+
+
+def _copy(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
 def _spec_from_config(hf_model: nn.Module) -> ModelSpec:
-    cfg = hf_model.config  # HF attribute maps give GPT-2's n_layer/n_head/n_embd these names
+    # HF attribute maps give GPT-2/GPT-J's n_layer/n_head/n_embd and GPT-Neo's num_layers/num_heads
+    # these names.
+    cfg = hf_model.config
     n_heads = cfg.num_attention_heads
     d_model = cfg.hidden_size
     archs = getattr(cfg, "architectures", None)
     return ModelSpec(
         n_layers=cfg.num_hidden_layers,
         n_heads=n_heads,
-        n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
+        n_kv_heads=_n_kv_heads(cfg),
         d_model=d_model,
         d_head=getattr(cfg, "head_dim", None) or d_model // n_heads,
         d_vocab=cfg.vocab_size,
         architecture=archs[0] if archs else type(hf_model).__name__,
+    )
+
+
+def _n_kv_heads(cfg) -> int:
+    if getattr(cfg, "model_type", None) == "falcon":
+        # Falcon: the new decoder architecture has `num_kv_heads` groups; otherwise multi-query
+        # means one key/value head and plain multi-head attention one per query head.
+        if getattr(cfg, "new_decoder_architecture", False):
+            return cfg.num_kv_heads
+        return 1 if getattr(cfg, "multi_query", False) else cfg.num_attention_heads
+    return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+
+@torch.no_grad()
+def _final_norm_of(mod: nn.Module, d_model: int) -> FinalNorm:
+    """The first of LayerNorm(w, b), RMSNorm(w), RMSNorm(1 + w) that reproduces `mod` on a
+    probe input; a module without a weight (OLMo) has w = 1, without an eps attribute 1e-5
+    (OLMo's hard-coded value)."""
+    p = next(iter(mod.parameters()), None)
+    dev, dt = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+    w = getattr(mod, "weight", None)
+    w = w.detach() if isinstance(w, torch.Tensor) else torch.ones(d_model, device=dev, dtype=dt)
+    b = getattr(mod, "bias", None)
+    b = b.detach() if isinstance(b, torch.Tensor) else None
+    eps = getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", None) or 1e-5
+    candidates = [FinalNorm("layernorm", w, b, float(eps))]
+    if b is None:
+        candidates += [FinalNorm("rms", w, None, float(eps)), FinalNorm("rms", w + 1, None, float(eps))]
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, d_model, generator=gen) * 3 + 1).to(dev, dt)
+    want = mod(x).float()
+    tol = 1e-4 * max(1.0, float(want.abs().max()))
+    for cand in candidates:
+        if float((apply_final_norm(x, cand).float() - want).abs().max()) <= tol:
+            return cand
+    raise NotImplementedError(
+        f"final norm {type(mod).__name__} is none of LayerNorm, RMSNorm or (1 + w) RMSNorm; "
+        "no FinalNorm for it"
     )
