@@ -128,21 +128,23 @@ def test_bad_sites(pair, tokens):
     with pytest.raises(SiteError, match="out of range"):
         nn_.run_with_cache(tokens, [Site("z", layer=0, head=99)])
     with pytest.raises(SiteError, match="allowed"):
-        nn_.run_with_cache(tokens, [Site("pattern", layer=0)])
+        nn_.run_with_cache(tokens, [Site("attn_scores", layer=0)])
 
 
 def test_unsupported_family_error():
-    with pytest.raises(ModelLoadError, match="supported families: gpt2, llama"):
+    from interp.models.zoo import FAMILY_CONFIGS
+
+    with pytest.raises(ModelLoadError, match="supported families: cohere, falcon, gemma, .*, starcoder2"):
         module_sites("mamba")
-    assert set(FAMILIES) == {"llama", "gpt2"}
+    assert set(FAMILIES) == set(FAMILY_CONFIGS)
 
 
 def test_unsupported_family_model_rejected():
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import OPTConfig, OPTForCausalLM
 
     from interp.models.backends.nnsight_backend import NNsightModel
 
-    cfg = GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32)
-    with pytest.raises(ModelLoadError, match="'gpt_neox'.*supported families: gpt2, llama"):
-        NNsightModel("neox", GPTNeoXForCausalLM(cfg), None, weights_sha256=None)
+    cfg = OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+                    max_position_embeddings=32, word_embed_proj_dim=16)
+    with pytest.raises(ModelLoadError, match="'opt'.*supported families: cohere, .*, gpt2, .*llama"):
+        NNsightModel("opt", OPTForCausalLM(cfg), None, weights_sha256=None)

@@ -1,26 +1,54 @@
-"""Architecture knowledge as data: one module per model family.
+"""Architecture knowledge as data: one module per model family (or per shared layout).
 
-Each family module defines `MODULE_SITES`, a table from `Component` to the Hugging Face module
-that carries it: ``(path template, "input" | "output", tuple index or None)``, rows in forward
-execution order. Backends that read modules directly (nnsight) pick the table by the HF config's
-``model_type``; adding a family is adding a file and a line in `FAMILIES`.
+Each decoder family module defines `MODULE_SITES`, a table from `Component` to the Hugging Face
+module that carries it: ``(path template, "input" | "output", tuple index or None)``, rows in
+forward execution order, and `MODEL_TYPES`, the HF ``config.model_type`` values it describes.
+Backends that read modules directly (nnsight) pick the table by the HF config's ``model_type``;
+adding a family is adding a file and its module in `_DECODERS` (or a name in the `MODEL_TYPES`
+of a table whose layout it shares).
 
     >>> module_sites("llama")[Component.Z]
     ('model.layers.{layer}.self_attn.o_proj', 'input', None)
+    >>> module_sites("gemma2")[Component.RESID_MID]
+    ('model.layers.{layer}.pre_feedforward_layernorm', 'input', None)
 """
 
 from __future__ import annotations
 
 from interp.core.errors import ModelLoadError
 from interp.core.sites import Component
-from interp.models.families import gpt2, llama
+from interp.models.families import (
+    cohere,
+    falcon,
+    gemma2,
+    gpt2,
+    gpt_neo,
+    gpt_neox,
+    gptj,
+    granite,
+    llama,
+    olmo2,
+    phi,
+    phi3,
+)
 
 ModuleSite = tuple[str, str, int | None]  # (path template, "input" | "output", tuple index)
 
+_DECODERS = (llama, gpt2, gpt_neo, gptj, gpt_neox, falcon, phi, phi3, cohere, gemma2, olmo2, granite)
+
 # HF `config.model_type` -> the family's table.
 FAMILIES: dict[str, dict[Component, ModuleSite]] = {
-    "llama": llama.MODULE_SITES,
-    "gpt2": gpt2.MODULE_SITES,
+    model_type: mod.MODULE_SITES for mod in _DECODERS for model_type in mod.MODEL_TYPES
+}
+
+# Families whose block is parallel (attention and MLP both read the block input, so there is no
+# residual between them) when any of these config flags is true: their `resid_mid` row, the
+# pre-MLP norm's input in the sequential variant, is dropped then. Always-parallel families
+# (GPT-J, Phi, Cohere) have no such row at all.
+PARALLEL_IF: dict[str, tuple[str, ...]] = {
+    "gpt_neox": ("use_parallel_residual",),
+    "stablelm": ("use_parallel_residual",),
+    "falcon": ("parallel_attn", "new_decoder_architecture"),
 }
 
 
@@ -36,5 +64,11 @@ def module_sites(model_type: str | None) -> dict[Component, ModuleSite]:
 
 
 def family_of(hf_model) -> dict[Component, ModuleSite]:
-    """The site table for a loaded Hugging Face model (by ``hf_model.config.model_type``)."""
-    return module_sites(getattr(getattr(hf_model, "config", None), "model_type", None))
+    """The site table for a loaded Hugging Face model (by ``hf_model.config.model_type``),
+    without the rows its configuration does not have (`PARALLEL_IF`)."""
+    config = getattr(hf_model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    table = module_sites(model_type)
+    if any(getattr(config, flag, False) for flag in PARALLEL_IF.get(model_type, ())):
+        table = {c: row for c, row in table.items() if c is not Component.RESID_MID}
+    return table

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from interp.core.sites import Component
 
+MODEL_TYPES = ("gpt2",)
+
 MODULE_SITES: dict[Component, tuple[str, str, int | None]] = {
     Component.EMBED: ("transformer.wte", "output", None),
     Component.RESID_PRE: ("transformer.h.{layer}", "input", None),
     Component.Z: ("transformer.h.{layer}.attn.c_proj", "input", None),
     Component.ATTN_OUT: ("transformer.h.{layer}.attn", "output", 0),
+    Component.PATTERN: ("transformer.h.{layer}.attn", "output", 1),
     Component.RESID_MID: ("transformer.h.{layer}.ln_2", "input", None),
     Component.MLP_OUT: ("transformer.h.{layer}.mlp", "output", None),
     Component.RESID_POST: ("transformer.h.{layer}", "output", 0),
