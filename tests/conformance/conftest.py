@@ -35,7 +35,7 @@ def pytest_configure(config):
 
 
 def pytest_generate_tests(metafunc):
-    if "family" in metafunc.fixturenames:
+    if "family" in metafunc.fixturenames and Path(str(metafunc.definition.path)).resolve().is_relative_to(HERE):
         metafunc.parametrize("family", FAMILIES)
 
 

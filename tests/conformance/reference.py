@@ -630,9 +630,10 @@ class RawModel:
         return torch.stack([a[0].float() for a in out.attentions])
 
 
-def softcap_note(family: str) -> str:
-    cap = FAMILIES[family].final_softcap
-    return f" (per-head terms compared before the final softcap `{cap}`)" if cap else ""
+def softcap_note(raw: RawModel) -> str:
+    attr = raw.paths.final_softcap
+    cap = getattr(raw.hf.config, attr, None) if attr else None
+    return f" (compared before the final logit softcap {cap:g}, which is nonlinear)" if cap else ""
 
 
 def isclose_report(ours: torch.Tensor, ref: torch.Tensor, *, atol: float = 1e-4, rtol: float = 1e-4) -> str | None:

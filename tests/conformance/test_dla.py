@@ -52,18 +52,18 @@ def test_dla_heads(family, model, raw, pairs, pb):
     ours, ref = _both(family, model, raw, pairs, pb)
     labels = [f"L{layer}H{h}" for layer in range(raw.L) for h in range(raw.H)]
     check(_columns(ours, labels), ref["heads"].reshape(len(pb), -1),
-          f"{family} DLA per-head contributions (prompt, L*H){softcap_note(family)}")
+          f"{family} DLA per-head contributions (prompt, L*H){softcap_note(raw)}")
 
 
 def test_dla_mlp(family, model, raw, pairs, pb):
     ours, ref = _both(family, model, raw, pairs, pb)
     check(_columns(ours, [f"MLP{layer}" for layer in range(raw.L)]), ref["mlp"],
-          f"{family} DLA per-MLP contributions (prompt, layer){softcap_note(family)}")
+          f"{family} DLA per-MLP contributions (prompt, layer){softcap_note(raw)}")
 
 
 def test_dla_parts_sum(family, model, raw, pairs, pb):
     """interp's own parts sum to its logit difference (before a final softcap: to the
     reference's pre-softcap logit difference)."""
     ours, ref = _both(family, model, raw, pairs, pb)
-    check(ours.contributions.sum(1), ref["pre_softcap_logit_diff"], f"{family} sum of DLA parts{softcap_note(family)}",
+    check(ours.contributions.sum(1), ref["pre_softcap_logit_diff"], f"{family} sum of DLA parts{softcap_note(raw)}",
           atol=1e-3, rtol=1e-3)
