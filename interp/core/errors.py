@@ -45,3 +45,13 @@ class ModelLoadError(InterpError):
 
 class SiteError(InterpError):
     """An activation site is malformed or does not exist in the model."""
+
+
+class UnsupportedError(InterpError):
+    """An analysis cannot be exact on this model and refuses; the message says why (the
+    family, the site or step, and what is supported instead)."""
+
+
+class ExactnessError(InterpError):
+    """A built-in exactness check failed on the actual data (e.g. DLA's parts do not sum to
+    the model's logit difference): the numbers would be wrong, so the step stops."""

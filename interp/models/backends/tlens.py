@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from interp.core.errors import SiteError
+from interp.core.errors import SiteError, UnsupportedError
 from interp.core.hooks import HookFn
 from interp.core.model import BlockInputs, FinalNorm, HookedModel, ModelSpec
 from interp.core.sites import Component, Site
+from interp.models.arch import SCALE_ATTRS, arch_facts, attention_scale_from_config
 
 HOOK_NAMES: dict[Component, str] = {
     Component.EMBED: "embed.hook_out",
@@ -83,6 +84,13 @@ class TLBridgeModel(HookedModel):
         self._hook_dict = self.bridge.hook_dict
         self._W_U: torch.Tensor | None = None
         self._W_O: torch.Tensor | None = None
+        self.facts = arch_facts(hf_model)
+        # component -> None (reached, writes honoured) or why it is not offered on this model
+        self._site_status: dict[Component, str | None] = {}
+        self.output_head_error = self._verify_output_head()
+        # Probed now, while no analysis hooks are attached (they would distort the probe).
+        for comp in HOOK_NAMES:
+            self._site_status[comp] = self._probe_component(comp)
 
     # -- hooks -------------------------------------------------------------------------------
     def hook_name(self, site: Site) -> str:
@@ -99,25 +107,101 @@ class TLBridgeModel(HookedModel):
 
     def validate_site(self, site: Site) -> None:
         self.hook_name(site)
+        self.check_component(site.component)
+
+    def check_component(self, component: Component | str) -> None:
+        """Raise `SiteError` unless `component`'s hook is reached in a forward at every layer
+        and a write to it changes the logits (probed once per component on a short input)."""
+        comp = Component(component)
+        why = self._site_status.get(comp)
+        if why is not None:
+            ok = [c.value for c, w in self._site_status.items() if w is None]
+            raise SiteError(
+                f"site {comp.value!r} is not supported on {self.spec.architecture} "
+                f"({self.facts.model_type}): {why}" + (f"; checked and supported so far: {', '.join(ok)}" if ok else "")
+            )
+
+    @torch.no_grad()
+    def _probe_component(self, comp: Component) -> str | None:
+        layered = "{layer}" in HOOK_NAMES[comp]
+        layers = range(self.spec.n_layers) if layered else [None]
+        names = {}
+        for layer in layers:
+            site = Site(comp, layer=layer)
+            try:
+                names[layer] = self.hook_name(site)
+            except SiteError as e:
+                return str(e)
+        tokens = self._probe_tokens()
+        fired: set = set()
+        handles = [self.add_hook(Site(comp, layer=layer), lambda t, s, fired=fired: fired.add(s.layer))
+                   for layer in layers]
+        try:
+            base = self.forward(tokens)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [layer for layer in layers if layer not in fired]
+        if missing:
+            return f"its hook ({names[missing[0]]}) never fires in a forward pass"
+        # A write must reach the logits: perturb the site at the first layer.
+        gen = torch.Generator(device="cpu").manual_seed(0)
+
+        def perturb(t: torch.Tensor, _s: Site) -> torch.Tensor:
+            noise = torch.randn(t.shape, generator=gen).to(t.device, t.dtype)
+            live = t.detach().float().abs() < 1e30  # masked attention scores are ~finfo.min
+            scale = t.detach().float()[live].std().clamp_min(1e-3) if bool(live.any()) else 1.0
+            return t + noise * float(scale) * live.to(t.dtype)
+
+        h = self.add_hook(Site(comp, layer=layers[0]), perturb)
+        try:
+            changed = self.forward(tokens)
+        finally:
+            h.remove()
+        if not bool((changed - base).abs().max() > 1e-6):
+            return f"writes to its hook ({names[layers[0]]}) are ignored by the forward pass"
+        return None
+
+    def _probe_tokens(self) -> torch.Tensor:
+        # longer than the shortest sliding window, so masked and unmasked keys both occur
+        windows = [w for w in self.facts.windows if w]
+        n = min(max(8, (min(windows) + 2) if windows else 8), 64)
+        return (torch.arange(n, device=self.device) % max(2, self.spec.d_vocab - 1) + 1).unsqueeze(0)
+
+    @torch.no_grad()
+    def _verify_output_head(self) -> float:
+        """Max |unembed(final residual) - logits| on a short input: the tail (norm, lm_head,
+        scaling, softcap) must reproduce the model's own output head."""
+        tokens = self._probe_tokens()
+        store: dict = {}
+        h = self.add_hook(Site("resid_final"), lambda t, s: store.__setitem__("x", t.detach()))
+        try:
+            logits = self.forward(tokens)
+        finally:
+            h.remove()
+        if "x" not in store:
+            return float("inf")
+        ours = self._unembed_unchecked(store["x"])
+        return float((ours - logits).abs().max() / logits.abs().max().clamp_min(1e-6))
 
     def _n_heads_of(self, comp: Component) -> int:
         kv = (Component.K, Component.V, Component.K_ROT)
         return self.spec.n_kv_heads if comp in kv else self.spec.n_heads
 
     def add_hook(self, site: Site, fn: HookFn):
+        """Through the HookPoint's own `add_hook`, so TransformerLens knows the point is
+        hooked (some bridges fire a point only then, e.g. Granite's scaled hook_attn_out) and
+        applies its layout conversion both ways (hook_z holds the flat o_proj input)."""
         point = self._hook_dict[self.hook_name(site)]
+        if self._site_status:
+            self.check_component(site.component)
         whole = site.hook_site
-        # Some hook points carry a layout conversion (hook_z holds the flat o_proj input and
-        # converts it to (batch, pos, head, d_head)); apply it both ways as TransformerLens does.
-        conv = getattr(point, "hook_conversion", None)
 
-        def torch_hook(_mod: nn.Module, _inp: Any, out: torch.Tensor):
-            if conv is None:
-                return fn(out, whole)
-            new = fn(conv.convert(out), whole)
-            return None if new is None else conv.revert(new)
+        def tl_hook(t: torch.Tensor, hook: Any = None):
+            return fn(t, whole)
 
-        return point.register_forward_hook(torch_hook)
+        handle = point.add_hook(tl_hook, dir="fwd")
+        return _LensRemoval(point, handle)
 
     # -- forwards ----------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -231,6 +315,18 @@ class TLBridgeModel(HookedModel):
         return self._W_U, (b.detach() if b is not None else (b_U.detach() if isinstance(b_U, torch.Tensor) else None))
 
     def unembed(self, final_resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's own output head on the final residual: its final norm module, lm_head
+        (only `columns` when given) and the family's tail (logit scale, final softcap),
+        checked at load to reproduce the full forward's logits."""
+        if not self.output_head_error <= 1e-4:
+            raise UnsupportedError(
+                f"the output head of {self.spec.architecture} ({self.facts.model_type}) could not be "
+                f"reproduced from the final residual (relative error {self.output_head_error:.1e} with "
+                f"{self.facts.tail.describe()}); analyses that read logits from a resumed forward refuse"
+            )
+        return self._unembed_unchecked(final_resid, columns)
+
+    def _unembed_unchecked(self, final_resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         # The model's own norm module (not the hooked bridge one) keeps this bit-identical to the
         # full forward without firing ln_final hooks.
         x = self._final_norm_module()(final_resid)
@@ -239,13 +335,36 @@ class TLBridgeModel(HookedModel):
             W_U = W_U[:, columns]
             b_U = b_U[columns] if b_U is not None else None
         out = x @ W_U
-        return out + b_U if b_U is not None else out
+        out = out + b_U if b_U is not None else out
+        return self.facts.tail.apply(out)
+
+    def final_norm_module(self) -> nn.Module:
+        return self._final_norm_module()
+
+    def post_norm_module(self, layer: int, which: str) -> nn.Module | None:
+        """The norm applied to the attention ("attn") or MLP ("mlp") output before the
+        residual add (Gemma 2/3, OLMo 2), or None."""
+        path = self.facts.attn_post_norm if which == "attn" else self.facts.mlp_post_norm
+        return self.hf_model.get_submodule(path.format(layer=layer)) if path else None
+
+    def out_proj_bias(self, layer: int) -> torch.Tensor | None:
+        """The attention output projection's bias (d_model,), or None."""
+        o = self.bridge.blocks[layer].attn.o
+        mod = getattr(o, "original_component", None) or o._original_component
+        b = getattr(mod, "bias", None)
+        return b.detach() if isinstance(b, torch.Tensor) else None
+
+    def attention_softcap(self, layer: int) -> float | None:
+        return self.facts.attn_softcap
 
     def attention_scale(self, layer: int) -> float:
         attn = self.bridge.blocks[layer].attn
         hf_attn = getattr(attn, "original_component", None) or attn._original_component
-        scale = getattr(hf_attn, "scaling", None)
-        return float(scale) if scale is not None else self.spec.d_head**-0.5
+        for attr in SCALE_ATTRS:
+            scale = getattr(hf_attn, attr, None)
+            if isinstance(scale, int | float):
+                return float(scale)
+        return attention_scale_from_config(self.hf_model.config, layer, self.spec.d_head)
 
     def W_O(self, layer: int) -> torch.Tensor:
         if self._W_O is None:
@@ -271,6 +390,18 @@ def _cache_kwarg_renamed(bridge: nn.Module):
     finally:
         for h in handles:
             h.remove()
+
+
+class _LensRemoval:
+    """Removes one hook added with `HookPoint.add_hook` (and its entry in the point's list)."""
+
+    def __init__(self, point: Any, handle: Any) -> None:
+        self.point, self.handle = point, handle
+
+    def remove(self) -> None:
+        self.handle.hook.remove()
+        if self.handle in self.point.fwd_hooks:
+            self.point.fwd_hooks.remove(self.handle)
 
 
 class _KVRecorder:
