@@ -34,6 +34,7 @@ from interp.analyses.path_patching import Receiver, path_patch_senders, path_pat
 from interp.analyses.results import PatchingResult
 from interp.core.metrics import get_metric
 from interp.core.model import HookedModel
+from interp.core.norms import probe_norm
 from interp.core.sites import Site
 from interp.data.pairs import PairDataset, TokenizedPairs
 
@@ -85,7 +86,7 @@ def copy_scores(model: HookedModel, pairs: TokenizedPairs, dataset: PairDataset,
         return {}
     group = model.spec.n_heads // model.spec.n_kv_heads
     W_U, _ = model.unembed_matrix()
-    norm_w = model.final_norm().weight
+    norm_w = probe_norm(model.final_norm_module(), model.spec.d_model).weight  # Gemma's 1 + w included
     hits = {h: 0 for h in heads}
     n = 0
     layers = sorted({layer for layer, _ in heads})

@@ -67,7 +67,8 @@ class DLAResult:
     """Direct logit attribution at the last position, per prompt.
 
     `contributions` is (prompt, component) with `labels` naming the components ("embed",
-    "L3H5", "L3.attn_bias", "MLP3", "final_norm_bias", "unembed_bias"); the rows sum to
+    "L3H5", "L3.attn_bias", "L3.attn_remainder", "MLP3", "final_norm_bias", "unembed_bias",
+    and "final_softcap" on softcapped models); the rows sum to
     `logit_diff` up to the float error reported in `max_abs_error`."""
 
     labels: list[str]
@@ -77,6 +78,16 @@ class DLAResult:
     contributions: torch.Tensor  # (prompt, component)
     logit_diff: torch.Tensor  # (prompt,) the model's actual logit difference
     max_abs_error: float
+    # What the decomposition assumes where the model is not linear in the parts (frozen norm
+    # scales, a softcap as its own term), and the largest attention remainder relative to the
+    # largest head term (0 = exact).
+    approximations: tuple[str, ...] = ()
+    max_remainder: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        """"exact" when only the standard frozen final-norm scale is assumed, else "approximate"."""
+        return "exact" if len(self.approximations) <= 1 else "approximate"
 
     def to_frame(self) -> pd.DataFrame:
         c = self.contributions.detach().cpu()

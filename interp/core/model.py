@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from interp.core.errors import UnsupportedError
 from interp.core.hooks import Handle, HookFn, caching_hooks, temporary_hooks
 from interp.core.sites import Site
 
@@ -69,6 +70,7 @@ class HookedModel(ABC):
     weights_sha256: str | None
     backend: str
     prepend_bos: bool = False
+    facts: Any = None  # the family's `interp.models.arch.ArchFacts` (None: unknown)
 
     # -- backend primitives ----------------------------------------------------------------
     @abstractmethod
@@ -106,6 +108,19 @@ class HookedModel(ABC):
 
     def final_norm(self) -> FinalNorm:
         raise NotImplementedError(f"backend {self.backend!r} exposes no final norm")
+
+    def final_norm_module(self) -> Any:
+        """The model's own final norm module (DLA reads it as an affine map)."""
+        raise UnsupportedError(f"backend {self.backend!r} exposes no final norm module")
+
+    def post_norm_module(self, layer: int, which: str) -> Any:
+        """The norm applied to the attention ("attn") or MLP ("mlp") output of `layer` before
+        the residual add (Gemma 2/3, OLMo 2), or None where the family has none."""
+        raise UnsupportedError(f"backend {self.backend!r} exposes no post-sublayer norms")
+
+    def out_proj_bias(self, layer: int) -> torch.Tensor | None:
+        """The attention output projection's bias (d_model,), or None."""
+        raise UnsupportedError(f"backend {self.backend!r} exposes no attention output bias")
 
     def unembed_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(W_U (d_model, vocab), b_U (vocab,) or None)."""

@@ -47,12 +47,14 @@ def _prompts(pairs):
 
 def test_labels_and_shapes(dla, tiny_model, pairs):
     L, H = tiny_model.spec.n_layers, tiny_model.spec.n_heads
-    n_parts = 1 + L * (H + 2) + 2
+    n_parts = 1 + L * (H + 3) + 2  # embed, per layer heads + attn_bias + attn_remainder + MLP, two biases
     assert dla.contributions.shape == (pairs.n, n_parts)
     assert len(dla.labels) == len(dla.kinds) == len(dla.layers) == len(dla.heads) == n_parts
     assert dla.labels[:3] == ["embed", "L0H0", "L0H1"]
     assert dla.labels[-2:] == ["final_norm_bias", "unembed_bias"]
     assert f"L{L - 1}.attn_bias" in dla.labels and f"MLP{L - 1}" in dla.labels
+    assert f"L{L - 1}.attn_remainder" in dla.labels and dla.max_remainder < 1e-4
+    assert dla.verdict == "exact" and dla.approximations == ("final norm scale frozen at the actual run",)
     assert dla.kinds.count("head") == L * H
     i = dla.labels.index("L2H3")
     assert (dla.kinds[i], dla.layers[i], dla.heads[i]) == ("head", 2, 3)

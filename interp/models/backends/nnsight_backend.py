@@ -30,17 +30,13 @@ from interp.core.errors import SiteError
 from interp.core.hooks import HookFn
 from interp.core.model import FinalNorm, HookedModel, ModelSpec, apply_final_norm
 from interp.core.sites import Component, Site
+from interp.models.arch import arch_facts
 from interp.models.families import ModuleSite, family_of
 
 _HEAD_COMPONENTS = (Component.Z, Component.Q, Component.K, Component.V)
 
 # One module value read in a trace: (module path, "input" | "output").
 _Access = tuple[str, str]
-
-# The causal-LM head after lm_head, from the HF config: logits = softcap(lm_head(x) * scale).
-# config attribute -> how the scale applies (Cohere multiplies, Granite divides).
-_LOGIT_SCALES = {"logit_scale": "multiply", "logits_scaling": "divide"}
-_FINAL_SOFTCAP = "final_logit_softcapping"  # Gemma 2/3: cap * tanh(logits / cap)
 
 
 class NNsightModel(HookedModel):
@@ -67,6 +63,7 @@ class NNsightModel(HookedModel):
         self._rank = {c: i for i, c in enumerate(self.sites_table)}
         self._before_blocks = {c for c, i in self._rank.items() if i < first_layered}
         self._final_norm: FinalNorm | None = None
+        self.facts = arch_facts(hf_model)
 
     # -- sites -------------------------------------------------------------------------------
     def _access(self, site: Site) -> tuple[tuple[int, int], _Access, int | None]:
@@ -173,18 +170,24 @@ class NNsightModel(HookedModel):
         return lm_head.weight.detach().T, (b.detach() if b is not None else None)
 
     def unembed(self, final_resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits from the final residual: final norm, lm_head (only `columns` when given), then
-        the model's logit scale (Cohere, Granite) and final softcap (Gemma 2/3)."""
-        out = super().unembed(final_resid, columns)
-        config = self.hf_model.config
-        for attr, how in _LOGIT_SCALES.items():
-            v = getattr(config, attr, None)
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                out = out * v if how == "multiply" else out / v
-        cap = getattr(config, _FINAL_SOFTCAP, None)
-        if cap:
-            out = torch.tanh(out / cap) * cap
-        return out
+        """Logits from the final residual: the model's final norm module, lm_head (only
+        `columns` when given), then the family's tail (logit scale, final softcap)."""
+        x = self.final_norm_module()(final_resid)
+        W_U, b_U = self.unembed_matrix()
+        if columns is not None:
+            W_U = W_U[:, columns]
+            b_U = b_U[columns] if b_U is not None else None
+        out = x @ W_U
+        return self.facts.tail.apply(out + b_U if b_U is not None else out)
+
+    def post_norm_module(self, layer: int, which: str) -> nn.Module | None:
+        path = self.facts.attn_post_norm if which == "attn" else self.facts.mlp_post_norm
+        return self.hf_model.get_submodule(path.format(layer=layer)) if path else None
+
+    def out_proj_bias(self, layer: int) -> torch.Tensor | None:
+        mod = self.hf_model.get_submodule(self.sites_table[Component.Z][0].format(layer=layer))
+        b = getattr(mod, "bias", None)
+        return b.detach() if isinstance(b, torch.Tensor) else None
 
     def W_O(self, layer: int) -> torch.Tensor:
         """(n_heads, d_head, d_model) from the module whose input is z."""

@@ -123,6 +123,11 @@ class TLBridgeModel(HookedModel):
 
     @torch.no_grad()
     def _probe_component(self, comp: Component) -> str | None:
+        with warnings.catch_warnings():  # the bridge warns about the very writes we test
+            warnings.simplefilter("ignore")
+            return self._probe_component_quiet(comp)
+
+    def _probe_component_quiet(self, comp: Component) -> str | None:
         layered = "{layer}" in HOOK_NAMES[comp]
         layers = range(self.spec.n_layers) if layered else [None]
         names = {}
