@@ -32,7 +32,8 @@ import torch
 
 from interp.analyses.patching import ProgressFn, baseline_metrics
 from interp.analyses.results import PatchingResult
-from interp.core.errors import InterpError
+from interp.core.attention import check_recompute, recompute_scores
+from interp.core.errors import InterpError, UnsupportedError
 from interp.core.hooks import caching_hooks
 from interp.core.metrics import Metric, columns_for, get_metric
 from interp.core.model import HookedModel
@@ -136,7 +137,7 @@ def path_patch_senders(
                 if s.layer > layer or (s.component == "mlp_out" and s.layer == layer):  # type: ignore[operator]
                     hooks.append((s, _freeze_hook(clean_acts[s], k)))
             recorded: dict[Site, torch.Tensor] = {}
-            record_sites = _record_sites(receivers)
+            record_sites = _record_sites(model, receivers)
             hooks += caching_hooks(record_sites, recorded)
             with model.hooks(hooks):
                 final = model.forward_from(layer, inputs.resid_pre[layer].repeat(k, 1, 1), inputs,
@@ -175,66 +176,119 @@ def _freeze_hook(value: torch.Tensor, copies: int):
     return fn
 
 
-_RECORD = {"q": "q", "k": "k_rot", "v": "v"}
+def _input_site(model: HookedModel, kind: str, layer: int) -> Site:
+    """Where a receiver's input is recorded and written. Queries and keys are taken after the
+    model's q/k norms and rotation where the backend exposes that (OLMo 2 normalises q and k
+    across all heads, so only the post-norm value is one head's own); otherwise before it
+    (rotation and per-head norms act on each head alone, so patching there is the same)."""
+    comp = {"q": "q_rot", "k": "k_rot", "v": "v"}[kind]
+    if comp != "v" and not model.supports(comp):
+        comp = kind
+    return Site(comp, layer=layer)
 
 
-def _record_sites(receivers: Sequence[Receiver]) -> list[Site]:
-    return sorted({Site(_RECORD[r.input], layer=r.layer) for r in receivers if r.input != "logits"})
+def _grouped(model: HookedModel) -> bool:
+    return model.spec.n_kv_heads != model.spec.n_heads
+
+
+def _record_sites(model: HookedModel, receivers: Sequence[Receiver]) -> list[Site]:
+    return sorted({_input_site(model, r.input, r.layer) for r in receivers if r.input != "logits"})  # type: ignore[arg-type]
+
+
+def _head_patch(heads: list[int], rec: torch.Tensor):
+    def fn(t, _s):
+        t = t.clone()
+        t[:, :, heads] = rec[:, :, heads].to(t.dtype)
+        return t
+
+    return fn
 
 
 def _receiver_hooks(model: HookedModel, receivers: Sequence[Receiver], recorded: dict[Site, torch.Tensor], n: int):
-    """Pass-2 hooks: each receiver head sees the recorded input; nothing else changes."""
+    """Pass-2 hooks: each receiver head sees the recorded input; nothing else changes.
+
+    Queries, and keys/values where each query head has its own (no grouped-query attention),
+    are patched in place, so the model's own attention scores them. Under grouped-query
+    attention a key/value receiver must not change the other heads of its group: its scores
+    are recomputed from the current queries and the recorded keys (`interp.core.attention`:
+    the model's scale, softcap and mask, checked against the model's own scores first), and
+    its output from the current pattern and the recorded values (checked likewise)."""
     group = model.spec.n_heads // model.spec.n_kv_heads
     hooks: list[tuple[Site, Callable]] = []
     for layer in sorted({r.layer for r in receivers}):  # type: ignore[type-var]
         here = [r for r in receivers if r.layer == layer]
-        q_heads = [r.head for r in here if r.input == "q"]
-        k_heads = [r.head for r in here if r.input == "k"]
-        v_heads = [r.head for r in here if r.input == "v"]
-        current: dict[str, torch.Tensor] = {}
-        if q_heads:
-            rec_q = recorded[Site("q", layer=layer)]
-
-            def q_hook(t, _s, rec_q=rec_q, q_heads=q_heads):
-                t = t.clone()
-                t[:, :, q_heads] = rec_q[:, :, q_heads].to(t.dtype)
-                return t
-
-            hooks.append((Site("q", layer=layer), q_hook))
-        if k_heads:
-            rec_k = recorded[Site("k_rot", layer=layer)]
-            scale = model.attention_scale(layer)
-
-            def keep_q(t, _s, current=current):
-                current["q_rot"] = t
-
-            def scores_hook(t, _s, rec_k=rec_k, k_heads=k_heads, scale=scale, current=current):
-                t = t.clone()
-                q = current["q_rot"]  # (batch, pos, head, d) as this forward computed it
-                T = t.shape[-1]
-                causal = torch.ones(T, T, dtype=torch.bool, device=t.device).tril()
-                for h in k_heads:
-                    keys = rec_k[:, :, h // group]  # (batch, pos, d): the head's KV group
-                    new = torch.einsum("bqd,bkd->bqk", q[:, :, h], keys.to(q.dtype)) * scale
-                    t[:, h] = torch.where(causal, new.to(t.dtype), t[:, h])
-                return t
-
-            hooks += [(Site("q_rot", layer=layer), keep_q), (Site("attn_scores", layer=layer), scores_hook)]
-        if v_heads:
-            rec_v = recorded[Site("v", layer=layer)]
-
-            def keep_pattern(t, _s, current=current):
-                current["pattern"] = t
-
-            def z_hook(t, _s, rec_v=rec_v, v_heads=v_heads, current=current):
-                t = t.clone()
-                pattern = current["pattern"]  # (batch, head, q, k)
-                for h in v_heads:
-                    t[:, :, h] = torch.einsum("bqk,bkd->bqd", pattern[:, h], rec_v[:, :, h // group].to(pattern.dtype)).to(t.dtype)
-                return t
-
-            hooks += [(Site("pattern", layer=layer), keep_pattern), (Site("z", layer=layer), z_hook)]
+        heads = {kind: [r.head for r in here if r.input == kind] for kind in ("q", "k", "v")}
+        for kind in ("q", "k", "v"):
+            if heads[kind] and (kind == "q" or not _grouped(model)):
+                site = _input_site(model, kind, layer)
+                hooks.append((site, _head_patch(heads[kind], recorded[site])))
+        if _grouped(model) and heads["k"]:
+            hooks += _grouped_key_hooks(model, layer, heads["k"], recorded[_input_site(model, "k", layer)], group)
+        if _grouped(model) and heads["v"]:
+            hooks += _grouped_value_hooks(model, layer, heads["v"], recorded[Site("v", layer=layer)], group)
     return hooks
+
+
+def _grouped_key_hooks(model: HookedModel, layer: int, k_heads: list[int], rec_k: torch.Tensor, group: int):
+    for comp in ("q_rot", "k_rot", "attn_scores"):
+        if not model.supports(comp):
+            raise UnsupportedError(
+                f"key receivers under grouped-query attention on {model.spec.architecture} need the rotated "
+                f"queries/keys and the attention scores, but site {comp!r} is not supported there (see "
+                "`interp check`); query and value receivers work")
+    scale, cap = model.attention_scale(layer), model.attention_softcap(layer)
+    current: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def fn(t, _s):
+            current[name] = t
+
+        return fn
+
+    def scores_hook(t, _s):
+        q, k_now = current["q_rot"], current["k_rot"]  # (batch, pos, head | kv_head, d) of this forward
+        h0 = k_heads[0]
+        check_recompute(q[:, :, h0], k_now[:, :, h0 // group], t[:, h0], scale=scale, softcap=cap,
+                        what=f"{model.spec.architecture} layer {layer}")
+        t = t.clone()
+        for h in k_heads:
+            t[:, h] = recompute_scores(q[:, :, h], rec_k[:, :, h // group], t[:, h], scale=scale, softcap=cap)
+        return t
+
+    return [(Site("q_rot", layer=layer), keep("q_rot")), (Site("k_rot", layer=layer), keep("k_rot")),
+            (Site("attn_scores", layer=layer), scores_hook)]
+
+
+def _grouped_value_hooks(model: HookedModel, layer: int, v_heads: list[int], rec_v: torch.Tensor, group: int):
+    for comp in ("pattern", "v", "z"):
+        if not model.supports(comp):
+            raise UnsupportedError(
+                f"value receivers under grouped-query attention on {model.spec.architecture} need site "
+                f"{comp!r}, which is not supported there (see `interp check`)")
+    current: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def fn(t, _s):
+            current[name] = t
+
+        return fn
+
+    def z_hook(t, _s):
+        pattern, v_now = current["pattern"], current["v"]  # (batch, head, q, k), (batch, pos, kv, d)
+        h0 = v_heads[0]
+        mine = torch.einsum("bqk,bkd->bqd", pattern[:, h0].float(), v_now[:, :, h0 // group].float())
+        err = float((mine - t[:, :, h0].float()).abs().max())
+        if err > 1e-4 * max(1.0, float(t[:, :, h0].float().abs().max())):
+            raise UnsupportedError(
+                f"value receivers on {model.spec.architecture}: a head's output is not its pattern times "
+                f"its values here (max deviation {err:.2e}), so recorded values cannot be substituted")
+        t = t.clone()
+        for h in v_heads:
+            t[:, :, h] = torch.einsum("bqk,bkd->bqd", pattern[:, h], rec_v[:, :, h // group].to(pattern.dtype)).to(t.dtype)
+        return t
+
+    return [(Site("v", layer=layer), keep("v")), (Site("pattern", layer=layer), keep("pattern")),
+            (Site("z", layer=layer), z_hook)]
 
 
 def path_patching(

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from interp.core.errors import UnsupportedError
+from interp.core.errors import InterpError, UnsupportedError
 from interp.core.hooks import Handle, HookFn, caching_hooks, temporary_hooks
 from interp.core.sites import Site
 
@@ -133,6 +133,19 @@ class HookedModel(ABC):
     def W_O(self, layer: int) -> torch.Tensor:
         """Per-head output weights (n_heads, d_head, d_model)."""
         raise NotImplementedError(f"backend {self.backend!r} exposes no W_O")
+
+    def attention_softcap(self, layer: int) -> float | None:
+        """The score softcap (Gemma 2), or None."""
+        return None
+
+    def supports(self, component: str) -> bool:
+        """Whether `component` can be read and written on this model (per-layer site checks)."""
+        try:
+            self.validate_site(Site(component, layer=0) if component not in ("embed", "resid_final")
+                               else Site(component))
+        except InterpError:
+            return False
+        return True
 
     def validate_site(self, site: Site) -> None:
         """Raise `SiteError` if `site` (with its head/position) does not exist in this model.
