@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from interp.analyses.results import PatchingResult
+from interp.core.attention import check_recompute, recompute_scores
 from interp.core.errors import InterpError
 from interp.core.metrics import Metric, columns_for, get_metric
 from interp.core.model import HookedModel
@@ -105,27 +106,28 @@ def _batch_estimates(model: HookedModel, pb: PairBatch, metric: Metric, *, posit
 
 
 def _qk_fix(model, clean_acts, acts, grads):
-    """Exact softmax for patched queries / keys of each head, linear from the pattern on."""
+    """Exact softmax for patched queries / keys of each head, linear from the pattern on. The
+    patched scores are rebuilt with the model's scale, softcap and own mask (windows included),
+    after checking that the rebuild reproduces the model's scores on the corrupt run."""
     L, H = model.spec.n_layers, model.spec.n_heads
     group = H // model.spec.n_kv_heads
     q_eff, k_eff = [], []
     for layer in range(L):
-        scale = model.attention_scale(layer)
+        scale, cap = model.attention_scale(layer), model.attention_softcap(layer)
         scores = acts[Site("attn_scores", layer=layer)]  # (b, h, q, k), masked
         pattern = acts[Site("pattern", layer=layer)]
         g_pattern = grads[Site("pattern", layer=layer)]
         q_c, q_x = clean_acts[Site("q_rot", layer=layer)], acts[Site("q_rot", layer=layer)]  # (b, pos, h, d)
         k_c, k_x = clean_acts[Site("k_rot", layer=layer)], acts[Site("k_rot", layer=layer)]  # (b, pos, kv, d)
-        T = scores.shape[-1]
-        causal = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
+        check_recompute(q_x[:, :, 0], k_x[:, :, 0], scores[:, 0], scale=scale, softcap=cap,
+                        what=f"AtP* QK fix on {model.spec.architecture} layer {layer}")
         qs, ks = [], []
         for h in range(H):
             kx = k_x[:, :, h // group]
             for which, store in (("q", qs), ("k", ks)):
                 q = q_c[:, :, h] if which == "q" else q_x[:, :, h]
                 k = kx if which == "q" else k_c[:, :, h // group]
-                new = torch.einsum("bqd,bkd->bqk", q, k) * scale
-                new = torch.where(causal, new, scores[:, h])
+                new = recompute_scores(q, k, scores[:, h], scale=scale, softcap=cap)
                 a_new = new.float().softmax(-1).to(pattern.dtype)
                 store.append(((a_new - pattern[:, h]) * g_pattern[:, h]).sum((1, 2)))
         q_eff.append(torch.stack(qs, 1))

@@ -37,6 +37,7 @@ import torch
 
 from interp.analyses.patching import ProgressFn, _check_direction, baseline_metrics, sweep_sites
 from interp.analyses.results import PatchingResult
+from interp.core.attention import check_recompute, recompute_scores
 from interp.core.errors import InterpError
 from interp.core.metrics import get_metric
 from interp.core.model import BlockInputs, HookedModel
@@ -452,29 +453,39 @@ def _compressed_rotated_keys(model: HookedModel, b: _Batch, hs: HeadSubspaces, r
     pos = b.label_pos.to(model.device) if (hs.key_positions == "labels" and b.label_pos is not None) else None
     store: dict[str, torch.Tensor] = {}
 
-    def keep(t: torch.Tensor, _s: Site) -> None:
-        store["k_rot"] = t[:, :, hs.kv_head].detach()
+    def keep(name: str, select):
+        def fn(t: torch.Tensor, _s: Site) -> None:
+            store[name] = select(t).detach()
 
-    hooks = [(Site("k", hs.layer), _k_hook(hs.kv_head, hs.k, rank, pos)), (Site("k_rot", hs.layer), keep)]
+        return fn
+
+    hooks = [(Site("k", hs.layer), _k_hook(hs.kv_head, hs.k, rank, pos)),
+             (Site("q_rot", hs.layer), keep("q_rot", lambda t: t[:, :, hs.head])),
+             (Site("k_rot", hs.layer), keep("k_rot", lambda t: t[:, :, hs.kv_head])),
+             (Site("attn_scores", hs.layer), keep("scores", lambda t: t[:, hs.head]))]
     with model.hooks(hooks):
         model.forward_from(hs.layer, b.inputs.resid_pre[hs.layer], b.inputs, end_layer=hs.layer + 1)
+    # This block run scored the compressed keys itself: the rebuild must give the same scores.
+    check_recompute(store["q_rot"], store["k_rot"], store["scores"], scale=model.attention_scale(hs.layer),
+                    softcap=model.attention_softcap(hs.layer),
+                    what=f"MCQ key compression on {model.spec.architecture} layer {hs.layer}")
     b.cache[key] = store["k_rot"]
     return store["k_rot"]
 
 
 def _score_hooks(model: HookedModel, hs: HeadSubspaces, keys_rot: torch.Tensor) -> list:
-    """Recompute the head's last-row attention scores from its own rotated query and `keys_rot`."""
-    scale = model.attention_scale(hs.layer)
+    """Recompute the head's last-row attention scores from its own rotated query and `keys_rot`
+    with the model's scale, softcap and mask (the rebuild was checked where the keys were made)."""
+    scale, cap = model.attention_scale(hs.layer), model.attention_softcap(hs.layer)
     current: dict[str, torch.Tensor] = {}
 
     def keep_q(t: torch.Tensor, _s: Site) -> None:  # (batch, pos, head, d)
-        current["q"] = t[:, -1, hs.head]
+        current["q"] = t[:, -1:, hs.head]
 
     def scores(t: torch.Tensor, _s: Site) -> torch.Tensor:  # (batch, head, q_pos, k_pos)
         t = t.clone()
-        q = current["q"]
-        new = torch.einsum("bd,bkd->bk", q, keys_rot.to(q.dtype)) * scale
-        t[:, hs.head, -1] = new.to(t.dtype)
+        like = t[:, hs.head, -1:]
+        t[:, hs.head, -1:] = recompute_scores(current["q"], keys_rot, like, scale=scale, softcap=cap)
         return t
 
     return [(Site("q_rot", hs.layer), keep_q), (Site("attn_scores", hs.layer), scores)]

@@ -118,7 +118,7 @@ class TLBridgeModel(HookedModel):
             ok = [c.value for c, w in self._site_status.items() if w is None]
             raise SiteError(
                 f"site {comp.value!r} is not supported on {self.spec.architecture} "
-                f"({self.facts.model_type}): {why}" + (f"; checked and supported so far: {', '.join(ok)}" if ok else "")
+                f"({self.facts.model_type}): {why}" + (f"; supported here: {', '.join(ok)}" if ok else "")
             )
 
     @torch.no_grad()
