@@ -20,6 +20,9 @@ def test_retrieval_argmax_keys(family, model, raw, vocab):
     from interp.analyses.retrieval import _ArgmaxKeys
 
     tokens = torch.randint(1000, vocab, (1, LONG), generator=torch.Generator().manual_seed(11))
+    from interp.core.sites import Site
+
+    refused_or(model.validate_site, Site("pattern", layer=0))  # the retrieval scorers read patterns
     rec = _ArgmaxKeys(model)
     cache, steps = None, []
     with torch.no_grad():

@@ -385,8 +385,9 @@ def _cache_kwarg_renamed(bridge: nn.Module):
 
     def pre(_mod, args, kwargs):
         if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+            # Both names: bridges that re-implement attention read `past_key_values`, bridges
+            # that delegate to the HF module (GPT-J) pass `cache` on to it.
             kwargs = {**kwargs, "past_key_values": kwargs["cache"]}
-            kwargs.pop("cache")
         return args, kwargs
 
     handles = [block.attn.register_forward_pre_hook(pre, with_kwargs=True) for block in bridge.blocks]
