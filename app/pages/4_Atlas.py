@@ -1,10 +1,13 @@
-"""Atlas: every per-head score of a model in one sortable, filterable table; correlations."""
+"""Atlas: every per-head score of a model in one sortable, filterable table; correlations;
+the same score on a second model side by side, by relative depth."""
 
 from __future__ import annotations
 
 import common
 import streamlit as st
 
+from interp.io.compare import CompareError, compare_atlas
+from interp.viz.compare import compare_head_maps, depth_profile_chart
 from interp.viz.workbench import correlation_heatmap
 
 common.page("Atlas", ":material/menu_book:")
@@ -66,6 +69,47 @@ def main() -> None:
 
         st.subheader("Provenance")
         st.dataframe(sub.provenance, hide_index=True, width="stretch")
+
+    with common.guard("Comparing the models"):
+        compare_section(atlas, model)
+
+
+def compare_section(atlas, model: str) -> None:
+    st.subheader("Compare with another model")
+    st.caption("The same score on two models, heads placed by relative depth = layer / (n_layers - 1), so "
+               "models of different depths line up (0 = first layer, 1 = last). Retrieval scores count "
+               "heads above 0.1 (the retrieval-head rule).")
+    others = [m for m in atlas.models if m != model]
+    if not others:
+        st.info(f"Only {model} has per-head scores in the run store. Run the same experiment on a second "
+                "model (e.g. `interp run experiments/retrieval_heads.yaml --set model.name=gemma3-270m`) "
+                "to compare them here.")
+        return
+    c = st.columns([1, 2, 1])
+    other = c[0].selectbox("Second model", others, key=f"cmp_other_{model}")
+    try:
+        result = compare_atlas(atlas, model, other, k=10)
+    except CompareError as exc:
+        st.info(str(exc))
+        return
+    score = c[1].selectbox("Score", result.scores, key=f"cmp_score_{model}_{other}",
+                           help=f"Scores both models have; only {model}: {', '.join(result.only_a) or 'none'}; "
+                                f"only {other}: {', '.join(result.only_b) or 'none'}")
+    most = int(result.summary["n_heads"].max())
+    k = int(c[2].number_input("Top k", 1, max(1, most), min(10, most), key=f"cmp_k_{model}_{other}"))
+    if k != result.k:
+        result = compare_atlas(atlas, model, other, score, k=k)
+    st.plotly_chart(compare_head_maps(result.heads(score), title=f"{score}: top-{k} heads outlined", top_k=k),
+                    width="stretch", key="cmp_maps")
+    g = st.columns([3, 2])
+    g[0].dataframe(result.side_by_side(score), width="stretch", height=420)
+    g[1].plotly_chart(depth_profile_chart(result.depth_profile(score), title="Mean score per depth bin (0.1)"),
+                      width="stretch", key="cmp_profile")
+    with st.expander(f"Every score both models have ({len(result.scores)})"):
+        st.dataframe(result.summary, hide_index=True, width="stretch")
+    st.download_button("comparison CSV (one row per head)", result.frame.to_csv(index=False).encode(),
+                       file_name=f"compare-{model}-{other}.csv", mime="text/csv", icon=":material/download:",
+                       key="cmp_dl")
 
 
 with common.guard("This page"):
