@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # build you want into the venv first, then `make setup` keeps it (pip sees it is satisfied).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test test-unit test-integration bench lint clean-cache
+.PHONY: setup demo test test-unit test-integration test-conformance support bench lint clean-cache
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The fast tier: no real models, the conformance suite on three families (the full suite runs in `make test`).
 test-unit: $(STAMP)
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -m "not integration and not conformance"
+	INTERP_CONFORMANCE_FAMILIES=llama,gemma2,gpt_neox $(PY) -m pytest -q tests/conformance
+
+# Every family x analysis against independent raw computations (~3 min); `support` rewrites the matrix.
+test-conformance: $(STAMP)
+	$(PY) -m pytest -q -m conformance tests/conformance
+
+support: $(STAMP)
+	$(PY) -m interp.models.support --write
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q -m integration
