@@ -25,7 +25,7 @@ from interp.core.errors import SiteError
 
 
 class Component(StrEnum):
-    EMBED = "embed"  # token (+ position) embedding entering block 0
+    EMBED = "embed"  # the token embedding (learned position embeddings are added after it: resid_pre.L0)
     RESID_PRE = "resid_pre"
     RESID_MID = "resid_mid"
     RESID_POST = "resid_post"

@@ -248,10 +248,12 @@ def _analyses(cfg, model, ds, pairs, pos_pairs, run: Run, out: RunOutcome, show:
         run.write_figure("dla_heads", head_heatmap(heads, "contribution", title="DLA per head"))
         top = heads.reindex(heads.contribution.abs().sort_values(ascending=False).index).head(k)
         out.summary.append("top heads by DLA: " + ", ".join(f"{r.label} ({r.contribution:+.2f})" for r in top.itertuples()))
-        out.summary.append(f"DLA check: parts sum to the logit difference within {dla.max_abs_error:.2e}")
+        out.summary.append(f"DLA check: parts sum to the logit difference within {dla.max_abs_error:.2e} "
+                           f"({dla.verdict}; largest attention remainder {dla.max_remainder:.1e} of a head term)")
+        assumed = "; ".join(dla.approximations)
         out.sections.append(ReportSection(
             "Direct logit attribution",
-            text=f"Contributions to logit(answer) - logit(distractor) at the last position; they sum to the model's value within {dla.max_abs_error:.2e}.",
+            text=f"Contributions to logit(answer) - logit(distractor) at the last position; they sum to the model's value within {dla.max_abs_error:.2e}. Assumed: {assumed}.",
             figure=fig, table=top))
         finished("dla")
 
