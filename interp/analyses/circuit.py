@@ -92,7 +92,10 @@ def copy_scores(model: HookedModel, pairs: TokenizedPairs, dataset: PairDataset,
     layers = sorted({layer for layer, _ in heads})
     for pb in pairs.by_length().batches:
         _, cache = model.run_with_cache(pb.clean.to(model.device), [Site("v", layer=layer) for layer in layers])
-        pos = torch.tensor([dataset.pairs[i].meta["positions"][role] for i in pb.indices])
+        metas = [dataset.pairs[i].meta["positions"] for i in pb.indices]
+        # positions index the prompt as generated; a prepended <bos> shifts them (END is the last token)
+        shift = torch.tensor([pb.clean.shape[1] - 1 - m["END"] for m in metas])
+        pos = torch.tensor([m[role] for m in metas]) + shift
         r = torch.arange(len(pb))
         for layer, h in heads:
             v = cache[Site("v", layer=layer)][r, pos, h // group]  # (batch, d_head)

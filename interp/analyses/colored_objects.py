@@ -52,7 +52,8 @@ def option_accuracy(model: HookedModel, pairs: TokenizedPairs, dataset: PairData
 def _intervention_hooks(heads: list[Head], metas: list[dict], T: int):
     target = torch.zeros(len(metas), T)
     for row, meta in enumerate(metas):
-        wrong = [p for j, p in enumerate(meta["colour_positions"]) if j != meta["query"]]
+        shift = T - 1 - meta["positions"]["END"]  # a prepended <bos> moves every position
+        wrong = [p + shift for j, p in enumerate(meta["colour_positions"]) if j != meta["query"]]
         target[row, wrong] = 1.0 / len(wrong)
     by_layer: dict[int, list[int]] = {}
     for layer, h in heads:

@@ -83,7 +83,7 @@ def _dataset(cfg: CircuitExperimentConfig, model, task: str | None = None):
                           templates=list(d.templates) if d.templates is not None else None)
     else:
         ds = generate_colored_objects(d.n_prompts, model.tokenizer, seed=cfg.seed)
-    return ds, tokenize_pairs(ds, model.tokenizer)
+    return ds, tokenize_pairs(ds, model.tokenizer, prepend_bos=model.prepend_bos)  # Gemma expects <bos>
 
 
 def _prepare(cfg: CircuitExperimentConfig, model, log):
