@@ -270,6 +270,9 @@ def compare_atlas(
         for m in (model_a, model_b):
             df = _model_frame(atlas, m, s, layers[m])
             frames.append(df)
+            if df["value"].nunique() == 1:
+                notes.append(f"{m}: every head has {s} = {df['value'].iloc[0]:g}; its top-k is (layer, head) "
+                             "order, not a ranking")
             profiles.append(_profile(df, s, m, layers[m]))
             top = df[df["rank"] <= k].sort_values("rank")
             above = int((df["value"] > threshold).sum()) if threshold is not None else None

@@ -179,6 +179,17 @@ def test_one_score_and_options(store):
         compare_models(store, "model-a", "model-b", n_layers={"model-a": 2})
 
 
+def test_a_constant_score_is_noted(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    _scores_run(store, "model-a", (2, 2), {"retrieval.niah": [0.0] * 4})  # e.g. no trial kept
+    _scores_run(store, "model-b", (3, 1), {"retrieval.niah": [0.0, 0.3, 0.2]})
+    r = compare_models(store, "model-a", "model-b", k=2)
+    assert r.notes == ["model-a: every head has retrieval.niah = 0; its top-k is (layer, head) order, not a ranking"]
+    s = r.summary.set_index("model")
+    assert s.loc["model-a", "n_above"] == 0 and s.loc["model-b", "share_above"] == pytest.approx(2 / 3)
+    assert s.loc["model-b", "top_k"] == "L1H0@0.50, L2H0@1.00"
+
+
 def test_thresholds():
     from interp.analyses.retrieval import RETRIEVAL_THRESHOLD
 
@@ -252,6 +263,11 @@ def test_cli_compare(store, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "knowledge.memory_context" in printed and "retrieval.niah\n" not in printed
     assert "top-10 mean relative depth" in printed  # --k defaults to 10 (fewer heads: all of them)
+    assert "note: model-b: every head has vhd.shapes.first_token" not in printed  # not compared
+
+    assert main(["compare", "--model-a", "model-a", "--model-b", "model-b", "--runs-dir", str(store.root),
+                 "--score", "vhd.shapes.first_token"]) == 2
+    assert "is not present for both models" in capsys.readouterr().err
 
     assert main(["compare", "--model-a", "model-a", "--model-b", "model-c", "--runs-dir", str(store.root)]) == 2
     err = capsys.readouterr().err
