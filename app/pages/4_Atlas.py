@@ -103,7 +103,11 @@ def compare_section(atlas, model: str) -> None:
                     width="stretch", key="cmp_maps")
     g = st.columns([3, 2])
     g[0].dataframe(result.side_by_side(score), width="stretch", height=420)
-    g[1].plotly_chart(depth_profile_chart(result.depth_profile(score), title="Mean score per depth bin (0.1)"),
+    stat = g[1].radio("Depth profile", ["mean", "mean_abs"], horizontal=True, key="cmp_profile_stat",
+                      format_func=lambda v: {"mean": "mean score", "mean_abs": "mean |score|"}[v],
+                      help="Signed scores (IOI patching, memory/context heads) cancel in the mean; |score| does not")
+    g[1].plotly_chart(depth_profile_chart(result.depth_profile(score), value=stat,
+                                          title=f"{'Mean' if stat == 'mean' else 'Mean |score|'} per depth bin (0.1)"),
                       width="stretch", key="cmp_profile")
     with st.expander(f"Every score both models have ({len(result.scores)})"):
         st.dataframe(result.summary, hide_index=True, width="stretch")

@@ -71,7 +71,10 @@ def test_compare_section(app_env, two_models):
     summary = at.dataframe[3].value
     assert len(summary) == 4 and set(summary["model"]) == {"model-a", "model-b"}
 
+    assert charts(at)[3]["layout"]["yaxis"]["title"]["text"] == "mean"
     score.select("knowledge.memory_context").run()
+    at.radio(key="cmp_profile_stat").set_value("mean_abs").run()
+    assert charts(at)[3]["layout"]["yaxis"]["title"]["text"] == "mean_abs"
     at.number_input(key="cmp_k_model-a_model-b").set_value(2).run()
     assert_no_exception(at)
     table = at.dataframe[2].value
