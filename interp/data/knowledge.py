@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from interp.core.errors import DatasetError
-from interp.data.pairs import PairDataset, PromptPair, check_keys
+from interp.data.pairs import PairDataset, PromptPair, bos_text, check_keys
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -248,7 +248,7 @@ def load_facts(path: str | Path | None = None) -> FactTable:
 
 def _render(tokenizer: PreTrainedTokenizerBase, user: str, prefill: str, chat: bool) -> str:
     if not chat:
-        return f"{user} {prefill}" if user else prefill
+        return bos_text(tokenizer) + (f"{user} {prefill}" if user else prefill)
     if getattr(tokenizer, "chat_template", None) is None:
         raise DatasetError("chat=True needs a tokenizer with a chat template; pass chat=False")
     head = tokenizer.apply_chat_template(

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interp.core.errors import DatasetError
-from interp.data.pairs import PairDataset, PromptPair
+from interp.data.pairs import PairDataset, PromptPair, bos_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -107,7 +107,8 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, item: MCQItem, labels: lis
     """The prompt text whose next token is the label of the option holding ``item.answer``."""
     user, prefill = _user_and_prefill(item, labels, contents, fmt)
     if not chat:
-        return f"{user}\n{prefill}" if fmt == "letter" else f"{user}\nAnswer: {prefill}"
+        text = f"{user}\n{prefill}" if fmt == "letter" else f"{user}\nAnswer: {prefill}"
+        return bos_text(tokenizer) + text
     if getattr(tokenizer, "chat_template", None) is None:
         raise DatasetError("chat=True needs a tokenizer with a chat template; pass chat=False")
     head = tokenizer.apply_chat_template([{"role": "user", "content": user}],

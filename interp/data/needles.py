@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interp.core.errors import DatasetError
-from interp.data.pairs import check_keys
+from interp.data.pairs import bos_text, check_keys
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -126,7 +126,7 @@ def _insert(tokenizer: PreTrainedTokenizerBase, ids: list[int], depth: float, ne
 def render_prompt(tokenizer: PreTrainedTokenizerBase, context: str, question: str, *, chat: bool) -> str:
     user = f"<document>\n{context}\n</document>\n{INSTRUCTION} Question: {question}"
     if not chat:
-        return f"{user}\nAnswer:"
+        return f"{bos_text(tokenizer)}{user}\nAnswer:"
     return tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
                                          tokenize=False)
 

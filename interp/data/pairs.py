@@ -243,6 +243,14 @@ class TokenizedPairs:
         return TokenizedPairs(batches=out, n=self.n)
 
 
+def bos_text(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The BOS token as text for plain (non-chat) prompts of a model that expects one first
+    (`load_model` marks such tokenizers; a chat template adds its own)."""
+    if getattr(tokenizer, "interp_prepend_bos", False) and getattr(tokenizer, "bos_token", None):
+        return tokenizer.bos_token
+    return ""
+
+
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -88,6 +88,9 @@ def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dt
 
 
 def _wrap(backend: str, name: str, hf, tok, sha, *, prepend_bos: bool = False) -> HookedModel:
+    # Plain-text prompt builders (needles, facts, MCQ with chat=False) read the convention off
+    # the tokenizer they are given: a model that expects <bos> gets it in the text.
+    tok.interp_prepend_bos = prepend_bos
     if backend == "nnsight":
         from interp.models.backends.nnsight_backend import NNsightModel
 

@@ -62,6 +62,7 @@ def head_heatmap(df: pd.DataFrame, value: str = "normalised", title: str = "") -
         )
     )
     fig.update_layout(title=title or None, xaxis_title="head", yaxis_title="layer")
+    fig.update_xaxes(dtick=1)  # heads are integers (4 heads would otherwise get ticks at 0.5)
     fig.update_yaxes(autorange="reversed")
     return fig
 
