@@ -274,6 +274,7 @@ def _analyses(cfg, model, ds, pairs, pos_pairs, run: Run, out: RunOutcome, show:
             "twice: previous-token (attention to q-1), duplicate-token (to the earlier copy of the same token), "
             "induction (to the token after the earlier copy). " + "; ".join(parts) + "."),
             table=df.pivot_table(index=["layer", "head"], columns="score", values="value").reset_index()
+            .rename_axis(columns=None)  # no stray "score" header column in the HTML table
             .sort_values("induction", ascending=False), table_max_rows=k))
         finished("head_patterns")
 
