@@ -24,7 +24,7 @@ def dla(smollm2, pairs):
 
 
 def test_dla_sums_to_logit_diff(dla, smollm2_raw, pairs, assert_clean, smollm2):
-    assert dla.contributions.shape == (8, 1 + 30 * (9 + 2) + 2)
+    assert dla.contributions.shape == (8, 1 + 30 * (9 + 3) + 2)  # heads, attn_bias, attn_remainder, MLP per layer
     rel = (dla.contributions.sum(1) - dla.logit_diff).abs() / dla.logit_diff.abs().clamp_min(1e-6)
     assert rel.max().item() <= 1e-3, f"max relative error {rel.max().item():.3g}"
     # logit_diff is the raw model's, prompt by prompt (several lengths, back in dataset order).
