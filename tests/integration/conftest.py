@@ -19,20 +19,30 @@ def smollm2(tokenizer, assert_clean):
     return model
 
 
-@pytest.fixture(scope="module")
-def smollm2_raw(tokenizer):
-    """A fresh raw HF model from the same fp32 cache (never the bridge-wrapped `hf_model`)."""
+def _fresh_raw_hf(path):
+    """A fresh raw HF model from a bundled model's fp32 cache dir (never the bridge-wrapped
+    `hf_model`): the independent reference of the integration tests."""
     from transformers import AutoModelForCausalLM
 
-    from interp.models import smollm2
-
-    path, _ = smollm2.cached_dir()
     raw = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=torch.float32, attn_implementation="eager"
     )
     for p in raw.parameters():
         p.requires_grad_(False)
     return raw.eval()
+
+
+@pytest.fixture(scope="module")
+def smollm2_raw(tokenizer):
+    from interp.models import smollm2
+
+    return _fresh_raw_hf(smollm2.cached_dir()[0])
+
+
+@pytest.fixture(scope="session")
+def fresh_raw_hf():
+    """`fresh_raw_hf(cache_dir)`: the raw reference model of any bundled text model."""
+    return _fresh_raw_hf
 
 
 @pytest.fixture(scope="module")

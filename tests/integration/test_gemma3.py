@@ -33,19 +33,10 @@ def gemma(assert_clean):
 
 
 @pytest.fixture(scope="module")
-def gemma_raw(gemma):
-    """A fresh raw HF model from the same fp32 cache (never the bridge-wrapped `hf_model`)."""
-    from transformers import AutoModelForCausalLM
-
+def gemma_raw(gemma, fresh_raw_hf):
     from interp.models import gemma3
 
-    path, _ = gemma3.cached_dir()
-    raw = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch.float32, attn_implementation="eager"
-    )
-    for p in raw.parameters():
-        p.requires_grad_(False)
-    return raw.eval()
+    return fresh_raw_hf(gemma3.cached_dir()[0])
 
 
 def _token(tok, text: str) -> int:
