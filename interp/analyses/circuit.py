@@ -36,9 +36,8 @@ from interp.core.metrics import get_metric
 from interp.core.model import HookedModel
 from interp.core.norms import probe_norm
 from interp.core.sites import Site
+from interp.core.types import Head
 from interp.data.pairs import PairDataset, TokenizedPairs
-
-Head = tuple[int, int]
 
 
 @dataclass(frozen=True)

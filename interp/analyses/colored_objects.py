@@ -20,9 +20,8 @@ import torch
 
 from interp.core.model import HookedModel
 from interp.core.sites import Site
+from interp.core.types import Head
 from interp.data.pairs import PairDataset, TokenizedPairs
-
-Head = tuple[int, int]
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,11 @@ from interp.core.errors import InterpError
 from interp.core.metrics import get_metric
 from interp.core.model import BlockInputs, HookedModel
 from interp.core.sites import Site
+from interp.core.types import Head
 from interp.data.pairs import PairBatch, PairDataset, TokenizedPairs
 
 VARIANTS = ("q", "k", "qk")
 KEY_POSITIONS = ("labels", "all")
-Head = tuple[int, int]
 
 
 # ------------------------------------------------------------------------------ letter tokens

@@ -36,9 +36,9 @@ from interp.analyses.ablation import ablated_heads, matched_random_heads
 from interp.analyses.knowledge import OUTCOMES, HeadEffects, conflict_rates, last_logits
 from interp.core.errors import InterpError
 from interp.core.model import HookedModel
+from interp.core.types import Head
 from interp.data.knowledge import ConflictItem, FactTable, answer_token, closed_book_prompt
 
-Head = tuple[int, int]
 ProgressFn = Callable[[int, int], None]
 CONDITIONS = ("none", "prune_context", "prune_memory", "random_context", "random_memory")
 

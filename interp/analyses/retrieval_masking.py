@@ -25,11 +25,11 @@ from interp.analyses.ablation import ABLATION_MODES, ablated_heads, matched_rand
 from interp.analyses.retrieval import KEEP_RECALL, decode_greedy, stop_token_ids
 from interp.core.errors import InterpError
 from interp.core.model import HookedModel
+from interp.core.types import Head
 from interp.data.needles import NeedleTrial, rouge1_recall
 
 __all__ = ["MaskingResult", "masking_test", "niah_answers"]
 
-Head = tuple[int, int]
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Tensor type aliases used on public signatures (jaxtyping)."""
+"""Type aliases used on public signatures: tensor shapes (jaxtyping) and the few plain tuples
+every analysis shares (one definition each)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ HeadActs = Float[Tensor, "batch pos head d_head"]
 Pattern = Float[Tensor, "batch head query key"]
 PerPrompt = Float[Tensor, " batch"]
 
+Head = tuple[int, int]  # (layer, head)
+
 __all__ = [
     "Tokens",
     "Logits",
@@ -21,6 +24,7 @@ __all__ = [
     "HeadActs",
     "Pattern",
     "PerPrompt",
+    "Head",
     "Float",
     "Int",
     "Tensor",

@@ -157,7 +157,7 @@ def _espeak_version(exe: str) -> str:
 
 
 def speech_cache_dir() -> Path:
-    from interp.models.cache import cache_root  # data sits beside models; only the path is shared
+    from interp.core.paths import cache_root
 
     return cache_root() / "speech" / "espeak"
 

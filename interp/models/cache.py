@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,13 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from interp.core.errors import ModelLoadError
-
-
-def cache_root() -> Path:
-    root = os.environ.get("INTERP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "interp"
-    )
-    return Path(root)
+from interp.core.paths import cache_root
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
