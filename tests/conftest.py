@@ -19,6 +19,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from jaxtyping import install_import_hook
+
+# Tensor shapes on signatures are checked at run time in the tests: every function of the port
+# and the analyses is wrapped when imported, and a jaxtyping-annotated argument or return value
+# of the wrong shape raises `ShapeError` (INTERP_CHECK_SHAPES=0 turns it off).
+if os.environ.get("INTERP_CHECK_SHAPES", "1") != "0":
+    install_import_hook(
+        [f"interp.core.{m}" for m in ("model", "sites", "hooks", "attention", "norms")]
+        + ["interp.models", "interp.analyses"],
+        "interp.core.shapes.check_shapes",
+    )
 
 TINY_NAMES = ("tiny-llama", "tiny-gpt2")
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
