@@ -37,7 +37,7 @@ SETTINGS: list[tuple[str, str, dict[str, str]]] = [
     ("ioi_circuit", "ioi_circuit.yaml", {**TINY, "data.n_prompts": "4"}),
     ("colored_objects", "colored_objects.yaml", {**TINY, "data.n_prompts": "4", "intervention.n_random": "1"}),
     ("knowledge_conflicts", "knowledge_conflicts.yaml", {
-        **TINY, "data.known_only": "false", "data.max_per_relation": "2", "analyses.ph3.ks": "[1, 2]",
+        **TINY, "data.known_only": "false", "data.max_per_relation": "8", "analyses.ph3.ks": "[1, 2]",
         "analyses.ph3.n_random": "1"}),
     ("mcq_letters", "mcq_letters.yaml", {**TINY, "data.n_prompts": "8", "analyses.compression.ranks": "[0, 1, 2]"}),
     ("retrieval_heads", "retrieval_heads.yaml", {
