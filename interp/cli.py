@@ -16,9 +16,11 @@ unknown model) print one clear message and exit with status 2; bugs keep their t
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from interp.core.errors import InterpError
@@ -242,16 +244,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# File-system errors the user fixes (another directory, free space, permissions): one line.
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                  errno.EEXIST, errno.ENOTDIR, errno.EISDIR}
+
+
+def _interrupt_code(exc: BaseException) -> int | None:
+    """The exit code of a `RunInterrupted` (SIGINT 130, SIGTERM 143); None for anything else.
+    (The lifecycle module is only looked up if loaded: nothing else raises it.)"""
+    lifecycle = sys.modules.get("interp.io.lifecycle")
+    if lifecycle is not None and isinstance(exc, lifecycle.RunInterrupted):
+        return exc.exit_code
+    return None
+
+
+def run_guarded(fn: Callable[[], int]) -> int:
+    """Call `fn` and turn what the user can act on into one line on stderr and an exit code:
+    InterpError and file-system errors (read-only, full, no permission, a file in the way) 2,
+    a run stopped by SIGINT/SIGTERM 130/143, Ctrl-C elsewhere 130. Bugs keep their traceback."""
     try:
-        return args.fn(args)
+        return fn()
     except InterpError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BaseException as e:
+        code = _interrupt_code(e)
+        if code is None:
+            raise
+        print(f"stopped: {e}", file=sys.stderr)
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(lambda: args.fn(args))
 
 
 if __name__ == "__main__":

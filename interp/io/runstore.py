@@ -5,7 +5,9 @@ Layout of a run (`runs/<name>-<YYYYmmdd-HHMMSS>/`, the timestamp in UTC):
     manifest.json          config, model id + weights sha256, seed, package versions, git
                            commit, host, timestamps, status (written atomically)
     tables/<name>.parquet  tidy result frames (parquet only; never pickle)
-    figures/<name>.html    standalone plotly figures (plotly.js inlined: works offline)
+    figures/<name>.html    plotly figures; they load figures/plotly.min.js (one copy per run,
+                           written with the first figure: works offline, keeps runs small)
+    heartbeat              written every few seconds by a supervised run (interp.io.lifecycle)
     report.html, *.txt     anything written with `write_text` / the report module
 
 Example (not a doctest: it writes files):
@@ -21,13 +23,16 @@ Example (not a doctest: it writes files):
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
 import re
+import secrets
 import socket
 import subprocess
-import tempfile
+import threading
+import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -45,12 +50,21 @@ __all__ = [
     "build_manifest",
     "FORMAT_VERSION",
     "STATUSES",
+    "effective_status",
+    "manifest_problems",
 ]
 
 FORMAT_VERSION = 1
-STATUSES = ("running", "complete", "failed")
+STATUSES = ("running", "complete", "failed", "interrupted")
 MANIFEST = "manifest.json"
-LIST_COLUMNS = ["run_id", "name", "experiment", "model", "created", "status", "path"]
+HEARTBEAT = "heartbeat"
+PLOTLY_JS = "plotly.min.js"
+HEARTBEAT_STALE_S = 60.0
+LIST_COLUMNS = ["run_id", "name", "experiment", "model", "created", "status", "path", "problem"]
+# Manifest fields `list_runs` shows, and the types they must have (None is always allowed).
+_LISTED_FIELDS = {"model_id": str, "status": str, "experiment": str, "created_at": str}
+_MANIFEST_LOCKS: dict[Path, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
 _PACKAGES = ("torch", "transformers", "transformer-lens", "nnsight", "pandas", "plotly", "interp")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -72,18 +86,63 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
+class RunStoreWriteError(RunStoreError):
+    """A run file could not be written (read-only or full disk, no permission, not a directory)."""
+
+
+def _os_problem(exc: OSError, action: str, path: Path) -> RunStoreWriteError:
+    """One line for a file-system error the user can fix: what failed, where, and why."""
+    why = exc.strerror or str(exc)
+    hint = {
+        errno.ENOSPC: " (the disk is full: free space or use another --runs-dir)",
+        errno.EROFS: " (read-only file system: use another --runs-dir)",
+        errno.EACCES: " (no permission: use another --runs-dir)",
+        errno.EEXIST: " (a file is in the way: --runs-dir must name a directory)",
+        errno.ENOTDIR: " (a file is in the way: --runs-dir must name a directory)",
+    }.get(exc.errno, "")
+    return RunStoreWriteError(f"cannot {action} {path}: {why}{hint}")
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename: readers never see half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temporary file in the same directory, then rename: readers never see half.
+
+    The file is created with mode 0666 minus the umask (like `open`), not mkstemp's 0600, so
+    a shared run store stays readable. OS errors become one-line `RunStoreWriteError`s."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise _os_problem(exc, "write", path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _os_problem(exc, "write", path) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _mkdir(path: Path, *, exist_ok: bool = True) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+        raise _os_problem(FileExistsError(errno.EEXIST, "File exists"), "create directory", path) from None
+    except OSError as exc:
+        raise _os_problem(exc, "create directory", path) from None
+
+
+def _manifest_lock(path: Path) -> threading.RLock:
+    """One lock per manifest file in this process: read-modify-writes never interleave."""
+    key = path.resolve()
+    with _LOCKS_GUARD:
+        return _MANIFEST_LOCKS.setdefault(key, threading.RLock())
 
 
 def _now() -> datetime:
@@ -125,14 +184,20 @@ class Run:
         return data
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
-        """Merge `fields` into the manifest (creating it if absent) and write it back."""
-        manifest = self.read_manifest() if self.manifest_path.exists() else {}
-        manifest.update(fields)
-        self.write_manifest(manifest)
+        """Merge `fields` into the manifest (creating it if absent) and write it back, under a
+        per-file lock (and atomically: readers see the old or the new manifest, never half)."""
+        with _manifest_lock(self.manifest_path):
+            manifest = self.read_manifest() if self.manifest_path.exists() else {}
+            manifest.update(fields)
+            self.write_manifest(manifest)
         return manifest
 
+    def status(self) -> str:
+        """The manifest's status, corrected for a run whose process is gone (`effective_status`)."""
+        return effective_status(self.path, self.read_manifest())
+
     def mark(self, status: str, error: BaseException | str | None = None) -> dict[str, Any]:
-        """Set `status` ('running' | 'complete' | 'failed'), `finished_at` and `error`."""
+        """Set `status` (one of `STATUSES`), `finished_at` and `error`."""
         if status not in STATUSES:
             raise RunStoreError(f"invalid status {status!r}; allowed: {', '.join(STATUSES)}")
         finished = None if status == "running" else _now().isoformat(timespec="seconds")
@@ -146,7 +211,7 @@ class Run:
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"write_table expects a pandas DataFrame, got {type(df).__name__}")
         path = self.path / "tables" / f"{name}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir(path.parent)
         _atomic_write(path, df.to_parquet())
         return path
 
@@ -162,10 +227,16 @@ class Run:
 
     # --- figures and text -------------------------------------------------------------
     def write_figure(self, name: str, fig: Any) -> Path:
-        """Save a plotly figure as a standalone HTML file with plotly.js inlined (offline)."""
+        """Save a plotly figure as an HTML file next to one shared `figures/plotly.min.js`
+        (written with the first figure; the page loads it by relative path, offline)."""
         path = self.path / "figures" / f"{_check_name(name, 'figure')}.html"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        html = fig.to_html(include_plotlyjs=True, full_html=True)
+        _mkdir(path.parent)
+        script = path.parent / PLOTLY_JS
+        if not script.is_file():
+            from plotly.offline import get_plotlyjs
+
+            _atomic_write(script, get_plotlyjs().encode("utf-8"))
+        html = fig.to_html(include_plotlyjs=PLOTLY_JS, full_html=True)
         _atomic_write(path, html.encode("utf-8"))
         return path
 
@@ -191,7 +262,7 @@ class RunStore:
     def create(self, name: str) -> Run:
         """Make `root/<name>-<YYYYmmdd-HHMMSS>` (UTC), adding `-2`, `-3`, ... if it exists."""
         _check_name(name, "run")
-        self.root.mkdir(parents=True, exist_ok=True)
+        _mkdir(self.root)
         base = f"{name}-{_now():%Y%m%d-%H%M%S}"
         for i in range(1, 10_000):
             path = self.root / (base if i == 1 else f"{base}-{i}")
@@ -199,6 +270,8 @@ class RunStore:
                 path.mkdir()  # not exist_ok: the mkdir itself claims the name (no race)
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise _os_problem(exc, "create run directory", path) from None
             return Run(path)
         raise RunStoreError(f"could not find a free run directory name for {base!r} in {self.root}")
 
@@ -213,31 +286,10 @@ class RunStore:
         raise RunNotFoundError(f"no run {str(run_id_or_path)!r} in {self.root}{known}")
 
     def list_runs(self) -> pd.DataFrame:
-        """One row per run (newest first); a corrupt manifest shows as status 'unreadable'."""
-        rows = []
-        for path in self._run_dirs():
-            run = Run(path)
-            try:
-                manifest = run.read_manifest()
-            except RunStoreError:
-                unreadable = {"run_id": path.name, "status": "unreadable", "path": str(path)}
-                rows.append(dict.fromkeys(LIST_COLUMNS) | unreadable)
-                continue
-            config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-            model = config.get("model") if isinstance(config.get("model"), dict) else {}
-            created = manifest.get("created_at")
-            rows.append(
-                {
-                    "run_id": path.name,
-                    "name": config.get("name"),
-                    "experiment": manifest.get("experiment"),
-                    "model": manifest.get("model_id") or model.get("name"),
-                    # str(): a hand-edited created_at must not break the sort below
-                    "created": None if created is None else str(created),
-                    "status": manifest.get("status"),
-                    "path": str(path),
-                }
-            )
+        """One row per run (newest first). A corrupt manifest shows as status 'unreadable', one
+        with wrong-typed fields as 'invalid' (`problem` says why); a 'running' run whose
+        process is gone shows as 'interrupted' (`effective_status`)."""
+        rows = [_list_row(path) for path in self._run_dirs()]
         df = pd.DataFrame(rows, columns=LIST_COLUMNS)
         if df.empty:
             return df
@@ -250,6 +302,86 @@ class RunStore:
         if not self.root.is_dir():
             return []
         return sorted(p for p in self.root.iterdir() if p.is_dir() and (p / MANIFEST).exists())
+
+
+def manifest_problems(manifest: dict[str, Any]) -> list[str]:
+    """Fields the run list relies on that have the wrong type (empty when the manifest is fine)."""
+    problems = []
+    for key, kind in _LISTED_FIELDS.items():
+        value = manifest.get(key)
+        if value is not None and not isinstance(value, kind):
+            problems.append(f"{key} is a {type(value).__name__}, expected a {kind.__name__}")
+    status = manifest.get("status")
+    if isinstance(status, str) and status not in STATUSES:
+        problems.append(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    for key in ("config", "dataset"):
+        if manifest.get(key) is not None and not isinstance(manifest.get(key), dict):
+            problems.append(f"{key} is a {type(manifest.get(key)).__name__}, expected an object")
+    return problems
+
+
+def _list_row(path: Path) -> dict[str, Any]:
+    """`list_runs`' row for one run directory; never raises for a bad manifest."""
+    base = dict.fromkeys(LIST_COLUMNS) | {"run_id": path.name, "path": str(path)}
+    try:
+        manifest = Run(path).read_manifest()
+    except RunStoreError as exc:
+        return base | {"status": "unreadable", "problem": str(exc)}
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+
+    def text(value: Any) -> str | None:
+        return value if isinstance(value, str) else None
+
+    problems = manifest_problems(manifest)
+    return base | {
+        "name": text(config.get("name")),
+        "experiment": text(manifest.get("experiment")),
+        "model": text(manifest.get("model_id")) or text(model.get("name")),
+        "created": text(manifest.get("created_at")),
+        "status": "invalid" if problems else effective_status(path, manifest),
+        "problem": f"manifest: {'; '.join(problems)}" if problems else None,
+    }
+
+
+def effective_status(run_dir: str | Path, manifest: dict[str, Any], *, now: float | None = None) -> Any:
+    """The manifest's status, except that a 'running' run whose process is gone (its pid is
+    not alive on this host) or whose heartbeat file is older than `HEARTBEAT_STALE_S` shows as
+    'interrupted'. One place for `interp runs`, the atlas and the app."""
+    status = manifest.get("status")
+    if status != "running":
+        return status
+    beat = Path(run_dir) / HEARTBEAT
+    try:
+        age = (time.time() if now is None else now) - beat.stat().st_mtime
+    except OSError:
+        age = None
+    if age is not None and age > HEARTBEAT_STALE_S:
+        return "interrupted"
+    pid = manifest.get("pid")
+    same_host = manifest.get("hostname") == socket.gethostname()
+    if isinstance(pid, int) and not isinstance(pid, bool) and same_host and not pid_alive(pid):
+        return "interrupted"
+    return status
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (a zombie counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return False
+    try:  # Linux: a killed child that nobody reaped yet is a zombie, not a live run
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def build_manifest(
