@@ -89,8 +89,7 @@ def cmd_check(args) -> int:
     print(report.format())
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        report.to_frame().to_csv(out, index=False)
+        _write_out(out, report.to_frame().to_csv(index=False).encode("utf-8"))
         print(f"wrote {out}")
     return 0 if report.ok else 1
 
@@ -116,15 +115,28 @@ def cmd_atlas(args) -> int:
     for line in atlas.summary():
         print(line)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atlas.to_frame().to_parquet(out)
-        written = [out]
-        for suffix, frame in (("provenance", atlas.provenance), ("score_pairs", atlas.score_pairs())):
-            written.append(out.with_name(f"{out.stem}_{suffix}.parquet"))
-            frame.to_parquet(written[-1])
-        print("wrote " + ", ".join(str(p) for p in written))
+        _write_parquets(Path(args.out), atlas.to_frame(),
+                        {"provenance": atlas.provenance, "score_pairs": atlas.score_pairs()})
     return 0
+
+
+def _write_out(path: Path, data: bytes) -> None:
+    """Write an --out file; a path the user cannot write to is one line (InterpError)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:
+        raise InterpError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+
+
+def _write_parquets(out: Path, main_frame, extra: dict) -> None:
+    """`out` and `<stem>_<suffix>.parquet` next to it for each extra frame; says what it wrote."""
+    written = [out]
+    _write_out(out, main_frame.to_parquet())
+    for suffix, frame in extra.items():
+        written.append(out.with_name(f"{out.stem}_{suffix}.parquet"))
+        _write_out(written[-1], frame.to_parquet())
+    print("wrote " + ", ".join(str(p) for p in written))
 
 
 def cmd_compare(args) -> int:
@@ -136,14 +148,7 @@ def cmd_compare(args) -> int:
     for line in result.lines():
         print(line)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.frame.to_parquet(out)
-        written = [out]
-        for suffix, frame in (("summary", result.summary), ("profile", result.profile)):
-            written.append(out.with_name(f"{out.stem}_{suffix}.parquet"))
-            frame.to_parquet(written[-1])
-        print("wrote " + ", ".join(str(p) for p in written))
+        _write_parquets(Path(args.out), result.frame, {"summary": result.summary, "profile": result.profile})
     return 0
 
 

@@ -5,8 +5,8 @@ Layout of a run (`runs/<name>-<YYYYmmdd-HHMMSS>/`, the timestamp in UTC):
     manifest.json          config, model id + weights sha256, seed, package versions, git
                            commit, host, timestamps, status (written atomically)
     tables/<name>.parquet  tidy result frames (parquet only; never pickle)
-    figures/<name>.html    plotly figures; they load figures/plotly.min.js (one copy per run,
-                           written with the first figure: works offline, keeps runs small)
+    figures/<name>.html    plotly figures; they load figures/plotly.gz.js: one copy of plotly.js
+                           per run (gzip-compressed, unpacked in the browser; works offline)
     heartbeat              written every few seconds by a supervised run (interp.io.lifecycle)
     report.html, *.txt     anything written with `write_text` / the report module
 
@@ -23,7 +23,10 @@ Example (not a doctest: it writes files):
 
 from __future__ import annotations
 
+import base64
 import errno
+import functools
+import gzip
 import json
 import os
 import platform
@@ -58,7 +61,7 @@ FORMAT_VERSION = 1
 STATUSES = ("running", "complete", "failed", "interrupted")
 MANIFEST = "manifest.json"
 HEARTBEAT = "heartbeat"
-PLOTLY_JS = "plotly.min.js"
+PLOTLY_JS = "plotly.gz.js"
 HEARTBEAT_STALE_S = 60.0
 LIST_COLUMNS = ["run_id", "name", "experiment", "model", "created", "status", "path", "problem"]
 # Manifest fields `list_runs` shows, and the types they must have (None is always allowed).
@@ -233,14 +236,13 @@ class Run:
         _mkdir(path.parent)
         script = path.parent / PLOTLY_JS
         if not script.is_file():
-            from plotly.offline import get_plotlyjs
-
-            _atomic_write(script, get_plotlyjs().encode("utf-8"))
+            _atomic_write(script, plotly_loader())
         html = fig.to_html(include_plotlyjs=PLOTLY_JS, full_html=True)
         _atomic_write(path, html.encode("utf-8"))
         return path
 
     def figures(self) -> list[str]:
+        """Figure names (`figures/<name>.html`)."""
         return sorted(p.stem for p in (self.path / "figures").glob("*.html"))
 
     def write_text(self, name: str, text: str) -> Path:
@@ -248,6 +250,39 @@ class Run:
         path = self.path / _check_name(name, "text file")
         _atomic_write(path, text.encode("utf-8"))
         return path
+
+
+# plotly.js is 4.8 MB; report.html inlines it once (self-contained), so the figure files share
+# a gzip copy (1.9 MB as base64) that the browser unpacks (DecompressionStream: Chrome 80,
+# Firefox 113, Safari 16.4). Until it is unpacked, `Plotly.newPlot` calls are queued.
+_LOADER = """/* plotly.js (of the plotly %(version)s Python package), gzip + base64; unpacked in the browser, then run. */
+(function () {
+  var queue = [];
+  window.Plotly = {newPlot: function () {
+    var args = arguments;
+    return new Promise(function (resolve) { queue.push([args, resolve]); });
+  }};
+  var packed = "%(data)s";
+  var bytes = Uint8Array.from(atob(packed), function (c) { return c.charCodeAt(0); });
+  var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+  new Response(stream).text().then(function (source) {
+    delete window.Plotly;
+    (0, eval)(source);
+    queue.forEach(function (q) { q[1](window.Plotly.newPlot.apply(window.Plotly, q[0])); });
+  });
+})();
+"""
+
+
+@functools.cache
+def plotly_loader() -> bytes:
+    """The shared figure script: plotly.js compressed, with a loader that unpacks it."""
+    import plotly
+    from plotly.offline import get_plotlyjs
+
+    packed = gzip.compress(get_plotlyjs().encode("utf-8"), compresslevel=9, mtime=0)
+    text = _LOADER % {"version": plotly.__version__, "data": base64.b64encode(packed).decode("ascii")}
+    return text.encode("utf-8")
 
 
 class RunStore:
@@ -407,6 +442,7 @@ def build_manifest(
         "git_commit": commit,
         "git_dirty": dirty,
         "hostname": socket.gethostname(),
+        "pid": os.getpid(),  # with hostname: a run whose process is gone shows as interrupted
         "created_at": _now().isoformat(timespec="microseconds"),  # microseconds: runs made within one second still sort newest first
         "finished_at": None,
         "status": "running",
