@@ -179,14 +179,80 @@ def app_command(host: str, port: int) -> list[str]:
     ]
 
 
+TOKEN_ENV = "INTERP_APP_TOKEN"
+STOP_GRACE_S = 10.0
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def exposure_warning(host: str, runs: Path, token: bool) -> str | None:
+    """What `--host` exposes when it is not a loopback address (None when it is)."""
+    if _is_loopback(host):
+        return None
+    guard = ("every page asks for the token first" if token else
+             "anyone who can reach it can use it; set --token or $INTERP_APP_TOKEN to require a token")
+    return (f"warning: --host {host} serves the app to the network: the Live analysis page loads any "
+            f"local model directory or hub id on this machine and writes runs into {runs}, and every "
+            f"page reads that run store; {guard}")
+
+
+def serve(cmd: list[str], env: dict[str, str], grace: float = STOP_GRACE_S) -> int:
+    """Run the app server as a child that stops with us: SIGTERM/SIGINT are forwarded to it,
+    and a child still alive `grace` seconds later is killed. Returns 128 + the signal when
+    stopped by one, else the child's exit status."""
+    import signal
+    import time
+
+    child = subprocess.Popen(cmd, env=env)
+    received: list[tuple[int, float]] = []
+
+    def forward(signum, _frame) -> None:
+        received.append((signum, time.monotonic()))
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while child.poll() is None:
+            if received and time.monotonic() - received[0][1] > grace:
+                child.kill()
+            try:
+                child.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if child.poll() is None:  # an exception in here: never leave the server behind
+            child.kill()
+            child.wait()
+    return 128 + received[0][0] if received else child.returncode
+
+
 def cmd_app(args) -> int:
     runs = Path(args.runs_dir).expanduser().resolve()
     if not runs.is_dir():
         print(f"note: {runs} does not exist yet; the app will show an empty run store", file=sys.stderr)
     cmd = app_command(args.host, args.port)
+    token = args.token or os.environ.get(TOKEN_ENV) or None
     env = {**os.environ, RUNS_DIR_ENV: str(runs)}
+    env.pop(TOKEN_ENV, None)
+    if token:
+        env[TOKEN_ENV] = token
+    warning = exposure_warning(args.host, runs, bool(token))
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"interp app: runs from {runs} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    return subprocess.call(cmd, env=env)
+    return serve(cmd, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     w.add_argument("--port", type=int, default=8501)
     w.add_argument("--runs-dir", default="runs", help="the run store to browse (default runs)")
+    w.add_argument("--token", default=None,
+                   help=f"ask for this token before any page renders (default: ${TOKEN_ENV}, else none); "
+                        "use it with a --host other than 127.0.0.1")
     w.set_defaults(fn=cmd_app)
     return p
 

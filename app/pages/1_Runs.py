@@ -108,7 +108,7 @@ def main() -> None:
             cols = st.columns(min(4, len(saved)))
             for i, name in enumerate(saved):
                 cols[i % len(cols)].download_button(
-                    f"{name}.html", common.file_bytes(run.path / "figures" / f"{name}.html"), on_click="ignore",
+                    f"{name}.html", common.figure_bytes(run, name), on_click="ignore",
                     file_name=f"{run.run_id}-{name}.html", mime="text/html", icon=":material/download:", key=f"runs_dl_fig_{name}")
 
 

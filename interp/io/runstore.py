@@ -63,7 +63,7 @@ MANIFEST = "manifest.json"
 HEARTBEAT = "heartbeat"
 PLOTLY_JS = "plotly.gz.js"
 HEARTBEAT_STALE_S = 60.0
-LIST_COLUMNS = ["run_id", "name", "experiment", "model", "created", "status", "path", "problem"]
+LIST_COLUMNS = ["run_id", "name", "experiment", "model", "created", "status", "path"]
 # Manifest fields `list_runs` shows, and the types they must have (None is always allowed).
 _LISTED_FIELDS = {"model_id": str, "status": str, "experiment": str, "created_at": str}
 _MANIFEST_LOCKS: dict[Path, threading.RLock] = {}
@@ -89,7 +89,7 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
-class RunStoreWriteError(RunStoreError):
+class RunStoreWriteError(RunStoreError, OSError):
     """A run file could not be written (read-only or full disk, no permission, not a directory)."""
 
 
@@ -241,6 +241,16 @@ class Run:
         _atomic_write(path, html.encode("utf-8"))
         return path
 
+    def standalone_figure(self, name: str) -> bytes:
+        """A figure page with the shared script inlined: one file to download that opens
+        anywhere, offline (pages written before the shared script are returned as they are)."""
+        path = self.path / "figures" / f"{_check_name(name, 'figure')}.html"
+        html = path.read_bytes()
+        tag = f'<script charset="utf-8" src="{PLOTLY_JS}"></script>'.encode()
+        if tag not in html:
+            return html
+        return html.replace(tag, b'<script type="text/javascript">' + plotly_loader() + b"</script>", 1)
+
     def figures(self) -> list[str]:
         """Figure names (`figures/<name>.html`)."""
         return sorted(p.stem for p in (self.path / "figures").glob("*.html"))
@@ -322,7 +332,7 @@ class RunStore:
 
     def list_runs(self) -> pd.DataFrame:
         """One row per run (newest first). A corrupt manifest shows as status 'unreadable', one
-        with wrong-typed fields as 'invalid' (`problem` says why); a 'running' run whose
+        with wrong-typed fields as 'invalid' (`manifest_problems` says why); a 'running' run whose
         process is gone shows as 'interrupted' (`effective_status`)."""
         rows = [_list_row(path) for path in self._run_dirs()]
         df = pd.DataFrame(rows, columns=LIST_COLUMNS)
@@ -345,13 +355,13 @@ def manifest_problems(manifest: dict[str, Any]) -> list[str]:
     for key, kind in _LISTED_FIELDS.items():
         value = manifest.get(key)
         if value is not None and not isinstance(value, kind):
-            problems.append(f"{key} is a {type(value).__name__}, expected a {kind.__name__}")
+            problems.append(f"{key} has type {type(value).__name__}, expected {kind.__name__}")
     status = manifest.get("status")
     if isinstance(status, str) and status not in STATUSES:
         problems.append(f"status {status!r} is not one of {', '.join(STATUSES)}")
     for key in ("config", "dataset"):
         if manifest.get(key) is not None and not isinstance(manifest.get(key), dict):
-            problems.append(f"{key} is a {type(manifest.get(key)).__name__}, expected an object")
+            problems.append(f"{key} has type {type(manifest.get(key)).__name__}, expected an object")
     return problems
 
 
@@ -360,8 +370,8 @@ def _list_row(path: Path) -> dict[str, Any]:
     base = dict.fromkeys(LIST_COLUMNS) | {"run_id": path.name, "path": str(path)}
     try:
         manifest = Run(path).read_manifest()
-    except RunStoreError as exc:
-        return base | {"status": "unreadable", "problem": str(exc)}
+    except RunStoreError:
+        return base | {"status": "unreadable"}
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
 
@@ -375,7 +385,6 @@ def _list_row(path: Path) -> dict[str, Any]:
         "model": text(manifest.get("model_id")) or text(model.get("name")),
         "created": text(manifest.get("created_at")),
         "status": "invalid" if problems else effective_status(path, manifest),
-        "problem": f"manifest: {'; '.join(problems)}" if problems else None,
     }
 
 
