@@ -24,7 +24,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
 
-from interp.io.runstore import HEARTBEAT, Run, RunStoreError, _atomic_write
+from interp.io.runfiles import RunStoreError
+from interp.io.runfiles import atomic_write as _atomic_write
+from interp.io.runstate import HEARTBEAT
+from interp.io.runstore import Run
 
 __all__ = ["RunInterrupted", "supervised", "EXIT_CODES", "HEARTBEAT_INTERVAL_S"]
 

@@ -23,19 +23,12 @@ Example (not a doctest: it writes files):
 
 from __future__ import annotations
 
-import base64
-import errno
-import functools
-import gzip
 import json
 import os
 import platform
 import re
-import secrets
 import socket
 import subprocess
-import threading
-import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -43,7 +36,12 @@ from typing import Any
 
 import pandas as pd
 
-from interp.core.errors import InterpError
+from interp.io.runfiles import PLOTLY_JS, RunStoreError, plotly_loader
+from interp.io.runfiles import atomic_write as _atomic_write
+from interp.io.runfiles import make_dir as _mkdir
+from interp.io.runfiles import manifest_lock as _manifest_lock
+from interp.io.runfiles import os_problem as _os_problem
+from interp.io.runstate import STATUSES, effective_status, manifest_problems
 
 __all__ = [
     "RunStore",
@@ -58,22 +56,10 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-STATUSES = ("running", "complete", "failed", "interrupted")
 MANIFEST = "manifest.json"
-HEARTBEAT = "heartbeat"
-PLOTLY_JS = "plotly.gz.js"
-HEARTBEAT_STALE_S = 60.0
 LIST_COLUMNS = ["run_id", "name", "experiment", "model", "created", "status", "path"]
-# Manifest fields `list_runs` shows, and the types they must have (None is always allowed).
-_LISTED_FIELDS = {"model_id": str, "status": str, "experiment": str, "created_at": str}
-_MANIFEST_LOCKS: dict[Path, threading.RLock] = {}
-_LOCKS_GUARD = threading.Lock()
 _PACKAGES = ("torch", "transformers", "transformer-lens", "nnsight", "pandas", "plotly", "interp")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-class RunStoreError(InterpError):
-    """A run directory or one of its files is missing or unreadable."""
 
 
 class RunNotFoundError(RunStoreError, FileNotFoundError):
@@ -87,65 +73,6 @@ def _check_name(name: str, what: str) -> str:
             "(no slashes, not starting with '.')"
         )
     return name
-
-
-class RunStoreWriteError(RunStoreError, OSError):
-    """A run file could not be written (read-only or full disk, no permission, not a directory)."""
-
-
-def _os_problem(exc: OSError, action: str, path: Path) -> RunStoreWriteError:
-    """One line for a file-system error the user can fix: what failed, where, and why."""
-    why = exc.strerror or str(exc)
-    hint = {
-        errno.ENOSPC: " (the disk is full: free space or use another --runs-dir)",
-        errno.EROFS: " (read-only file system: use another --runs-dir)",
-        errno.EACCES: " (no permission: use another --runs-dir)",
-        errno.EEXIST: " (a file is in the way: --runs-dir must name a directory)",
-        errno.ENOTDIR: " (a file is in the way: --runs-dir must name a directory)",
-    }.get(exc.errno, "")
-    return RunStoreWriteError(f"cannot {action} {path}: {why}{hint}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename: readers never see half.
-
-    The file is created with mode 0666 minus the umask (like `open`), not mkstemp's 0600, so
-    a shared run store stays readable. OS errors become one-line `RunStoreWriteError`s."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise _os_problem(exc, "write", path) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _os_problem(exc, "write", path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _mkdir(path: Path, *, exist_ok: bool = True) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=exist_ok)
-    except FileExistsError:
-        if not exist_ok:
-            raise
-        raise _os_problem(FileExistsError(errno.EEXIST, "File exists"), "create directory", path) from None
-    except OSError as exc:
-        raise _os_problem(exc, "create directory", path) from None
-
-
-def _manifest_lock(path: Path) -> threading.RLock:
-    """One lock per manifest file in this process: read-modify-writes never interleave."""
-    key = path.resolve()
-    with _LOCKS_GUARD:
-        return _MANIFEST_LOCKS.setdefault(key, threading.RLock())
 
 
 def _now() -> datetime:
@@ -262,39 +189,6 @@ class Run:
         return path
 
 
-# plotly.js is 4.8 MB; report.html inlines it once (self-contained), so the figure files share
-# a gzip copy (1.9 MB as base64) that the browser unpacks (DecompressionStream: Chrome 80,
-# Firefox 113, Safari 16.4). Until it is unpacked, `Plotly.newPlot` calls are queued.
-_LOADER = """/* plotly.js (of the plotly %(version)s Python package), gzip + base64; unpacked in the browser, then run. */
-(function () {
-  var queue = [];
-  window.Plotly = {newPlot: function () {
-    var args = arguments;
-    return new Promise(function (resolve) { queue.push([args, resolve]); });
-  }};
-  var packed = "%(data)s";
-  var bytes = Uint8Array.from(atob(packed), function (c) { return c.charCodeAt(0); });
-  var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-  new Response(stream).text().then(function (source) {
-    delete window.Plotly;
-    (0, eval)(source);
-    queue.forEach(function (q) { q[1](window.Plotly.newPlot.apply(window.Plotly, q[0])); });
-  });
-})();
-"""
-
-
-@functools.cache
-def plotly_loader() -> bytes:
-    """The shared figure script: plotly.js compressed, with a loader that unpacks it."""
-    import plotly
-    from plotly.offline import get_plotlyjs
-
-    packed = gzip.compress(get_plotlyjs().encode("utf-8"), compresslevel=9, mtime=0)
-    text = _LOADER % {"version": plotly.__version__, "data": base64.b64encode(packed).decode("ascii")}
-    return text.encode("utf-8")
-
-
 class RunStore:
     """A directory of runs (`root`, default `runs/` in the current directory)."""
 
@@ -349,22 +243,6 @@ class RunStore:
         return sorted(p for p in self.root.iterdir() if p.is_dir() and (p / MANIFEST).exists())
 
 
-def manifest_problems(manifest: dict[str, Any]) -> list[str]:
-    """Fields the run list relies on that have the wrong type (empty when the manifest is fine)."""
-    problems = []
-    for key, kind in _LISTED_FIELDS.items():
-        value = manifest.get(key)
-        if value is not None and not isinstance(value, kind):
-            problems.append(f"{key} has type {type(value).__name__}, expected {kind.__name__}")
-    status = manifest.get("status")
-    if isinstance(status, str) and status not in STATUSES:
-        problems.append(f"status {status!r} is not one of {', '.join(STATUSES)}")
-    for key in ("config", "dataset"):
-        if manifest.get(key) is not None and not isinstance(manifest.get(key), dict):
-            problems.append(f"{key} has type {type(manifest.get(key)).__name__}, expected an object")
-    return problems
-
-
 def _list_row(path: Path) -> dict[str, Any]:
     """`list_runs`' row for one run directory; never raises for a bad manifest."""
     base = dict.fromkeys(LIST_COLUMNS) | {"run_id": path.name, "path": str(path)}
@@ -386,46 +264,6 @@ def _list_row(path: Path) -> dict[str, Any]:
         "created": text(manifest.get("created_at")),
         "status": "invalid" if problems else effective_status(path, manifest),
     }
-
-
-def effective_status(run_dir: str | Path, manifest: dict[str, Any], *, now: float | None = None) -> Any:
-    """The manifest's status, except that a 'running' run whose process is gone (its pid is
-    not alive on this host) or whose heartbeat file is older than `HEARTBEAT_STALE_S` shows as
-    'interrupted'. One place for `interp runs`, the atlas and the app."""
-    status = manifest.get("status")
-    if status != "running":
-        return status
-    beat = Path(run_dir) / HEARTBEAT
-    try:
-        age = (time.time() if now is None else now) - beat.stat().st_mtime
-    except OSError:
-        age = None
-    if age is not None and age > HEARTBEAT_STALE_S:
-        return "interrupted"
-    pid = manifest.get("pid")
-    same_host = manifest.get("hostname") == socket.gethostname()
-    if isinstance(pid, int) and not isinstance(pid, bool) and same_host and not pid_alive(pid):
-        return "interrupted"
-    return status
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host (a zombie counts as gone)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return False
-    try:  # Linux: a killed child that nobody reaped yet is a zombie, not a live run
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def build_manifest(

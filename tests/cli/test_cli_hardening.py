@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from interp.cli import main
-from interp.io.runstore import HEARTBEAT, PLOTLY_JS
+from interp.io.runstate import HEARTBEAT
+from interp.io.runstore import PLOTLY_JS
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {

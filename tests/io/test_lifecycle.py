@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from interp.io.lifecycle import RunInterrupted, supervised
-from interp.io.runstore import HEARTBEAT, STATUSES, Run, RunStore, build_manifest, effective_status
+from interp.io.runstate import HEARTBEAT, STATUSES, effective_status
+from interp.io.runstore import Run, RunStore, build_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -32,6 +32,8 @@ def test_figures_share_one_plotly(tmp_path):
         html = page.read_text()
         assert f'src="{PLOTLY_JS}"' in html and len(html) < 50_000
         assert "Plotly.newPlot" in html
+    alone = run.standalone_figure("a").decode()
+    assert f'src="{PLOTLY_JS}"' not in alone and "DecompressionStream" in alone
 
 
 @pytest.mark.integration
@@ -39,17 +41,21 @@ def test_a_figure_renders_offline_in_a_browser(tmp_path):
     if not Path(CHROMIUM).is_file():
         pytest.skip("Chromium is not installed")
     sync_api = pytest.importorskip("playwright.sync_api")
-    page_path = RunStore(tmp_path).create("f").write_figure("a", _fig())
+    run = RunStore(tmp_path).create("f")
+    shared = run.write_figure("a", _fig())
+    alone = tmp_path / "alone.html"  # the app's download: the same page, plotly inlined
+    alone.write_bytes(run.standalone_figure("a"))
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(page_path.as_uri())
-            page.wait_for_selector(".plotly-graph-div .main-svg .hm", timeout=30_000)
-            assert not errors, errors
-            assert page.evaluate("typeof window.Plotly.react") == "function"  # the real plotly
+            for page_path in (shared, alone):
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+                page.goto(page_path.as_uri())
+                page.wait_for_selector(".plotly-graph-div .main-svg .hm", timeout=30_000)
+                assert not errors, errors
+                assert page.evaluate("typeof window.Plotly.react") == "function"  # the real plotly
         finally:
             browser.close()
 
