@@ -142,18 +142,9 @@ class _Inputs:
     bound: float
     long: torch.Tensor  # one sequence longer than the model's shortest sliding window
     T_long: int
-
-    @property
-    def pb(self) -> PairBatch:
-        return self.pairs.batches[0]
-
-    @property
-    def sb(self) -> PairBatch:
-        return self.same.batches[0]
-
-    @property
-    def LH(self) -> tuple[int, int]:
-        return self.model.spec.n_layers, self.model.spec.n_heads
+    pb: PairBatch  # the batch of `pairs`
+    sb: PairBatch  # the batch of `same`
+    LH: tuple[int, int]  # layers, heads per layer
 
 
 def _inputs(name: str, model: HookedModel, seed: int) -> _Inputs:
@@ -166,7 +157,8 @@ def _inputs(name: str, model: HookedModel, seed: int) -> _Inputs:
     windows = [w for w in (facts.windows if facts else ()) if w]
     T_long = min(max(48, (min(windows) + 16) if windows else 48), 1024)  # past the shortest window
     long = _pairs(model, 1, T_long, seed + 1).batches[0].clean.to(model.device)
-    return _Inputs(name, model, seed, facts, pairs, same, clean_metric, _scale(clean_metric), long, T_long)
+    return _Inputs(name, model, seed, facts, pairs, same, clean_metric, _scale(clean_metric), long, T_long,
+                   pairs.batches[0], same.batches[0], (model.spec.n_layers, model.spec.n_heads))
 
 
 def _check_output_head(x: _Inputs) -> Verdict:
