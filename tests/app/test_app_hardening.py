@@ -126,6 +126,26 @@ def test_wrong_typed_manifest_is_flagged(app_env, typed_store):
     assert any("malformed manifest" in w and "model_id has type list" in w for w in messages(at, "warning"))
 
 
+def test_killed_run_shows_as_interrupted(app_env, typed_store, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(typed_store, root)
+    killed = root / "killed-20000101-000000"
+    shutil.copytree(root / ioi_run_id(root), killed)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    manifest = json.loads((killed / "manifest.json").read_text())
+    manifest.update(status="running", pid=dead.pid, hostname=socket.gethostname(), finished_at=None)
+    (killed / "manifest.json").write_text(json.dumps(manifest))
+    app_env(root)
+    at = make_app("pages/1_Runs.py")
+    listed = at.dataframe[0].value.set_index("run_id")
+    assert listed.loc["killed-20000101-000000", "status"] == "interrupted"
+    at.selectbox(key="runs_open").select("killed-20000101-000000").run()
+    assert_no_exception(at)
+    assert any("was interrupted" in w for w in messages(at, "warning"))
+    assert "interrupted" in [m.value for m in at.metric if m.label == "Status"]
+
+
 # --- SIGTERM stops the server -------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:

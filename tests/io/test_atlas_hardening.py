@@ -69,3 +69,23 @@ def test_cli_atlas_warns_about_a_missing_table(tmp_path, capsys):
     assert main(["atlas", "--runs-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"run {run.run_id} is missing table(s) head_patching" in out
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_atlas_and_runs_show_a_killed_run_as_interrupted(tmp_path, capsys):
+    store = RunStore(tmp_path)
+    run = _run(store, "killed", [1.0, 2.0, 3.0], "2021-01-01T00:00:00")
+    run.update_manifest(status="running", finished_at=None, pid=_dead_pid())
+    atlas = build_atlas(store)
+    assert any(run.run_id in n and "status 'interrupted'" in n for n in atlas.notes)
+    assert store.list_runs()["status"].tolist() == ["interrupted"]
+    assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    assert "interrupted" in capsys.readouterr().out
