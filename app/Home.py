@@ -26,7 +26,8 @@ def main() -> None:
         c = st.columns(4)
         c[0].metric("Runs", len(runs))
         c[1].metric("Complete", int(counts.get("complete", 0)))
-        c[2].metric("Failed / unreadable", int(counts.get("failed", 0) + counts.get("unreadable", 0)))
+        bad = sum(int(counts.get(s, 0)) for s in ("failed", "interrupted", "unreadable", "invalid"))
+        c[2].metric("Failed / unreadable", bad, help="failed, interrupted, unreadable or invalid manifest")
         c[3].metric("Models", runs["model"].dropna().nunique())
         st.subheader("Latest runs")
         st.dataframe(runs[["run_id", "experiment", "model", "created", "status"]].head(5),

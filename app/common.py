@@ -24,8 +24,32 @@ RUNS_DIR_ENV = "INTERP_RUNS_DIR"
 
 
 # --- page frame ---------------------------------------------------------------------------
+TOKEN_ENV = "INTERP_APP_TOKEN"
+
+
 def page(title: str, icon: str) -> None:
+    """Every page starts here: its config, then the token gate (when the app has a token)."""
     st.set_page_config(page_title=f"{title} - interp", page_icon=icon, layout="wide")
+    require_token()
+
+
+def require_token() -> None:
+    """With `$INTERP_APP_TOKEN` set (`interp app --token`), nothing renders until the session
+    has given that token; a wrong one shows an error. Without it, a no-op."""
+    import hmac
+
+    expected = os.environ.get(TOKEN_ENV)
+    if not expected or st.session_state.get("_interp_token_ok"):
+        return
+    st.title("interp workbench")
+    given = st.text_input("Access token", type="password", key="_interp_token",
+                          help="this app was started with a token (interp app --token / $INTERP_APP_TOKEN)")
+    if given and hmac.compare_digest(given.encode(), expected.encode()):
+        st.session_state["_interp_token_ok"] = True
+        st.rerun()
+    if given:
+        st.error("Wrong token.")
+    st.stop()
 
 
 @contextmanager
@@ -119,6 +143,15 @@ def file_bytes(path: Path):
 
     def read() -> bytes:
         return path.read_bytes()
+
+    return read
+
+
+def figure_bytes(run: Run, name: str):
+    """Deferred standalone figure page (plotly inlined) for `st.download_button`."""
+
+    def read() -> bytes:
+        return run.standalone_figure(name)
 
     return read
 

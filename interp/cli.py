@@ -16,9 +16,11 @@ unknown model) print one clear message and exit with status 2; bugs keep their t
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from interp.core.errors import InterpError
@@ -87,8 +89,7 @@ def cmd_check(args) -> int:
     print(report.format())
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        report.to_frame().to_csv(out, index=False)
+        _write_out(out, report.to_frame().to_csv(index=False).encode("utf-8"))
         print(f"wrote {out}")
     return 0 if report.ok else 1
 
@@ -114,15 +115,28 @@ def cmd_atlas(args) -> int:
     for line in atlas.summary():
         print(line)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atlas.to_frame().to_parquet(out)
-        written = [out]
-        for suffix, frame in (("provenance", atlas.provenance), ("score_pairs", atlas.score_pairs())):
-            written.append(out.with_name(f"{out.stem}_{suffix}.parquet"))
-            frame.to_parquet(written[-1])
-        print("wrote " + ", ".join(str(p) for p in written))
+        _write_parquets(Path(args.out), atlas.to_frame(),
+                        {"provenance": atlas.provenance, "score_pairs": atlas.score_pairs()})
     return 0
+
+
+def _write_out(path: Path, data: bytes) -> None:
+    """Write an --out file; a path the user cannot write to is one line (InterpError)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:
+        raise InterpError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+
+
+def _write_parquets(out: Path, main_frame, extra: dict) -> None:
+    """`out` and `<stem>_<suffix>.parquet` next to it for each extra frame; says what it wrote."""
+    written = [out]
+    _write_out(out, main_frame.to_parquet())
+    for suffix, frame in extra.items():
+        written.append(out.with_name(f"{out.stem}_{suffix}.parquet"))
+        _write_out(written[-1], frame.to_parquet())
+    print("wrote " + ", ".join(str(p) for p in written))
 
 
 def cmd_compare(args) -> int:
@@ -134,14 +148,7 @@ def cmd_compare(args) -> int:
     for line in result.lines():
         print(line)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.frame.to_parquet(out)
-        written = [out]
-        for suffix, frame in (("summary", result.summary), ("profile", result.profile)):
-            written.append(out.with_name(f"{out.stem}_{suffix}.parquet"))
-            frame.to_parquet(written[-1])
-        print("wrote " + ", ".join(str(p) for p in written))
+        _write_parquets(Path(args.out), result.frame, {"summary": result.summary, "profile": result.profile})
     return 0
 
 
@@ -172,14 +179,80 @@ def app_command(host: str, port: int) -> list[str]:
     ]
 
 
+TOKEN_ENV = "INTERP_APP_TOKEN"
+STOP_GRACE_S = 10.0
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def exposure_warning(host: str, runs: Path, token: bool) -> str | None:
+    """What `--host` exposes when it is not a loopback address (None when it is)."""
+    if _is_loopback(host):
+        return None
+    guard = ("every page asks for the token first" if token else
+             "anyone who can reach it can use it; set --token or $INTERP_APP_TOKEN to require a token")
+    return (f"warning: --host {host} serves the app to the network: the Live analysis page loads any "
+            f"local model directory or hub id on this machine and writes runs into {runs}, and every "
+            f"page reads that run store; {guard}")
+
+
+def serve(cmd: list[str], env: dict[str, str], grace: float = STOP_GRACE_S) -> int:
+    """Run the app server as a child that stops with us: SIGTERM/SIGINT are forwarded to it,
+    and a child still alive `grace` seconds later is killed. Returns 128 + the signal when
+    stopped by one, else the child's exit status."""
+    import signal
+    import time
+
+    child = subprocess.Popen(cmd, env=env)
+    received: list[tuple[int, float]] = []
+
+    def forward(signum, _frame) -> None:
+        received.append((signum, time.monotonic()))
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while child.poll() is None:
+            if received and time.monotonic() - received[0][1] > grace:
+                child.kill()
+            try:
+                child.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if child.poll() is None:  # an exception in here: never leave the server behind
+            child.kill()
+            child.wait()
+    return 128 + received[0][0] if received else child.returncode
+
+
 def cmd_app(args) -> int:
     runs = Path(args.runs_dir).expanduser().resolve()
     if not runs.is_dir():
         print(f"note: {runs} does not exist yet; the app will show an empty run store", file=sys.stderr)
     cmd = app_command(args.host, args.port)
+    token = args.token or os.environ.get(TOKEN_ENV) or None
     env = {**os.environ, RUNS_DIR_ENV: str(runs)}
+    env.pop(TOKEN_ENV, None)
+    if token:
+        env[TOKEN_ENV] = token
+    warning = exposure_warning(args.host, runs, bool(token))
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"interp app: runs from {runs} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    return subprocess.call(cmd, env=env)
+    return serve(cmd, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,20 +311,56 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     w.add_argument("--port", type=int, default=8501)
     w.add_argument("--runs-dir", default="runs", help="the run store to browse (default runs)")
+    w.add_argument("--token", default=None,
+                   help=f"ask for this token before any page renders (default: ${TOKEN_ENV}, else none); "
+                        "use it with a --host other than 127.0.0.1")
     w.set_defaults(fn=cmd_app)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# File-system errors the user fixes (another directory, free space, permissions): one line.
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                  errno.EEXIST, errno.ENOTDIR, errno.EISDIR}
+
+
+def _interrupt_code(exc: BaseException) -> int | None:
+    """The exit code of a `RunInterrupted` (SIGINT 130, SIGTERM 143); None for anything else.
+    (The lifecycle module is only looked up if loaded: nothing else raises it.)"""
+    lifecycle = sys.modules.get("interp.io.lifecycle")
+    if lifecycle is not None and isinstance(exc, lifecycle.RunInterrupted):
+        return exc.exit_code
+    return None
+
+
+def run_guarded(fn: Callable[[], int]) -> int:
+    """Call `fn` and turn what the user can act on into one line on stderr and an exit code:
+    InterpError and file-system errors (read-only, full, no permission, a file in the way) 2,
+    a run stopped by SIGINT/SIGTERM 130/143, Ctrl-C elsewhere 130. Bugs keep their traceback."""
     try:
-        return args.fn(args)
+        return fn()
     except InterpError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BaseException as e:
+        code = _interrupt_code(e)
+        if code is None:
+            raise
+        print(f"stopped: {e}", file=sys.stderr)
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(lambda: args.fn(args))
 
 
 if __name__ == "__main__":

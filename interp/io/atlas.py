@@ -23,15 +23,21 @@ listed in `notes`, never raised.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from interp.core.errors import InterpError
-from interp.io.runstore import FORMAT_VERSION, Run, RunStore, RunStoreError
+from interp.io.atlas_runs import (
+    HEAD_SCORES_TABLE,
+    HeadDLA,
+    head_dla,
+    run_head_scores,
+    run_problems,
+    task_name,
+)
+from interp.io.runstore import FORMAT_VERSION, Run, RunStore, RunStoreError, manifest_problems
 
 __all__ = [
     "Atlas",
@@ -45,142 +51,10 @@ __all__ = [
     "HeadDLA",
 ]
 
-HEAD_SCORES_TABLE = "head_scores"
-HEAD_SCORE_COLUMNS = ("layer", "head", "score", "value")
 PROVENANCE_COLUMNS = [
     "model", "score", "run_id", "experiment", "dataset", "seed", "created", "source_table",
     "weights_sha256", "n_runs",
 ]
-# Tables a manifest's `analyses_done` entry promises (the runner writes them in this order).
-_PROMISED_TABLES = {
-    "accuracy": ("accuracy",),
-    "head_patching": ("head_patching",),
-    "head_patching_per_position": ("head_patching_per_position",),
-    "residual_patching": ("residual_patching",),
-    "dla": ("dla", "dla_per_prompt"),
-    "head_patterns": ("head_scores",),
-}
-
-
-def task_name(manifest: dict[str, Any]) -> str:
-    """The task a run's scores are about: manifest `task`, "ioi", or the dataset's name."""
-    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
-    for candidate in (
-        manifest.get("task"),
-        "ioi" if data.get("source") == "ioi" else None,
-        dataset.get("name"),
-        config.get("name"),
-    ):
-        if isinstance(candidate, str) and candidate.strip():
-            # dots separate the parts of a score name, so they cannot appear inside one
-            return re.sub(r"[^A-Za-z0-9_-]+", "_", candidate.strip())
-    return "unknown"
-
-
-def run_problems(run: Run, manifest: dict[str, Any] | None = None) -> list[str]:
-    """What makes a run unusable or incomplete, in words (empty when it is fine).
-
-    Reads the manifest if not given; checks the format version and that every table the
-    manifest's `analyses_done` promises exists."""
-    if manifest is None:
-        try:
-            manifest = run.read_manifest()
-        except RunStoreError as exc:
-            return [str(exc)]
-    problems = []
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        problems.append(
-            f"run {run.run_id} has manifest format_version {version!r}; this version of interp "
-            f"reads format {FORMAT_VERSION} (re-run the experiment to upgrade it)"
-        )
-    done = manifest.get("analyses_done")
-    present = set(run.tables())
-    if isinstance(done, list):
-        missing = [t for a in done for t in _PROMISED_TABLES.get(str(a), ()) if t not in present]
-        if missing:
-            problems.append(
-                f"run {run.run_id} is missing table(s) {', '.join(missing)} that its manifest "
-                "lists as done (files deleted or moved?)"
-            )
-    return problems
-
-
-def _need(df: pd.DataFrame, columns: Iterable[str], table: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise RunStoreError(f"table {table!r} lacks column(s) {', '.join(missing)}")
-
-
-def _tidy(df: pd.DataFrame, score: str | pd.Series, value: str, table: str) -> pd.DataFrame:
-    out = pd.DataFrame(
-        {
-            "layer": pd.to_numeric(df["layer"]).astype("int64"),
-            "head": pd.to_numeric(df["head"]).astype("int64"),
-            "score": score,
-            "value": pd.to_numeric(df[value]).astype("float64"),
-            "source_table": table,
-        }
-    )
-    return out.reset_index(drop=True)
-
-
-def run_head_scores(
-    run: Run, manifest: dict[str, Any] | None = None, *, notes: list[str] | None = None
-) -> pd.DataFrame:
-    """Every per-head score of one run, tidy: layer, head, score, value, source_table.
-
-    A table that cannot be read or has the wrong columns is skipped (with a line in `notes`
-    when given); this never raises for a bad table."""
-    if manifest is None:
-        try:
-            manifest = run.read_manifest()
-        except RunStoreError as exc:
-            if notes is not None:
-                notes.append(str(exc))
-            return pd.DataFrame(columns=[*HEAD_SCORE_COLUMNS, "source_table"])
-    task = task_name(manifest)
-    tables = set(run.tables())
-    parts: list[pd.DataFrame] = []
-
-    def read(name: str, build) -> None:
-        if name not in tables:
-            return
-        try:
-            parts.append(build(run.read_table(name)))
-        except Exception as exc:  # a corrupt parquet raises arrow/OS errors of many kinds
-            if notes is not None:
-                notes.append(f"run {run.run_id}: table {name!r} skipped ({type(exc).__name__}: {exc})")
-
-    def patching(df: pd.DataFrame) -> pd.DataFrame:
-        _need(df, ("layer", "head", "normalised", "direction", "metric"), "head_patching")
-        if "position" in df.columns:
-            raise RunStoreError("head_patching has a position column; expected one row per head")
-        score = "patching." + task + "." + df["direction"].astype(str) + "." + df["metric"].astype(str)
-        return _tidy(df, score, "normalised", "head_patching")
-
-    def dla(df: pd.DataFrame) -> pd.DataFrame:
-        _need(df, ("kind", "layer", "head", "contribution"), "dla")
-        heads = df[df["kind"] == "head"]
-        return _tidy(heads, f"dla.{task}", "contribution", "dla")
-
-    def head_scores(df: pd.DataFrame) -> pd.DataFrame:
-        _need(df, HEAD_SCORE_COLUMNS, HEAD_SCORES_TABLE)
-        return _tidy(df, df["score"].astype(str), "value", HEAD_SCORES_TABLE)
-
-    read("head_patching", patching)
-    read("dla", dla)
-    read(HEAD_SCORES_TABLE, head_scores)
-    if not parts:
-        return pd.DataFrame(columns=[*HEAD_SCORE_COLUMNS, "source_table"])
-    out = pd.concat(parts, ignore_index=True)
-    dup = out.duplicated(["score", "layer", "head"], keep="first")
-    if dup.any() and notes is not None:
-        names = sorted(out.loc[dup, "score"].unique())
-        notes.append(f"run {run.run_id}: repeated (layer, head) rows in {names}; kept the first")
-    return out[~dup].reset_index(drop=True)
 
 
 def head_score_difference(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -196,46 +70,6 @@ def head_score_difference(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         raise InterpError("the two results share no (layer, head): are they from different models?")
     merged["value"] = merged["value_a"] - merged["value_b"]
     return merged
-
-
-@dataclass(frozen=True)
-class HeadDLA:
-    """One head's direct logit attribution in a run: mean, spread, rank, and per prompt."""
-
-    layer: int
-    head: int
-    contribution: float
-    std: float
-    rank: int  # 1 = largest |contribution| among the run's heads
-    n_heads: int
-    per_prompt: pd.DataFrame  # prompt, contribution (and clean, when the dataset table exists)
-
-
-def head_dla(run: Run, layer: int, head: int) -> HeadDLA | None:
-    """The head's DLA from the run's `dla` (and `dla_per_prompt`) tables; None if it has none."""
-    if "dla" not in run.tables():
-        return None
-    df = run.read_table("dla")
-    _need(df, ("kind", "layer", "head", "contribution"), "dla")
-    heads = df[df["kind"] == "head"].reset_index(drop=True)
-    row = heads[(heads["layer"] == layer) & (heads["head"] == head)]
-    if row.empty:
-        return None
-    rank = int((heads["contribution"].abs() > abs(float(row["contribution"].iloc[0]))).sum()) + 1
-    per_prompt = pd.DataFrame(columns=["prompt", "contribution"])
-    if "dla_per_prompt" in run.tables():
-        pp = run.read_table("dla_per_prompt")
-        label = f"L{layer}H{head}"
-        per_prompt = pp[pp["label"] == label][["prompt", "contribution"]].reset_index(drop=True)
-        if "dataset" in run.tables():
-            ds = run.read_table("dataset")
-            if {"pair", "clean"} <= set(ds.columns):
-                per_prompt = per_prompt.merge(
-                    ds[["pair", "clean"]].rename(columns={"pair": "prompt"}), on="prompt", how="left"
-                )
-    std = float(row["std"].iloc[0]) if "std" in row.columns else float("nan")
-    return HeadDLA(int(layer), int(head), float(row["contribution"].iloc[0]), std, rank,
-                   len(heads), per_prompt)
 
 
 @dataclass(frozen=True)
@@ -388,67 +222,96 @@ class Atlas:
         return df.reindex(df["spearman"].abs().sort_values(ascending=False, na_position="last").index).reset_index(drop=True)
 
 
+def _usable_manifest(row: Any, model: str | None, notes: list[str]) -> dict[str, Any] | None:
+    """The manifest of a listed run whose scores the atlas takes, else None (with a note,
+    except for runs of another model). Problems that leave it usable (a table missing) are
+    noted too: the CLI prints what the app shows."""
+    run = Run(row.path)
+    try:
+        manifest = run.read_manifest()
+    except RunStoreError as exc:
+        notes.append(f"run {row.run_id} skipped: {exc}")
+        return None
+    malformed = manifest_problems(manifest)
+    if malformed:
+        notes.append(f"run {row.run_id} skipped: its manifest is malformed ({'; '.join(malformed)})")
+        return None
+    model_id = manifest.get("model_id")
+    if not isinstance(model_id, str):
+        notes.append(f"run {row.run_id} skipped: its manifest names no model_id")
+        return None
+    if model is not None and model_id != model:
+        return None
+    problems = run_problems(run, manifest)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        notes.append(f"run {row.run_id} skipped: " + problems[0])
+        return None
+    if row.status != "complete":
+        notes.append(f"run {row.run_id} skipped: status {row.status!r}, not complete")
+        return None
+    notes.extend(problems)
+    return manifest
+
+
+@dataclass
+class _Collected:
+    """Per (model, score): the newest run's values, the run's manifest, how many runs had it."""
+
+    chosen: dict[tuple[str, str], tuple[pd.DataFrame, dict[str, Any]]] = field(default_factory=dict)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    shas: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, run_id: str, manifest: dict[str, Any], scores: pd.DataFrame, notes: list[str]) -> None:
+        model_id = manifest["model_id"]
+        if isinstance(manifest.get("weights_sha256"), str):
+            self.shas.setdefault(model_id, set()).add(manifest["weights_sha256"])
+        for score, part in scores.groupby("score", sort=False):
+            part = part[part["value"].notna()]
+            if part.empty:  # an all-NaN score says nothing: an older run's values may stand
+                notes.append(f"run {run_id}: score {score} has no values (all NaN); skipped")
+                continue
+            key = (model_id, str(score))
+            self.counts[key] = self.counts.get(key, 0) + 1
+            self.chosen.setdefault(key, (part, manifest | {"_run_id": run_id}))
+
+    def weight_notes(self) -> list[str]:
+        return [f"model {m}: runs used {len(s)} different weights (sha256); "
+                "scores from different weights share one atlas row per head"
+                for m, s in self.shas.items() if len(s) > 1]
+
+    def provenance(self) -> list[dict[str, Any]]:
+        rows = []
+        for (model_id, score), (part, manifest) in self.chosen.items():
+            dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
+            rows.append({
+                "model": model_id, "score": score, "run_id": manifest["_run_id"],
+                "experiment": manifest.get("experiment"), "dataset": dataset.get("name"),
+                "seed": manifest.get("seed"), "created": manifest.get("created_at"),
+                "source_table": part["source_table"].iloc[0],
+                "weights_sha256": manifest.get("weights_sha256"), "n_runs": self.counts[(model_id, score)],
+            })
+        return rows
+
+
 def build_atlas(store: RunStore, model: str | None = None) -> Atlas:
     """Collect the per-head scores of every complete run (of `model`, when given)."""
     notes: list[str] = []
-    listing = store.list_runs()
-    chosen: dict[tuple[str, str], tuple[pd.DataFrame, dict[str, Any]]] = {}
-    counts: dict[tuple[str, str], int] = {}
-    shas: dict[str, set[str]] = {}
-    for row in listing.itertuples():  # newest first: the first run seen per score wins
-        run = Run(row.path)
-        if row.status == "unreadable":
-            notes.append(f"run {row.run_id} skipped: its manifest is unreadable")
-            continue
-        try:
-            manifest = run.read_manifest()
-        except RunStoreError as exc:
-            notes.append(f"run {row.run_id} skipped: {exc}")
-            continue
-        model_id = manifest.get("model_id")
-        if not isinstance(model_id, str):
-            notes.append(f"run {row.run_id} skipped: its manifest names no model_id")
-            continue
-        if model is not None and model_id != model:
-            continue
-        if manifest.get("format_version") != FORMAT_VERSION:
-            notes.append(f"run {row.run_id} skipped: " + run_problems(run, manifest)[0])
-            continue
-        if manifest.get("status") != "complete":
-            notes.append(f"run {row.run_id} skipped: status {manifest.get('status')!r}, not complete")
-            continue
-        scores = run_head_scores(run, manifest, notes=notes)
-        if isinstance(manifest.get("weights_sha256"), str):
-            shas.setdefault(model_id, set()).add(manifest["weights_sha256"])
-        for score, part in scores.groupby("score", sort=False):
-            key = (model_id, str(score))
-            counts[key] = counts.get(key, 0) + 1
-            if key not in chosen:
-                chosen[key] = (part, manifest | {"_run_id": row.run_id})
-    for m, s in shas.items():
-        if len(s) > 1:
-            notes.append(f"model {m}: runs used {len(s)} different weights (sha256); "
-                         "scores from different weights share one atlas row per head")
-
-    frames, prov = [], []
-    for (model_id, score), (part, manifest) in chosen.items():
-        frames.append(part.assign(model=model_id))
-        dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
-        prov.append({
-            "model": model_id, "score": score, "run_id": manifest["_run_id"],
-            "experiment": manifest.get("experiment"), "dataset": dataset.get("name"),
-            "seed": manifest.get("seed"), "created": manifest.get("created_at"),
-            "source_table": part["source_table"].iloc[0],
-            "weights_sha256": manifest.get("weights_sha256"), "n_runs": counts[(model_id, score)],
-        })
-    if not frames:
+    collected = _Collected()
+    for row in store.list_runs().itertuples():  # newest first: the first run seen per score wins
+        manifest = _usable_manifest(row, model, notes)
+        if manifest is not None:
+            scores = run_head_scores(Run(row.path), manifest, notes=notes)
+            collected.add(row.run_id, manifest, scores, notes)
+    notes.extend(collected.weight_notes())
+    prov = collected.provenance()
+    if not prov:
         return Atlas(pd.DataFrame(columns=["model", "layer", "head"]),
                      pd.DataFrame(columns=PROVENANCE_COLUMNS), notes)
+    frames = [part.assign(model=m) for (m, _), (part, _) in collected.chosen.items()]
     long = pd.concat(frames, ignore_index=True)
     table = long.pivot_table(index=["model", "layer", "head"], columns="score", values="value",
                              aggfunc="first", sort=True)
     table.columns.name = None
     order = [p["score"] for p in prov]  # columns in the order runs were read (newest first)
-    table = table.reset_index()[["model", "layer", "head", *dict.fromkeys(order)]]
-    provenance = pd.DataFrame(prov, columns=PROVENANCE_COLUMNS)
-    return Atlas(table, provenance, notes)
+    table = table.reset_index().reindex(columns=["model", "layer", "head", *dict.fromkeys(order)])
+    return Atlas(table, pd.DataFrame(prov, columns=PROVENANCE_COLUMNS), notes)

@@ -128,117 +128,158 @@ def _verdict(name: str, err: float, bound: float, what: str) -> Verdict:
     return Verdict(name, "wrong", f"{what}: max deviation {err:.2e} > {bound:.1e}")
 
 
+@dataclass
+class _Inputs:
+    """What every check of one model shares: the model, its seeded inputs and tolerances."""
+
+    name: str
+    model: HookedModel
+    seed: int
+    facts: object
+    pairs: TokenizedPairs  # real corruptions
+    same: TokenizedPairs  # corrupt == clean (identities)
+    clean_metric: float
+    bound: float
+    long: torch.Tensor  # one sequence longer than the model's shortest sliding window
+    T_long: int
+    pb: PairBatch  # the batch of `pairs`
+    sb: PairBatch  # the batch of `same`
+    LH: tuple[int, int]  # layers, heads per layer
+
+
+def _inputs(name: str, model: HookedModel, seed: int) -> _Inputs:
+    from interp.analyses import patching
+
+    facts = getattr(model, "facts", None)
+    pairs = _pairs(model, 2, 16, seed)
+    same = _identity(pairs)
+    clean_metric = float(patching.baseline_metrics(model, same.batches[0], patching.get_metric("logit_diff"))[0].mean())
+    windows = [w for w in (facts.windows if facts else ()) if w]
+    T_long = min(max(48, (min(windows) + 16) if windows else 48), 1024)  # past the shortest window
+    long = _pairs(model, 1, T_long, seed + 1).batches[0].clean.to(model.device)
+    return _Inputs(name, model, seed, facts, pairs, same, clean_metric, _scale(clean_metric), long, T_long,
+                   pairs.batches[0], same.batches[0], (model.spec.n_layers, model.spec.n_heads))
+
+
+def _check_output_head(x: _Inputs) -> Verdict:
+    model, facts = x.model, x.facts
+    err = getattr(model, "output_head_error", None)
+    if err is None:
+        logits, cache = model.run_with_cache(x.pb.clean.to(model.device), [Site("resid_final")])
+        ours = model.unembed(cache[Site("resid_final")])
+        err = float((ours - logits).abs().max() / logits.abs().max())
+    return _verdict("output head", err, TOL, f"unembed(final residual) vs logits ({facts.tail.describe() if facts else ''})")
+
+
+def _check_parity(x: _Inputs) -> Verdict:
+    model = x.model
+    raw = _fresh_hf(x.name, model, x.seed)
+    if raw is None:
+        return Verdict("parity", "refused", "no independent copy of this model can be loaded")
+    with torch.no_grad():
+        ref = raw(x.pb.clean.to(model.device)).logits
+        ours = model.forward(x.pb.clean.to(model.device))
+    err = float((ours - ref).abs().max())
+    return _verdict("parity", err, _scale(float(ref.abs().max())), "logits vs a fresh Hugging Face copy")
+
+
+def _check_heads(x: _Inputs) -> Verdict:
+    from interp.analyses import patching
+
+    L, H = x.LH
+    res = patching.patch_heads(x.model, x.same)
+    err = _gap(res.values, res.clean_metric)
+    # real corruptions: the resumed, batched sweep equals a plain forward with one patch
+    sites = [Site("z", layer=L - 1, head=0), Site("z", layer=0, head=H - 1), Site("z", layer=L // 2, head=0, position=-1)]
+    swept = patching.sweep_sites(x.model, x.pb, sites).mean(1)
+    err2 = _plain_patch_gap(x.model, x.pb, sites, swept)
+    return _verdict("head patching", max(err, err2), x.bound, "identity and resumed-vs-full sweeps")
+
+
+def _check_residual(x: _Inputs) -> Verdict:
+    from interp.analyses import patching
+
+    L, _ = x.LH
+    res = patching.patch_residual(x.model, x.same)
+    err = _gap(res.values, res.clean_metric)
+    T = x.pb.clean.shape[1]
+    sites = [Site("resid_pre", layer=L - 1, position=T // 2), Site("attn_out", layer=0, position=T // 2),
+             Site("mlp_out", layer=L - 1, position=T - 1)]
+    swept = patching.sweep_sites(x.model, x.pb, sites).mean(1)
+    err2 = _plain_patch_gap(x.model, x.pb, sites, swept)
+    return _verdict("residual patching", max(err, err2), x.bound, "identity and resumed-vs-full sweeps")
+
+
+def _check_path(x: _Inputs, kind: str) -> Verdict:
+    from interp.analyses.path_patching import Receiver, path_patch_senders
+
+    L, H = x.LH
+    receivers = [Receiver("logits")] if kind == "logits" else [Receiver(kind, L - 1, 0), Receiver(kind, L - 1, H - 1)]
+    senders = [(layer, h) for layer in range(L) for h in range(H)]
+    vals = path_patch_senders(x.model, x.sb, senders, receivers)
+    return _verdict(f"path patching: {kind}", _gap(vals.mean(1), x.clean_metric), x.bound, "identity (corrupt = clean)")
+
+
+def _check_atp(x: _Inputs, qk: bool) -> Verdict:
+    from interp.analyses.attribution import attribution_patching
+
+    res = attribution_patching(x.model, x.same, qk_fix=qk, residual=not qk)
+    keys = ("q", "k") if qk else ("z", "mlp", "residual")
+    err = max(_gap(res.results[k].values, res.results[k].corrupt_metric) for k in keys)
+    return _verdict("AtP* QK fix" if qk else "AtP", err, x.bound, "identity: every effect 0")
+
+
+def _check_dla(x: _Inputs) -> Verdict:
+    from interp.analyses.dla import direct_logit_attribution
+
+    d = direct_logit_attribution(x.model, x.pairs)
+    detail = f"parts sum within {d.max_abs_error:.1e}; attention remainder {d.max_remainder:.1e} of the largest head term"
+    if d.verdict == "exact":
+        return Verdict("DLA", "exact", detail)
+    return Verdict("DLA", "approximate", detail + "; " + "; ".join(d.approximations[1:]))
+
+
+def _check_cached(x: _Inputs) -> Verdict:
+    err, _ = _cached_gaps(x.model, x.long, chunk=max(16, x.T_long // 3), patterns=False)
+    return _verdict("cached forwards", err, 10 * TOL, f"{x.T_long} tokens in chunks vs one forward, logits")
+
+
+def _check_patterns(x: _Inputs) -> Verdict:
+    _, wrong = _cached_gaps(x.model, x.long, chunk=max(16, x.T_long // 3), patterns=True)
+    detail = f"{x.T_long} tokens in chunks vs one forward: {wrong} attention argmax keys differ"
+    return Verdict("retrieval patterns", "exact" if wrong == 0 else "wrong", detail)
+
+
+# (verdict name, check), in the order the report lists them.
+_CHECKS: list[tuple[str, Callable[[_Inputs], Verdict]]] = [
+    ("output head", _check_output_head),
+    ("parity", _check_parity),
+    ("head patching", _check_heads),
+    ("residual patching", _check_residual),
+    *[(f"path patching: {k}", lambda x, k=k: _check_path(x, k)) for k in ("logits", "q", "k", "v")],
+    ("AtP", lambda x: _check_atp(x, False)),
+    ("AtP* QK fix", lambda x: _check_atp(x, True)),
+    ("DLA", _check_dla),
+    ("cached forwards", _check_cached),
+    ("retrieval patterns", _check_patterns),
+]
+
+
 def check_model(name: str, *, device: str = "cpu", backend: str | None = None, seed: int = 0,
                 model: HookedModel | None = None) -> CheckReport:
-    from interp.analyses import patching
-    from interp.analyses.attribution import attribution_patching
-    from interp.analyses.dla import direct_logit_attribution
-    from interp.analyses.path_patching import Receiver, path_patch_senders
+    """Every check on `name` (loaded here unless `model` is given): one verdict per analysis."""
     from interp.models import load_model
 
     t0 = time.perf_counter()
     model = model or load_model(name, device=device, backend=backend, seed=seed)
     facts = getattr(model, "facts", None)
     report = CheckReport(name, getattr(facts, "model_type", "") or model.spec.architecture)
-    out = report.verdicts
     status = getattr(model, "_site_status", None)
     if status:
         report.sites = {c.value: why for c, why in status.items()}
-    L, H = model.spec.n_layers, model.spec.n_heads
-    pairs = _pairs(model, 2, 16, seed)
-    same = _identity(pairs)
-    pb, sb = pairs.batches[0], same.batches[0]
-
-    def output_head() -> Verdict:
-        err = getattr(model, "output_head_error", None)
-        if err is None:
-            x = model.run_with_cache(pb.clean.to(model.device), [Site("resid_final")])
-            logits, cache = x
-            ours = model.unembed(cache[Site("resid_final")])
-            err = float((ours - logits).abs().max() / logits.abs().max())
-        return _verdict("output head", err, TOL, f"unembed(final residual) vs logits ({facts.tail.describe() if facts else ''})")
-
-    def parity() -> Verdict:
-        raw = _fresh_hf(name, model, seed)
-        if raw is None:
-            return Verdict("parity", "refused", "no independent copy of this model can be loaded")
-        with torch.no_grad():
-            ref = raw(pb.clean.to(model.device)).logits
-            ours = model.forward(pb.clean.to(model.device))
-        err = float((ours - ref).abs().max())
-        return _verdict("parity", err, _scale(float(ref.abs().max())), "logits vs a fresh Hugging Face copy")
-
-    clean_metric = float(patching.baseline_metrics(model, sb, patching.get_metric("logit_diff"))[0].mean())
-    bound = _scale(clean_metric)
-
-    def heads() -> Verdict:
-        res = patching.patch_heads(model, same)
-        err = _gap(res.values, res.clean_metric)
-        # real corruptions: the resumed, batched sweep equals a plain forward with one patch
-        sites = [Site("z", layer=L - 1, head=0), Site("z", layer=0, head=H - 1), Site("z", layer=L // 2, head=0, position=-1)]
-        swept = patching.sweep_sites(model, pb, sites).mean(1)
-        err2 = _plain_patch_gap(model, pb, sites, swept)
-        return _verdict("head patching", max(err, err2), bound, "identity and resumed-vs-full sweeps")
-
-    def residual() -> Verdict:
-        res = patching.patch_residual(model, same)
-        err = _gap(res.values, res.clean_metric)
-        T = pb.clean.shape[1]
-        sites = [Site("resid_pre", layer=L - 1, position=T // 2), Site("attn_out", layer=0, position=T // 2),
-                 Site("mlp_out", layer=L - 1, position=T - 1)]
-        swept = patching.sweep_sites(model, pb, sites).mean(1)
-        err2 = _plain_patch_gap(model, pb, sites, swept)
-        return _verdict("residual patching", max(err, err2), bound, "identity and resumed-vs-full sweeps")
-
-    def path(kind: str) -> Callable[[], Verdict]:
-        def fn() -> Verdict:
-            receivers = [Receiver("logits")] if kind == "logits" else [Receiver(kind, L - 1, 0), Receiver(kind, L - 1, H - 1)]
-            senders = [(layer, h) for layer in range(L) for h in range(H)]
-            vals = path_patch_senders(model, sb, senders, receivers)
-            return _verdict(f"path patching: {kind}", _gap(vals.mean(1), clean_metric), bound, "identity (corrupt = clean)")
-
-        return fn
-
-    def atp(qk: bool) -> Callable[[], Verdict]:
-        def fn() -> Verdict:
-            res = attribution_patching(model, same, qk_fix=qk, residual=not qk)
-            keys = ("q", "k") if qk else ("z", "mlp", "residual")
-            err = max(_gap(res.results[k].values, res.results[k].corrupt_metric) for k in keys)
-            return _verdict("AtP* QK fix" if qk else "AtP", err, bound, "identity: every effect 0")
-
-        return fn
-
-    def dla() -> Verdict:
-        d = direct_logit_attribution(model, pairs)
-        detail = f"parts sum within {d.max_abs_error:.1e}; attention remainder {d.max_remainder:.1e} of the largest head term"
-        if d.verdict == "exact":
-            return Verdict("DLA", "exact", detail)
-        return Verdict("DLA", "approximate", detail + "; " + "; ".join(d.approximations[1:]))
-
-    windows = [w for w in (facts.windows if facts else ()) if w]
-    T_long = min(max(48, (min(windows) + 16) if windows else 48), 1024)  # past the shortest window
-    long = _pairs(model, 1, T_long, seed + 1).batches[0].clean.to(model.device)
-
-    def cached() -> Verdict:
-        err, _ = _cached_gaps(model, long, chunk=max(16, T_long // 3), patterns=False)
-        return _verdict("cached forwards", err, 10 * TOL, f"{T_long} tokens in chunks vs one forward, logits")
-
-    def patterns() -> Verdict:
-        _, wrong = _cached_gaps(model, long, chunk=max(16, T_long // 3), patterns=True)
-        detail = f"{T_long} tokens in chunks vs one forward: {wrong} attention argmax keys differ"
-        return Verdict("retrieval patterns", "exact" if wrong == 0 else "wrong", detail)
-
-    _run("output head", output_head, out)
-    _run("parity", parity, out)
-    _run("head patching", heads, out)
-    _run("residual patching", residual, out)
-    for kind in ("logits", "q", "k", "v"):
-        _run(f"path patching: {kind}", path(kind), out)
-    _run("AtP", atp(False), out)
-    _run("AtP* QK fix", atp(True), out)
-    _run("DLA", dla, out)
-    _run("cached forwards", cached, out)
-    _run("retrieval patterns", patterns, out)
+    inputs = _inputs(name, model, seed)
+    for check_name, check in _CHECKS:
+        _run(check_name, lambda check=check: check(inputs), report.verdicts)
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -216,6 +217,65 @@ def _no_scores(model: str, atlas: Atlas, where: str) -> CompareError:
                         f"models with scores: {known}")
 
 
+def _check_models(atlas: Atlas, model_a: str, model_b: str, k: int, where: str) -> None:
+    if model_a == model_b:
+        raise CompareError(f"compare needs two different models; got {model_a!r} twice")
+    if k < 1:
+        raise CompareError(f"k must be >= 1, got {k}")
+    for m in (model_a, model_b):
+        if m not in atlas.models:
+            raise _no_scores(m, atlas, where)
+
+
+def _scores_to_compare(have: dict[str, list[str]], model_a: str, model_b: str, score: str | None) -> list[str]:
+    """The scores both models have (or just `score`, which both must have)."""
+    shared = [s for s in have[model_a] if s in set(have[model_b])]
+    listing = f"{model_a} has: {', '.join(have[model_a])}; {model_b} has: {', '.join(have[model_b])}"
+    if score is not None:
+        if score not in shared:
+            raise CompareError(
+                f"score {score!r} is not present for both models; shared: {', '.join(shared) or 'none'}; "
+                + listing
+            )
+        return [score]
+    if not shared:
+        raise CompareError(f"{model_a} and {model_b} share no score; " + listing)
+    return shared
+
+
+def _model_depths(atlas: Atlas, models: tuple[str, str], n_layers: Mapping[str, int] | None,
+                  notes: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """(layers, heads per layer) of each model: `n_layers` when given, else the deepest scored layer."""
+    layers: dict[str, int] = {}
+    heads_per_layer: dict[str, int] = {}
+    for m in models:
+        table = atlas.for_model(m).table
+        deepest = int(table["layer"].max()) + 1
+        given = (n_layers or {}).get(m)
+        if given is not None and int(given) < deepest:
+            raise CompareError(f"n_layers for {m} is {given}, but its runs have scores at layer {deepest - 1}")
+        layers[m] = int(given) if given is not None else deepest
+        heads_per_layer[m] = int(table["head"].max()) + 1
+        if layers[m] == 1:
+            notes.append(f"{m} has one layer: every head is at relative depth 0")
+    return layers, heads_per_layer
+
+
+def _summary_row(atlas: Atlas, df: pd.DataFrame, s: str, m: str, n_layers: int, k: int,
+                 threshold: float | None) -> dict[str, Any]:
+    top = df[df["rank"] <= k].sort_values("rank")
+    above = int((df["value"] > threshold).sum()) if threshold is not None else None
+    prov = atlas.provenance[(atlas.provenance["model"] == m) & (atlas.provenance["score"] == s)]
+    return {
+        "score": s, "model": m, "n_layers": n_layers, "n_heads": len(df), "k": min(k, len(df)),
+        "top_k": ", ".join(f"{_head(r.layer, r.head)}@{r.relative_depth:.2f}" for r in top.itertuples()),
+        "top_k_mean_depth": float(top["relative_depth"].mean()) if len(top) else float("nan"),
+        "threshold": threshold, "n_above": above,
+        "share_above": above / len(df) if above is not None and len(df) else None,
+        "run_id": prov["run_id"].iloc[0] if not prov.empty else None,
+    }
+
+
 def compare_atlas(
     atlas: Atlas,
     model_a: str,
@@ -228,42 +288,12 @@ def compare_atlas(
     where: str = "the atlas",
 ) -> CompareResult:
     """Compare two models of one atlas (e.g. the app's cached one); see `compare_models`."""
-    if model_a == model_b:
-        raise CompareError(f"compare needs two different models; got {model_a!r} twice")
-    if k < 1:
-        raise CompareError(f"k must be >= 1, got {k}")
-    for m in (model_a, model_b):
-        if m not in atlas.models:
-            raise _no_scores(m, atlas, where)
+    _check_models(atlas, model_a, model_b, k, where)
     have = {m: atlas.scores(m) for m in (model_a, model_b)}
+    scores = _scores_to_compare(have, model_a, model_b, score)
     shared = [s for s in have[model_a] if s in set(have[model_b])]
-    if score is not None:
-        if score not in shared:
-            raise CompareError(
-                f"score {score!r} is not present for both models; shared: {', '.join(shared) or 'none'}; "
-                f"{model_a} has: {', '.join(have[model_a])}; {model_b} has: {', '.join(have[model_b])}"
-            )
-        scores = [score]
-    elif not shared:
-        raise CompareError(
-            f"{model_a} and {model_b} share no score; {model_a} has: {', '.join(have[model_a])}; "
-            f"{model_b} has: {', '.join(have[model_b])}"
-        )
-    else:
-        scores = shared
-    layers: dict[str, int] = {}
-    heads_per_layer: dict[str, int] = {}
     notes = list(atlas.notes)
-    for m in (model_a, model_b):
-        table = atlas.for_model(m).table
-        deepest = int(table["layer"].max()) + 1
-        given = (n_layers or {}).get(m)
-        if given is not None and int(given) < deepest:
-            raise CompareError(f"n_layers for {m} is {given}, but its runs have scores at layer {deepest - 1}")
-        layers[m] = int(given) if given is not None else deepest
-        heads_per_layer[m] = int(table["head"].max()) + 1
-        if layers[m] == 1:
-            notes.append(f"{m} has one layer: every head is at relative depth 0")
+    layers, heads_per_layer = _model_depths(atlas, (model_a, model_b), n_layers, notes)
     frames, summary, profiles = [], [], []
     for s in scores:
         threshold = score_threshold(s, thresholds)
@@ -274,17 +304,7 @@ def compare_atlas(
                 notes.append(f"{m}: every head has {s} = {df['value'].iloc[0]:g}; its top-k is (layer, head) "
                              "order, not a ranking")
             profiles.append(_profile(df, s, m, layers[m]))
-            top = df[df["rank"] <= k].sort_values("rank")
-            above = int((df["value"] > threshold).sum()) if threshold is not None else None
-            prov = atlas.provenance[(atlas.provenance["model"] == m) & (atlas.provenance["score"] == s)]
-            summary.append({
-                "score": s, "model": m, "n_layers": layers[m], "n_heads": len(df), "k": min(k, len(df)),
-                "top_k": ", ".join(f"{_head(r.layer, r.head)}@{r.relative_depth:.2f}" for r in top.itertuples()),
-                "top_k_mean_depth": float(top["relative_depth"].mean()) if len(top) else float("nan"),
-                "threshold": threshold, "n_above": above,
-                "share_above": above / len(df) if above is not None and len(df) else None,
-                "run_id": prov["run_id"].iloc[0] if not prov.empty else None,
-            })
+            summary.append(_summary_row(atlas, df, s, m, layers[m], k, threshold))
     return CompareResult(
         model_a=model_a, model_b=model_b, scores=scores,
         frame=pd.concat(frames, ignore_index=True)[FRAME_COLUMNS],

@@ -5,7 +5,9 @@ Layout of a run (`runs/<name>-<YYYYmmdd-HHMMSS>/`, the timestamp in UTC):
     manifest.json          config, model id + weights sha256, seed, package versions, git
                            commit, host, timestamps, status (written atomically)
     tables/<name>.parquet  tidy result frames (parquet only; never pickle)
-    figures/<name>.html    standalone plotly figures (plotly.js inlined: works offline)
+    figures/<name>.html    plotly figures; they load figures/plotly.gz.js: one copy of plotly.js
+                           per run (gzip-compressed, unpacked in the browser; works offline)
+    heartbeat              written every few seconds by a supervised run (interp.io.lifecycle)
     report.html, *.txt     anything written with `write_text` / the report module
 
 Example (not a doctest: it writes files):
@@ -27,7 +29,6 @@ import platform
 import re
 import socket
 import subprocess
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -35,7 +36,12 @@ from typing import Any
 
 import pandas as pd
 
-from interp.core.errors import InterpError
+from interp.io.runfiles import PLOTLY_JS, RunStoreError, plotly_loader
+from interp.io.runfiles import atomic_write as _atomic_write
+from interp.io.runfiles import make_dir as _mkdir
+from interp.io.runfiles import manifest_lock as _manifest_lock
+from interp.io.runfiles import os_problem as _os_problem
+from interp.io.runstate import STATUSES, effective_status, manifest_problems
 
 __all__ = [
     "RunStore",
@@ -45,18 +51,15 @@ __all__ = [
     "build_manifest",
     "FORMAT_VERSION",
     "STATUSES",
+    "effective_status",
+    "manifest_problems",
 ]
 
 FORMAT_VERSION = 1
-STATUSES = ("running", "complete", "failed")
 MANIFEST = "manifest.json"
 LIST_COLUMNS = ["run_id", "name", "experiment", "model", "created", "status", "path"]
 _PACKAGES = ("torch", "transformers", "transformer-lens", "nnsight", "pandas", "plotly", "interp")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-class RunStoreError(InterpError):
-    """A run directory or one of its files is missing or unreadable."""
 
 
 class RunNotFoundError(RunStoreError, FileNotFoundError):
@@ -70,20 +73,6 @@ def _check_name(name: str, what: str) -> str:
             "(no slashes, not starting with '.')"
         )
     return name
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename: readers never see half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _now() -> datetime:
@@ -125,14 +114,20 @@ class Run:
         return data
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
-        """Merge `fields` into the manifest (creating it if absent) and write it back."""
-        manifest = self.read_manifest() if self.manifest_path.exists() else {}
-        manifest.update(fields)
-        self.write_manifest(manifest)
+        """Merge `fields` into the manifest (creating it if absent) and write it back, under a
+        per-file lock (and atomically: readers see the old or the new manifest, never half)."""
+        with _manifest_lock(self.manifest_path):
+            manifest = self.read_manifest() if self.manifest_path.exists() else {}
+            manifest.update(fields)
+            self.write_manifest(manifest)
         return manifest
 
+    def status(self) -> str:
+        """The manifest's status, corrected for a run whose process is gone (`effective_status`)."""
+        return effective_status(self.path, self.read_manifest())
+
     def mark(self, status: str, error: BaseException | str | None = None) -> dict[str, Any]:
-        """Set `status` ('running' | 'complete' | 'failed'), `finished_at` and `error`."""
+        """Set `status` (one of `STATUSES`), `finished_at` and `error`."""
         if status not in STATUSES:
             raise RunStoreError(f"invalid status {status!r}; allowed: {', '.join(STATUSES)}")
         finished = None if status == "running" else _now().isoformat(timespec="seconds")
@@ -146,7 +141,7 @@ class Run:
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"write_table expects a pandas DataFrame, got {type(df).__name__}")
         path = self.path / "tables" / f"{name}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir(path.parent)
         _atomic_write(path, df.to_parquet())
         return path
 
@@ -162,14 +157,29 @@ class Run:
 
     # --- figures and text -------------------------------------------------------------
     def write_figure(self, name: str, fig: Any) -> Path:
-        """Save a plotly figure as a standalone HTML file with plotly.js inlined (offline)."""
+        """Save a plotly figure as an HTML file next to one shared `figures/plotly.min.js`
+        (written with the first figure; the page loads it by relative path, offline)."""
         path = self.path / "figures" / f"{_check_name(name, 'figure')}.html"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        html = fig.to_html(include_plotlyjs=True, full_html=True)
+        _mkdir(path.parent)
+        script = path.parent / PLOTLY_JS
+        if not script.is_file():
+            _atomic_write(script, plotly_loader())
+        html = fig.to_html(include_plotlyjs=PLOTLY_JS, full_html=True)
         _atomic_write(path, html.encode("utf-8"))
         return path
 
+    def standalone_figure(self, name: str) -> bytes:
+        """A figure page with the shared script inlined: one file to download that opens
+        anywhere, offline (pages written before the shared script are returned as they are)."""
+        path = self.path / "figures" / f"{_check_name(name, 'figure')}.html"
+        html = path.read_bytes()
+        tag = f'<script charset="utf-8" src="{PLOTLY_JS}"></script>'.encode()
+        if tag not in html:
+            return html
+        return html.replace(tag, b'<script type="text/javascript">' + plotly_loader() + b"</script>", 1)
+
     def figures(self) -> list[str]:
+        """Figure names (`figures/<name>.html`)."""
         return sorted(p.stem for p in (self.path / "figures").glob("*.html"))
 
     def write_text(self, name: str, text: str) -> Path:
@@ -191,7 +201,7 @@ class RunStore:
     def create(self, name: str) -> Run:
         """Make `root/<name>-<YYYYmmdd-HHMMSS>` (UTC), adding `-2`, `-3`, ... if it exists."""
         _check_name(name, "run")
-        self.root.mkdir(parents=True, exist_ok=True)
+        _mkdir(self.root)
         base = f"{name}-{_now():%Y%m%d-%H%M%S}"
         for i in range(1, 10_000):
             path = self.root / (base if i == 1 else f"{base}-{i}")
@@ -199,6 +209,8 @@ class RunStore:
                 path.mkdir()  # not exist_ok: the mkdir itself claims the name (no race)
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise _os_problem(exc, "create run directory", path) from None
             return Run(path)
         raise RunStoreError(f"could not find a free run directory name for {base!r} in {self.root}")
 
@@ -213,31 +225,10 @@ class RunStore:
         raise RunNotFoundError(f"no run {str(run_id_or_path)!r} in {self.root}{known}")
 
     def list_runs(self) -> pd.DataFrame:
-        """One row per run (newest first); a corrupt manifest shows as status 'unreadable'."""
-        rows = []
-        for path in self._run_dirs():
-            run = Run(path)
-            try:
-                manifest = run.read_manifest()
-            except RunStoreError:
-                unreadable = {"run_id": path.name, "status": "unreadable", "path": str(path)}
-                rows.append(dict.fromkeys(LIST_COLUMNS) | unreadable)
-                continue
-            config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-            model = config.get("model") if isinstance(config.get("model"), dict) else {}
-            created = manifest.get("created_at")
-            rows.append(
-                {
-                    "run_id": path.name,
-                    "name": config.get("name"),
-                    "experiment": manifest.get("experiment"),
-                    "model": manifest.get("model_id") or model.get("name"),
-                    # str(): a hand-edited created_at must not break the sort below
-                    "created": None if created is None else str(created),
-                    "status": manifest.get("status"),
-                    "path": str(path),
-                }
-            )
+        """One row per run (newest first). A corrupt manifest shows as status 'unreadable', one
+        with wrong-typed fields as 'invalid' (`manifest_problems` says why); a 'running' run whose
+        process is gone shows as 'interrupted' (`effective_status`)."""
+        rows = [_list_row(path) for path in self._run_dirs()]
         df = pd.DataFrame(rows, columns=LIST_COLUMNS)
         if df.empty:
             return df
@@ -250,6 +241,29 @@ class RunStore:
         if not self.root.is_dir():
             return []
         return sorted(p for p in self.root.iterdir() if p.is_dir() and (p / MANIFEST).exists())
+
+
+def _list_row(path: Path) -> dict[str, Any]:
+    """`list_runs`' row for one run directory; never raises for a bad manifest."""
+    base = dict.fromkeys(LIST_COLUMNS) | {"run_id": path.name, "path": str(path)}
+    try:
+        manifest = Run(path).read_manifest()
+    except RunStoreError:
+        return base | {"status": "unreadable"}
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+
+    def text(value: Any) -> str | None:
+        return value if isinstance(value, str) else None
+
+    problems = manifest_problems(manifest)
+    return base | {
+        "name": text(config.get("name")),
+        "experiment": text(manifest.get("experiment")),
+        "model": text(manifest.get("model_id")) or text(model.get("name")),
+        "created": text(manifest.get("created_at")),
+        "status": "invalid" if problems else effective_status(path, manifest),
+    }
 
 
 def build_manifest(
@@ -275,6 +289,7 @@ def build_manifest(
         "git_commit": commit,
         "git_dirty": dirty,
         "hostname": socket.gethostname(),
+        "pid": os.getpid(),  # with hostname: a run whose process is gone shows as interrupted
         "created_at": _now().isoformat(timespec="microseconds"),  # microseconds: runs made within one second still sort newest first
         "finished_at": None,
         "status": "running",

@@ -25,11 +25,11 @@ def test_command_is_headless_streamlit_on_home():
 def test_app_passes_the_runs_dir(monkeypatch, tmp_path, capsys):
     seen = {}
 
-    def fake_call(cmd, env):
+    def fake_serve(cmd, env):
         seen.update(cmd=cmd, env=env)
         return 0
 
-    monkeypatch.setattr(cli.subprocess, "call", fake_call)
+    monkeypatch.setattr(cli, "serve", fake_serve)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "store").mkdir()
     assert main(["app", "--port", "8765", "--runs-dir", "store"]) == 0
