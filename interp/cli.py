@@ -52,9 +52,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from interp.io.preflight import preflight
+
     cfg = _load(args)
-    kind = getattr(cfg, "kind", "patching")
-    print(f"{args.config}: ok (kind {kind}, experiment {cfg.name!r}, model {cfg.model.name})")
+    lines = preflight(cfg)  # data files and output location, with the tokenizer only (no weights)
+    print(f"{args.config}: ok (kind {cfg.kind}, experiment {cfg.name!r}, model {cfg.model.name})")
+    for line in lines:
+        print(f"  {line}")
     return 0
 
 
