@@ -78,6 +78,13 @@ def prepare(cfg: KnowledgeConflictsConfig, model, log):
     return table, relations
 
 
+def check(cfg: KnowledgeConflictsConfig, tokenizer) -> list[str]:
+    """The fact table and the configured relations (no model needed)."""
+    table = load_facts(cfg.data.facts)
+    relations = _check_relations(cfg, table)
+    return [f"data: {len(table)} facts in {table.source['file']}, {len(relations)} relations used"]
+
+
 def _sample_known(facts, max_per_relation: int | None, seed: int):
     if max_per_relation is None:
         return list(facts)
@@ -272,4 +279,4 @@ def ph3_step(ctx: StepContext) -> StepResult | None:
 
 register_kind("knowledge_conflicts", KnowledgeConflictsConfig, closed_book_step, conflicts_step, require_conflicts,
               rates_step,
-              heads_step, ph3_step, prepare=prepare)
+              heads_step, ph3_step, prepare=prepare, check=check)

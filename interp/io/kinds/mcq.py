@@ -51,6 +51,7 @@ from interp.io.schema import (
     NonNegativeInt,
     PositiveInt,
     Section,
+    has_chat_template,
     resolve_config_path,
     unique_items,
 )
@@ -178,6 +179,14 @@ def prepare(cfg: MCQLettersConfig, model, log):
 def _fmt_curve(frame: pd.DataFrame, d_head: int) -> str:
     g = frame.sort_values("rank")
     return ", ".join(f"r={rank_label(int(r.rank), d_head)} {r.share_logit_diff:.2f}" for r in g.itertuples())
+
+
+def check(cfg: MCQLettersConfig, tokenizer) -> list[str]:
+    """The items file and the answer letters, with the tokenizer only (no weights)."""
+    d = cfg.data
+    chat = has_chat_template(tokenizer) if d.chat is None else d.chat
+    ds = generate_mcq(d.n_prompts, tokenizer, seed=cfg.seed, fmt=d.format, chat=chat, items=d.items)
+    return [f"data: {len(ds)} MCQ pairs from {d.items or 'the bundled items'}, all valid"]
 
 
 def _rank_for(frame: pd.DataFrame, share: float) -> str:
@@ -344,4 +353,4 @@ def _compression_report(comp: QKCompressionResult, frame: pd.DataFrame, fits, he
 
 
 register_kind("mcq_letters", MCQLettersConfig, dataset_step, accuracy_step, dla, head_patching, compression,
-              prepare=prepare)
+              prepare=prepare, check=check)

@@ -138,6 +138,14 @@ def _trials(cfg: RetrievalHeadsConfig, model, lengths, depths, n_needles) -> lis
                         haystack=load_haystack(d.haystack) if d.haystack else None)
 
 
+def check(cfg: RetrievalHeadsConfig, tokenizer) -> list[str]:
+    """The needles file and the haystack prose (no model needed)."""
+    needles = load_needles(cfg.data.needles)
+    if cfg.data.haystack:
+        load_haystack(cfg.data.haystack)
+    return [f"data: {len(needles)} needles, haystack {cfg.data.haystack or HAYSTACK_DIR}"]
+
+
 def prepare(cfg: RetrievalHeadsConfig, model, log):
     d, m = cfg.data, cfg.masking
     detect = _trials(cfg, model, d.lengths, d.depths, d.n_needles)
@@ -234,4 +242,4 @@ def dataset_step(ctx: StepContext) -> StepResult:
                    "lengths": list(d.lengths), "depths": list(d.depths), "chat": d.chat}}})
 
 
-register_kind("retrieval_heads", RetrievalHeadsConfig, dataset_step, detect, mask, prepare=prepare)
+register_kind("retrieval_heads", RetrievalHeadsConfig, dataset_step, detect, mask, prepare=prepare, check=check)
