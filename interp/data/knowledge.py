@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from interp.core.errors import DatasetError
-from interp.data.pairs import PairDataset, PromptPair, bos_text, check_keys
+from interp.data.pairs import PairDataset, PromptPair, bos_text, check_keys, json_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -189,15 +189,7 @@ def load_facts(path: str | Path | None = None) -> FactTable:
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(
-                f"invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object",
-                line=line_no,
-                file=file,
-            ) from e
-        item = _parse_line(obj, line_no, file)
+        item = _parse_line(json_line(line, line_no, file), line_no, file)
         if isinstance(item, Relation):
             if item.name in relations:
                 raise DatasetError(

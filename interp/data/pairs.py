@@ -155,16 +155,20 @@ def _read_text(path: Path) -> tuple[bytes, str]:
         ) from e
 
 
-def _parse_line(line: str, line_no: int, file: str) -> PromptPair:
+def json_line(line: str, line_no: int, file: str) -> Any:
+    """One JSONL line parsed, or a `DatasetError` naming file:line."""
     try:
-        obj = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as e:
         raise DatasetError(
             f"invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object",
             line=line_no,
             file=file,
         ) from e
-    return _parse_pair(obj, line_no, file)
+
+
+def _parse_line(line: str, line_no: int, file: str) -> PromptPair:
+    return _parse_pair(json_line(line, line_no, file), line_no, file)
 
 
 def _no_pairs(file: str) -> DatasetError:
