@@ -34,8 +34,13 @@ def load_tokenizer(name: str) -> Any:
 
         from interp.models.registry import BUNDLED_SOURCES
 
+        from interp.core.paths import cache_root
+        from interp.models.cache import gguf_digest
+
         gguf = importlib.import_module(BUNDLED_SOURCES[name][0]).gguf_path()
-        tok = _auto(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+        saved = cache_root() / name / gguf_digest(gguf, name)[:16]  # where load_model keeps it
+        tok = (_auto(str(saved), local_files_only=True) if (saved / "tokenizer.json").is_file()
+               else _auto(str(gguf.parent), gguf_file=gguf.name, local_files_only=True))
     else:
         tok = _auto(name, local_files_only=info.kind == "local")
     tok.interp_prepend_bos = model_fact(name, "prepend_bos")
