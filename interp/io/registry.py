@@ -27,6 +27,8 @@ DEFAULT_KIND = "patching"  # a YAML without `kind:` is a patching experiment
 
 Prepare = Callable[[Any, Any, Callable[[str], None]], Any]
 Check = Callable[[Any, Any], list[str]]
+# (cfg, model, prepared data) -> {config field: forward passes it asks for}
+Estimate = Callable[[Any, Any, Any], dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -34,20 +36,23 @@ class Kind:
     """One experiment kind. `prepare(cfg, model, log)` builds the data before the run directory
     exists (bad data fails without leaving an empty run); `steps` run in order, each returning a
     `StepResult` that the runner writes; `check(cfg, tokenizer)` validates the data files with
-    the tokenizer only (no weights) and returns lines to print, raising on a problem."""
+    the tokenizer only (no weights) and returns lines to print, raising on a problem;
+    `estimate(cfg, model, data)` says how many forward passes each costly field asks for (the
+    runner refuses more than `interp.io.limits.MAX_FORWARDS` unless forced)."""
 
     name: str
     config: type[BaseExperimentConfig]
     prepare: Prepare
     steps: tuple[Step, ...]
     check: Check | None = None
+    estimate: Estimate | None = None
 
 
 KINDS: dict[str, Kind] = {}
 
 
 def register_kind(kind: str, config: type[BaseExperimentConfig], *steps: Step, prepare: Prepare,
-                  check: Check | None = None) -> Kind:
+                  check: Check | None = None, estimate: Estimate | None = None) -> Kind:
     """Register experiment kind `kind`; raises ValueError if another module already did."""
     default = config.model_fields["kind"].default
     if default != kind:
@@ -56,7 +61,7 @@ def register_kind(kind: str, config: type[BaseExperimentConfig], *steps: Step, p
     if existing is not None and _where(existing.config) != _where(config):
         raise ValueError(f"experiment kind {kind!r} is registered twice: by {_where(existing.config)} "
                          f"and by {_where(config)}")
-    entry = Kind(kind, config, prepare, tuple(steps), check)
+    entry = Kind(kind, config, prepare, tuple(steps), check, estimate)
     KINDS[kind] = entry
     return entry
 

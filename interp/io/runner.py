@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.io.kinds.patching import load_data  # noqa: F401  (re-exported: callers import it from here)
+from interp.io.limits import check_work
 from interp.io.preflight import preflight
 from interp.io.registry import get_kind
 from interp.io.report import ReportSection, write_report
@@ -101,8 +102,10 @@ def run_experiment(
     show_progress: bool = True,
     log: Log = print,
     model: Any = None,
+    force: bool = False,
 ) -> Run:
-    """Run any registered experiment kind (`cfg.kind`) end to end and return its run."""
+    """Run any registered experiment kind (`cfg.kind`) end to end and return its run. `force`
+    runs even when the estimated work exceeds `interp.io.limits.MAX_FORWARDS`."""
     kind = get_kind(cfg.kind)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -116,6 +119,7 @@ def run_experiment(
     # manifest records what was used.
     cfg = resolve_for_model(cfg, model)
     data = kind.prepare(cfg, model, log)
+    check_work(kind, cfg, model, data, force=force)  # before the run directory exists
     run = _create_run(cfg, model, kind.name, config_path, runs_dir)
     log(f"run directory: {run.path}")
     out, bars = RunOutcome(run), ProgressBars(show_progress)

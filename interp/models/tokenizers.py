@@ -32,10 +32,9 @@ def load_tokenizer(name: str) -> Any:
     elif info.kind == "bundled":
         import importlib
 
-        from interp.models.registry import BUNDLED_SOURCES
-
         from interp.core.paths import cache_root
         from interp.models.cache import gguf_digest
+        from interp.models.registry import BUNDLED_SOURCES
 
         gguf = importlib.import_module(BUNDLED_SOURCES[name][0]).gguf_path()
         saved = cache_root() / name / gguf_digest(gguf, name)[:16]  # where load_model keeps it

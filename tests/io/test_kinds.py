@@ -209,3 +209,25 @@ def test_run_refuses_a_read_only_runs_dir_before_loading_the_model(tmp_path, cap
 @pytest.mark.parametrize("name", sorted(p.name for p in EXPERIMENTS.glob("*.yaml")))
 def test_every_shipped_experiment_validates_without_weights(name, no_weights):
     assert main(["validate", str(EXPERIMENTS / name)]) == 0
+
+
+# --- work limit ----------------------------------------------------------------------------------
+
+
+def test_a_run_over_the_work_limit_is_refused_naming_the_field_unless_forced(tmp_path, monkeypatch):
+    import interp.io.limits as limits
+    from interp.io.runner import run_experiment
+    from interp.models import load_model
+
+    model = load_model("tiny-llama", device="cpu")
+    cfg = parse_config({"name": "x", "model": {"name": "tiny-llama"}, "data": {"n_prompts": 4, "position_n_prompts": 2},
+                        "analyses": {"residual_patching": {"enabled": False}, "dla": {"enabled": False},
+                                     "accuracy": {"enabled": False}}})
+    monkeypatch.setattr(limits, "MAX_FORWARDS", 10)
+    with pytest.raises(ConfigError) as info:
+        run_experiment(cfg, runs_dir=tmp_path / "runs", show_progress=False, log=lambda s: None, model=model)
+    assert info.value.path == "data.n_prompts" and "--force" in str(info.value)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # refused before the run
+    run = run_experiment(cfg, runs_dir=tmp_path / "runs", show_progress=False, log=lambda s: None, model=model,
+                         force=True)
+    assert "head_patching" in run.read_manifest()["analyses_done"]

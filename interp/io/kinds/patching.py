@@ -10,6 +10,7 @@ patching by (layer, position), direct logit attribution and head-pattern scores.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -203,6 +204,27 @@ def check(cfg: ExperimentConfig, tokenizer) -> list[str]:
     return [f"data: {len(ds)} IOI prompt pairs ({ds.name}), all valid"]
 
 
+def _positions(pairs: TokenizedPairs) -> int:
+    """Token positions summed over the pairs (each position of each pair is one sweep entry)."""
+    return sum(len(b) * b.clean.shape[1] for b in pairs.batches)
+
+
+def estimate(cfg: ExperimentConfig, model, data) -> dict[str, int]:
+    """Forward passes per field to lower: one per patched (pair, layer, head[, position]) or
+    (pair, layer, component, position), plus the clean and corrupt baselines."""
+    _, pairs, pos_pairs = data
+    a, L, H = cfg.analyses, model.spec.n_layers, model.spec.n_heads
+    ioi, pos = cfg.data.source == "ioi", _positions(pos_pairs)
+    costs: Counter[str] = Counter()
+    if a.head_patching.enabled:
+        costs["data.n_prompts" if ioi else "data.path"] += pairs.n * (L * H + 2)
+        if a.head_patching.per_position:
+            costs["analyses.head_patching.per_position"] += pos * L * H
+    if a.residual_patching.enabled:
+        costs["data.position_n_prompts" if ioi else "data.path"] += pos * L * len(a.residual_patching.components)
+    return dict(costs)
+
+
 def _flat(ds: PairDataset):
     df = ds.to_frame()
     for c in df.columns:
@@ -289,4 +311,4 @@ def head_patterns(ctx: StepContext) -> StepResult | None:
 
 
 register_kind("patching", ExperimentConfig, dataset_step, accuracy_step, head_patching, head_patching_per_position,
-              residual_patching, dla, head_patterns, prepare=prepare, check=check)
+              residual_patching, dla, head_patterns, prepare=prepare, check=check, estimate=estimate)
