@@ -189,6 +189,23 @@ def check(cfg: MCQLettersConfig, tokenizer) -> list[str]:
     return [f"data: {len(ds)} MCQ pairs from {d.items or 'the bundled items'}, all valid"]
 
 
+def estimate(cfg: MCQLettersConfig, model, sets) -> dict[str, int]:
+    """Forward passes per field to lower: head patching (one per pair and head, times the
+    positions when patching all of them) and q/k compression (one per pair, head, variant, rank
+    and condition)."""
+    a, L, H = cfg.analyses, model.spec.n_layers, model.spec.n_heads
+    pairs = sets["normal"][1]
+    costs = {"analyses.head_patching.positions": 0, "analyses.compression.ranks": 0}
+    if a.head_patching.enabled:
+        per_pair = 1 if a.head_patching.positions == "last" else max(b.clean.shape[1] for b in pairs.batches)
+        costs["analyses.head_patching.positions"] = pairs.n * L * H * per_pair
+    c = a.compression
+    if c.enabled:
+        n_heads = len(c.heads) if c.heads is not None else c.n_heads
+        costs["analyses.compression.ranks"] = pairs.n * n_heads * len(c.variants) * len(c.ranks) * (3 if "random" in sets else 1)
+    return costs
+
+
 def _rank_for(frame: pd.DataFrame, share: float) -> str:
     ok = frame[frame["share_logit_diff"] >= share].sort_values("rank")
     return str(int(ok["rank"].iloc[0])) if len(ok) else "-"
@@ -353,4 +370,4 @@ def _compression_report(comp: QKCompressionResult, frame: pd.DataFrame, fits, he
 
 
 register_kind("mcq_letters", MCQLettersConfig, dataset_step, accuracy_step, dla, head_patching, compression,
-              prepare=prepare, check=check)
+              prepare=prepare, check=check, estimate=estimate)

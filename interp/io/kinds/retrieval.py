@@ -146,6 +146,21 @@ def check(cfg: RetrievalHeadsConfig, tokenizer) -> list[str]:
     return [f"data: {len(needles)} needles, haystack {cfg.data.haystack or HAYSTACK_DIR}"]
 
 
+def estimate(cfg: RetrievalHeadsConfig, model, data) -> dict[str, int]:
+    """Forward passes per field to lower: one prefill chunk per `chunk_size` tokens plus one
+    decoding step per answer token, for every detection trial and every masking condition."""
+    detect, mask = data
+    d, m = cfg.data, cfg.masking
+
+    def per_trial(trials) -> int:
+        return sum(-(-t.n_tokens // d.chunk_size) + d.max_new_tokens for t in trials)
+
+    costs = {"data.lengths": per_trial(detect)}
+    if m.enabled:
+        costs["masking.seeds"] = per_trial(mask) * len(m.modes) * (1 + len(m.seeds))
+    return costs
+
+
 def prepare(cfg: RetrievalHeadsConfig, model, log):
     d, m = cfg.data, cfg.masking
     detect = _trials(cfg, model, d.lengths, d.depths, d.n_needles)
@@ -242,4 +257,4 @@ def dataset_step(ctx: StepContext) -> StepResult:
                    "lengths": list(d.lengths), "depths": list(d.depths), "chat": d.chat}}})
 
 
-register_kind("retrieval_heads", RetrievalHeadsConfig, dataset_step, detect, mask, prepare=prepare, check=check)
+register_kind("retrieval_heads", RetrievalHeadsConfig, dataset_step, detect, mask, prepare=prepare, check=check, estimate=estimate)
