@@ -49,14 +49,18 @@ def cmd_run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.runs_dir:  # one place for the run store, so kinds that read earlier runs see it too
         cfg = with_overrides(cfg, {"output.runs_dir": args.runs_dir})
-    run_experiment(cfg, config_path=args.config, show_progress=not args.quiet)
+    run_experiment(cfg, config_path=args.config, show_progress=not args.quiet, force=args.force)
     return 0
 
 
 def cmd_validate(args) -> int:
+    from interp.io.preflight import preflight
+
     cfg = _load(args)
-    kind = getattr(cfg, "kind", "patching")
-    print(f"{args.config}: ok (kind {kind}, experiment {cfg.name!r}, model {cfg.model.name})")
+    lines = preflight(cfg)  # data files and output location, with the tokenizer only (no weights)
+    print(f"{args.config}: ok (kind {cfg.kind}, experiment {cfg.name!r}, model {cfg.model.name})")
+    for line in lines:
+        print(f"  {line}")
     return 0
 
 
@@ -267,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default: torch's choice, one per core; on a CPU shared with other "
                         "jobs, 1 is often several times faster)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--force", action="store_true", help="run even when the estimated work exceeds the limit")
     r.set_defaults(fn=cmd_run)
 
     v = sub.add_parser("validate", help="check an experiment YAML without running it")

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from interp.core.errors import DatasetError
-from interp.data.pairs import PairDataset, PromptPair, bos_text, check_keys
+from interp.data.pairs import PairDataset, PromptPair, bos_text, check_keys, json_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -166,22 +166,8 @@ def _parse_line(obj: Any, line: int, file: str) -> Relation | Fact:
     return Fact(obj["subject"], obj["relation"], obj["object"], line)
 
 
-def load_facts(path: str | Path | None = None) -> FactTable:
-    """Read and validate a fact table (default ``data/facts.jsonl``); blank lines are skipped.
-
-    Checks: valid JSON objects with exactly the keys of a relation or a fact, templates with
-    ``{subject}`` once, each relation defined once, every fact's relation defined, no repeated
-    (subject, relation), and at least two distinct objects per relation (a counterfactual needs
-    another object)."""
-    path = Path(path) if path is not None else DEFAULT_FACTS
-    file = str(path)
-    try:
-        raw = path.read_bytes()
-        text = raw.decode("utf-8")
-    except OSError as e:
-        raise DatasetError(f"cannot read the fact table ({e.strerror or e})", file=file) from e
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"file is not valid UTF-8 (byte {e.start})", file=file) from e
+def _read_table(text: str, file: str) -> tuple[dict[str, Relation], dict[str, int], list[Fact]]:
+    """(relations, the line defining each, facts) of the table's lines, each checked once."""
     relations: dict[str, Relation] = {}
     relation_line: dict[str, int] = {}
     facts: list[Fact] = []
@@ -189,15 +175,7 @@ def load_facts(path: str | Path | None = None) -> FactTable:
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(
-                f"invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object",
-                line=line_no,
-                file=file,
-            ) from e
-        item = _parse_line(obj, line_no, file)
+        item = _parse_line(json_line(line, line_no, file), line_no, file)
         if isinstance(item, Relation):
             if item.name in relations:
                 raise DatasetError(
@@ -220,6 +198,10 @@ def load_facts(path: str | Path | None = None) -> FactTable:
         facts.append(item)
     if not facts:
         raise DatasetError("the fact table has no facts", file=file)
+    return relations, relation_line, facts
+
+
+def _check_fact_relations(facts: list[Fact], relations: dict[str, Relation], file: str) -> None:
     for f in facts:
         if f.relation not in relations:
             known = ", ".join(relations) or "none"
@@ -229,6 +211,26 @@ def load_facts(path: str | Path | None = None) -> FactTable:
                 line=f.line,
                 file=file,
             )
+
+
+def load_facts(path: str | Path | None = None) -> FactTable:
+    """Read and validate a fact table (default ``data/facts.jsonl``); blank lines are skipped.
+
+    Checks: valid JSON objects with exactly the keys of a relation or a fact, templates with
+    ``{subject}`` once, each relation defined once, every fact's relation defined, no repeated
+    (subject, relation), and at least two distinct objects per relation (a counterfactual needs
+    another object)."""
+    path = Path(path) if path is not None else DEFAULT_FACTS
+    file = str(path)
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as e:
+        raise DatasetError(f"cannot read the fact table ({e.strerror or e})", file=file) from e
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"file is not valid UTF-8 (byte {e.start})", file=file) from e
+    relations, relation_line, facts = _read_table(text, file)
+    _check_fact_relations(facts, relations, file)
     table = FactTable(
         relations, tuple(facts), {"file": file, "sha256": hashlib.sha256(raw).hexdigest()}
     )

@@ -31,14 +31,13 @@ Two prompt formats (``fmt``):
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interp.core.errors import DatasetError
-from interp.data.pairs import PairDataset, PromptPair, bos_text
+from interp.data.pairs import PairDataset, PromptPair, bos_text, json_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -59,6 +58,23 @@ class MCQItem:
     category: str = ""
 
 
+def _parse_item(obj: object, line_no: int, file: str) -> MCQItem:
+    if not isinstance(obj, dict):
+        raise DatasetError("expected a JSON object", line=line_no, file=file)
+    unknown = set(obj) - {"question", "answer", "distractors", "category"}
+    if unknown:
+        raise DatasetError(f"unknown key(s) {sorted(unknown)}; allowed: question, answer, "
+                           "distractors, category", line=line_no, file=file)
+    q, a, ds = obj.get("question"), obj.get("answer"), obj.get("distractors")
+    if not (isinstance(q, str) and q and isinstance(a, str) and a):
+        raise DatasetError("'question' and 'answer' must be non-empty strings", line=line_no, file=file)
+    if not (isinstance(ds, list) and len(ds) == 3 and all(isinstance(d, str) and d for d in ds)):
+        raise DatasetError("'distractors' must be a list of 3 non-empty strings", line=line_no, file=file)
+    if len({a, *ds}) != 4:
+        raise DatasetError("the answer and the 3 distractors must all differ", line=line_no, file=file)
+    return MCQItem(q, a, (ds[0], ds[1], ds[2]), str(obj.get("category", "")))
+
+
 def load_mcq_items(path: str | Path | None = None) -> tuple[MCQItem, ...]:
     """Items from a JSONL file: ``question``, ``answer``, ``distractors`` (3), optional ``category``."""
     path = Path(path) if path is not None else DEFAULT_ITEMS
@@ -67,28 +83,8 @@ def load_mcq_items(path: str | Path | None = None) -> tuple[MCQItem, ...]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise DatasetError(f"cannot read the MCQ items ({e.strerror or e})", file=file) from e
-    items = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"invalid JSON ({e.msg})", line=line_no, file=file) from e
-        if not isinstance(obj, dict):
-            raise DatasetError("expected a JSON object", line=line_no, file=file)
-        unknown = set(obj) - {"question", "answer", "distractors", "category"}
-        if unknown:
-            raise DatasetError(f"unknown key(s) {sorted(unknown)}; allowed: question, answer, "
-                               "distractors, category", line=line_no, file=file)
-        q, a, ds = obj.get("question"), obj.get("answer"), obj.get("distractors")
-        if not (isinstance(q, str) and q and isinstance(a, str) and a):
-            raise DatasetError("'question' and 'answer' must be non-empty strings", line=line_no, file=file)
-        if not (isinstance(ds, list) and len(ds) == 3 and all(isinstance(d, str) and d for d in ds)):
-            raise DatasetError("'distractors' must be a list of 3 non-empty strings", line=line_no, file=file)
-        if len({a, *ds}) != 4:
-            raise DatasetError("the answer and the 3 distractors must all differ", line=line_no, file=file)
-        items.append(MCQItem(q, a, (ds[0], ds[1], ds[2]), str(obj.get("category", ""))))
+    items = [_parse_item(json_line(line, line_no, file), line_no, file)
+             for line_no, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not items:
         raise DatasetError("no MCQ items in the file", file=file)
     return tuple(items)

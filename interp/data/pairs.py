@@ -12,8 +12,9 @@ equal length (`tokenize_pairs`), checking everything the metric relies on.
     >>> b = tp.largest_batch()
     >>> b.clean.shape, b.answer_ids.shape             # ((n, T), (n,))
 
-Errors are `DatasetError`s naming the file and the 1-based line (for `tokenize_pairs`, the pair
-index + 1, which is the file line when the file has no blank lines).
+Errors are `DatasetError`s naming the file and the 1-based physical line of the file (pairs read
+by `load_jsonl` remember their line; generated pairs use their index + 1). `check_jsonl` reports
+every broken line of a file at once.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class PromptPair:
     answer: str
     distractor: str
     meta: dict[str, Any] = field(default_factory=dict)
+    line: int | None = field(default=None, compare=False)  # physical file line (load_jsonl)
 
 
 @dataclass(frozen=True)
@@ -136,44 +138,84 @@ def _parse_pair(obj: Any, line: int, file: str) -> PromptPair:
         raise DatasetError(
             f"'meta' must be a JSON object, got {_describe(meta)}", line=line, file=file
         )
-    return PromptPair(obj["clean"], obj["corrupt"], obj["answer"], obj["distractor"], meta)
+    return PromptPair(obj["clean"], obj["corrupt"], obj["answer"], obj["distractor"], meta, line=line)
 
 
-def load_jsonl(path: str | Path) -> PairDataset:
-    """Read pairs from a JSONL file; blank lines are skipped, anything else invalid raises."""
-    path = Path(path)
+def _read_text(path: Path) -> tuple[bytes, str]:
     file = str(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise DatasetError(f"cannot read the dataset file ({e.strerror or e})", file=file) from e
     try:
-        text = raw.decode("utf-8")
+        return raw, raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DatasetError(
             f"file is not valid UTF-8 (byte {e.start}); save it as UTF-8", file=file
         ) from e
-    pairs = []
+
+
+def json_line(line: str, line_no: int, file: str) -> Any:
+    """One JSONL line parsed, or a `DatasetError` naming file:line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DatasetError(
+            f"invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object",
+            line=line_no,
+            file=file,
+        ) from e
+
+
+def _parse_line(line: str, line_no: int, file: str) -> PromptPair:
+    return _parse_pair(json_line(line, line_no, file), line_no, file)
+
+
+def _no_pairs(file: str) -> DatasetError:
+    return DatasetError(
+        "file has no pairs (it is empty or only blank lines); expected one JSON object per "
+        f"line with keys {', '.join(REQUIRED_KEYS)}",
+        file=file,
+    )
+
+
+def load_jsonl(path: str | Path) -> PairDataset:
+    """Read pairs from a JSONL file; blank lines are skipped, anything else invalid raises."""
+    path = Path(path)
+    file = str(path)
+    raw, text = _read_text(path)
+    pairs = [_parse_line(line, n, file) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not pairs:
+        raise _no_pairs(file)
+    source = {"file": file, "sha256": hashlib.sha256(raw).hexdigest()}
+    return PairDataset(tuple(pairs), name=path.stem, source=source)
+
+
+def check_jsonl(path: str | Path, tokenizer: PreTrainedTokenizerBase, *, prepend_bos: bool = False) -> int:
+    """Check every line of a pairs file (JSON, keys, then tokens: equal clean/corrupt lengths,
+    single-token answer and distractor); returns the number of pairs, or raises one
+    `DatasetError` listing every broken line by its physical line number."""
+    path = Path(path)
+    file = str(path)
+    _, text = _read_text(path)
+    bos = _bos_ids(tokenizer, prepend_bos)
+    errors: list[DatasetError] = []
+    n = 0
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(
-                f"invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object",
-                line=line_no,
-                file=file,
-            ) from e
-        pairs.append(_parse_pair(obj, line_no, file))
-    if not pairs:
-        raise DatasetError(
-            "file has no pairs (it is empty or only blank lines); expected one JSON object per "
-            f"line with keys {', '.join(REQUIRED_KEYS)}",
-            file=file,
-        )
-    source = {"file": file, "sha256": hashlib.sha256(raw).hexdigest()}
-    return PairDataset(tuple(pairs), name=path.stem, source=source)
+            _pair_tokens(_parse_line(line, line_no, file), tokenizer, bos, line_no, file)
+            n += 1
+        except DatasetError as e:
+            errors.append(e)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise DatasetError(f"{len(errors)} broken lines:\n" + "\n".join(f"  {e}" for e in errors), file=file)
+    if not n:
+        raise _no_pairs(file)
+    return n
 
 
 def save_jsonl(dataset: PairDataset, path: str | Path) -> None:
@@ -275,6 +317,44 @@ def _single_token(
     )
 
 
+def _bos_ids(tokenizer: PreTrainedTokenizerBase, prepend_bos: bool) -> list[int]:
+    if not prepend_bos:
+        return []
+    if tokenizer.bos_token_id is None:
+        raise DatasetError("prepend_bos=True but the tokenizer has no BOS token; pass False")
+    return [tokenizer.bos_token_id]
+
+
+def _pair_tokens(pair: PromptPair, tokenizer: PreTrainedTokenizerBase, bos: list[int], line: int,
+                 file: str | None) -> tuple[list[int], list[int], int, int]:
+    """(clean ids, corrupt ids, answer id, distractor id) of one pair, or a `DatasetError`."""
+    clean = bos + _encode(tokenizer, pair.clean)
+    corrupt = bos + _encode(tokenizer, pair.corrupt)
+    if len(clean) != len(corrupt):
+        raise DatasetError(
+            f"clean prompt has {len(clean)} tokens but corrupt has {len(corrupt)}; patching "
+            "needs equal lengths (corrupt only single-token words, e.g. names)",
+            line=line,
+            file=file,
+        )
+    answer = _single_token(tokenizer, "answer", pair.answer, line, file)
+    distractor = _single_token(tokenizer, "distractor", pair.distractor, line, file)
+    if answer == distractor:
+        raise DatasetError(
+            f"answer {pair.answer!r} and distractor {pair.distractor!r} are the same token "
+            f"(id {answer}); the logit difference would always be 0",
+            line=line,
+            file=file,
+        )
+    if not isinstance(pair.meta.get("group"), Hashable):
+        raise DatasetError(
+            f"meta.group must be a string or number, got {_describe(pair.meta.get('group'))}",
+            line=line,
+            file=file,
+        )
+    return clean, corrupt, answer, distractor
+
+
 def tokenize_pairs(
     dataset: PairDataset,
     tokenizer: PreTrainedTokenizerBase,
@@ -286,45 +366,16 @@ def tokenize_pairs(
 
     Raises `DatasetError` on the first pair whose clean and corrupt lengths differ, whose answer
     or distractor is not exactly one token, or whose answer equals its distractor. Errors name
-    `source_file` (default: the dataset's ``source["file"]``) and line = pair index + 1.
+    `source_file` (default: the dataset's ``source["file"]``) and the pair's file line (pair
+    index + 1 for generated pairs).
     """
     file = source_file if source_file is not None else dataset.source.get("file")
-    bos: list[int] = []
-    if prepend_bos:
-        if tokenizer.bos_token_id is None:
-            raise DatasetError("prepend_bos=True but the tokenizer has no BOS token; pass False")
-        bos = [tokenizer.bos_token_id]
-
+    bos = _bos_ids(tokenizer, prepend_bos)
     groups: dict[tuple[int, Hashable], list[tuple[int, list[int], list[int], int, int]]] = {}
     for i, pair in enumerate(dataset):
-        line = i + 1
-        clean = bos + _encode(tokenizer, pair.clean)
-        corrupt = bos + _encode(tokenizer, pair.corrupt)
-        if len(clean) != len(corrupt):
-            raise DatasetError(
-                f"clean prompt has {len(clean)} tokens but corrupt has {len(corrupt)}; patching "
-                "needs equal lengths (corrupt only single-token words, e.g. names)",
-                line=line,
-                file=file,
-            )
-        answer = _single_token(tokenizer, "answer", pair.answer, line, file)
-        distractor = _single_token(tokenizer, "distractor", pair.distractor, line, file)
-        if answer == distractor:
-            raise DatasetError(
-                f"answer {pair.answer!r} and distractor {pair.distractor!r} are the same token "
-                f"(id {answer}); the logit difference would always be 0",
-                line=line,
-                file=file,
-            )
-        group = pair.meta.get("group")
-        if not isinstance(group, Hashable):
-            raise DatasetError(
-                f"meta.group must be a string or number, got {_describe(group)}",
-                line=line,
-                file=file,
-            )
-        groups.setdefault((len(clean), group), []).append((i, clean, corrupt, answer, distractor))
-
+        line = pair.line if pair.line is not None else i + 1
+        clean, corrupt, answer, distractor = _pair_tokens(pair, tokenizer, bos, line, file)
+        groups.setdefault((len(clean), pair.meta.get("group")), []).append((i, clean, corrupt, answer, distractor))
     batches = [
         PairBatch(
             clean=torch.tensor([r[1] for r in rows], dtype=torch.long),

@@ -105,12 +105,12 @@ def test_bad_dataset_line_is_reported(tmp_path, capsys):
 
 
 def test_failed_run_keeps_finished_analyses(tmp_path, monkeypatch):
-    import interp.io.runner as runner
+    import interp.io.shared_steps as shared_steps
 
     def boom(*a, **k):
         raise RuntimeError("dla exploded")
 
-    monkeypatch.setattr(runner, "direct_logit_attribution", boom)
+    monkeypatch.setattr(shared_steps, "direct_logit_attribution", boom)
     cfg = _write(tmp_path, SMALL)
     runs = tmp_path / "runs"
     with pytest.raises(RuntimeError, match="dla exploded"):

@@ -9,10 +9,18 @@ attention intervention on the inhibition heads the IOI circuit predicts.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 import pandas as pd
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, StrictBool, StrictStr
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    StrictBool,
+    StrictStr,
+    field_validator,
+)
 
 from interp.analyses.circuit import CircuitResult, circuit_overlap, discover_circuit
 from interp.analyses.colored_objects import intervention_experiment, option_accuracy
@@ -20,22 +28,31 @@ from interp.core.errors import ConfigError
 from interp.data.colored_objects import generate_colored_objects
 from interp.data.ioi import generate_ioi
 from interp.data.pairs import tokenize_pairs
-from interp.io.config import ModelConfig, OutputConfig, _Section, register_experiment_kind
+from interp.io.kinds.patching import check_template_index
+from interp.io.registry import register_kind
 from interp.io.report import ReportSection
-from interp.io.runner import RunOutcome, Task, register_task
 from interp.io.runstore import RunStore
+from interp.io.schema import BaseExperimentConfig, Section
+from interp.io.step import StepContext, StepResult, flat_frame
 from interp.viz.circuits import circuit_graph
 from interp.viz.heatmaps import head_heatmap
 
 
-class CircuitDataConfig(_Section):
+class CircuitDataConfig(Section):
     n_prompts: PositiveInt = Field(8, description="an integer >= 1")
     corruption: Literal["abc", "flip"] = "abc"
     templates: tuple[NonNegativeInt, ...] | None = Field(
         (0, 2), description="ioi only: null (all) or a list of template indices")
 
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, templates: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        for t in templates or ():
+            check_template_index(t)
+        return templates
 
-class CircuitParams(_Section):
+
+class CircuitParams(Section):
     k_movers: PositiveInt = 4
     k_negative: NonNegativeInt = 2
     k_inhibition: NonNegativeInt = 4
@@ -47,18 +64,13 @@ class CircuitParams(_Section):
     batch_size: PositiveInt = 64
 
 
-class InterventionConfig(_Section):
+class InterventionConfig(Section):
     enabled: StrictBool = True
     n_random: NonNegativeInt = Field(3, description="random-head controls (seeds)")
 
 
-class CircuitExperimentConfig(_Section):
+class CircuitExperimentConfig(BaseExperimentConfig):
     kind: Literal["circuit"] = "circuit"
-    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]+$")] = Field(
-        description="a name of letters, digits, '_' and '-' (used in the run directory name)")
-    description: StrictStr = ""
-    seed: NonNegativeInt = 0
-    model: ModelConfig = ModelConfig()
     task: Literal["ioi", "colored_objects"] = "ioi"
     data: CircuitDataConfig = CircuitDataConfig()
     circuit: CircuitParams = CircuitParams()
@@ -66,13 +78,6 @@ class CircuitExperimentConfig(_Section):
         None, description="null, 'latest' (newest complete IOI circuit run in runs_dir), "
         "'discover' (find the IOI circuit in this run too) or a run id/path")
     intervention: InterventionConfig = InterventionConfig()
-    output: OutputConfig = OutputConfig()
-
-    def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
-
-
-register_experiment_kind("circuit", CircuitExperimentConfig)
 
 
 def _dataset(cfg: CircuitExperimentConfig, model, task: str | None = None):
@@ -86,7 +91,7 @@ def _dataset(cfg: CircuitExperimentConfig, model, task: str | None = None):
     return ds, tokenize_pairs(ds, model.tokenizer, prepend_bos=model.prepend_bos)  # Gemma expects <bos>
 
 
-def _prepare(cfg: CircuitExperimentConfig, model, log):
+def prepare(cfg: CircuitExperimentConfig, model, log):
     ds, pairs = _dataset(cfg, model)
     log(f"data: {len(ds)} {cfg.task} prompt pairs")
     reference = None
@@ -123,23 +128,23 @@ def _load_reference(cfg: CircuitExperimentConfig) -> tuple[str, pd.DataFrame, pd
     return _reference_tables(run)
 
 
-def _write_circuit(out: RunOutcome, prefix: str, c: CircuitResult, n_layers: int, title: str) -> None:
-    run = out.run
+def _circuit_result(done: str, prefix: str, c: CircuitResult, n_layers: int, title: str) -> StepResult:
+    r = StepResult(done)
     for name, res in c.maps.items():
-        run.write_table(f"{prefix}path_patching_{name}", res.to_frame())
-        run.write_figure(f"{prefix}path_patching_{name}", head_heatmap(
-            res.to_frame(), "normalised", title=f"Path patching {name} (1 = no effect)"))
-    run.write_table(f"{prefix}circuit_nodes", c.nodes)
-    run.write_table(f"{prefix}circuit_edges", c.edges)
-    run.write_table(f"{prefix}faithfulness", pd.DataFrame([c.faithfulness]))
-    fig = circuit_graph(c.nodes, c.edges, title=title, n_layers=n_layers)
-    run.write_figure(f"{prefix}circuit", fig)
-    out.sections.append(ReportSection(title, text=(
+        r.tables[f"{prefix}path_patching_{name}"] = res.to_frame()
+        r.figures[f"{prefix}path_patching_{name}"] = head_heatmap(
+            res.to_frame(), "normalised", title=f"Path patching {name} (1 = no effect)")
+    r.tables[f"{prefix}circuit_nodes"] = c.nodes
+    r.tables[f"{prefix}circuit_edges"] = c.edges
+    r.tables[f"{prefix}faithfulness"] = pd.DataFrame([c.faithfulness])
+    fig = r.figures[f"{prefix}circuit"] = circuit_graph(c.nodes, c.edges, title=title, n_layers=n_layers)
+    r.sections.append(ReportSection(title, text=(
         f"Faithfulness: with every other head mean-ablated the circuit keeps "
         f"{c.faithfulness['faithfulness']:.0%} of the model's metric ({c.faithfulness['circuit_metric']:.3f} "
         f"vs {c.faithfulness['full_metric']:.3f}; corrupt {c.faithfulness['corrupt_metric']:.3f}); "
         f"{c.faithfulness['n_heads_kept']} of {c.faithfulness['n_heads']} heads kept. " + " ".join(c.notes)),
         figure=fig, table=c.nodes))
+    return r
 
 
 def _summary_heads(c: CircuitResult) -> str:
@@ -149,76 +154,97 @@ def _summary_heads(c: CircuitResult) -> str:
     return "; ".join(parts) or "no heads"
 
 
-def _execute(cfg: CircuitExperimentConfig, model, prepared, out: RunOutcome, show: bool, log) -> None:
-    ds, pairs, reference = prepared
-    p = cfg.circuit
-    run = out.run
-    run.write_table("dataset", ds.to_frame().map(lambda v: str(v) if isinstance(v, dict | list | tuple) else v))
-    L = model.spec.n_layers
+def _discover_kw(ctx: StepContext) -> dict:
+    p, bars = ctx.cfg.circuit, {}
 
-    def progress(stage, done, total):
-        if show and done == total:
-            log(f"  {stage}: {total} senders done")
+    def progress(stage, done, total):  # one runner-owned bar per path-patching stage
+        if stage not in bars:
+            bars[stage] = ctx.progress(f"path patching {stage}")
+        bars[stage](done, total)
 
-    if cfg.task == "colored_objects":
-        acc = option_accuracy(model, pairs, ds)
-        run.write_table("accuracy", pd.DataFrame([{"accuracy": acc.accuracy, "n": acc.n, "chance": 1 / 3}]))
-        out.summary.append(f"colored objects accuracy (among the 3 options): {acc.accuracy:.0%} of {acc.n} (chance 33%)")
-        out.finished("accuracy")
-
-    kw = dict(k_movers=p.k_movers, k_negative=p.k_negative, k_inhibition=p.k_inhibition, k_upstream=p.k_upstream,
-              k_previous=p.k_previous, threshold=p.threshold, freeze_mlps=p.freeze_mlps, metric=p.metric,
-              batch_size=p.batch_size, pattern_seed=cfg.seed, progress=progress)
-    circ = discover_circuit(model, pairs, ds, **kw)
-    _write_circuit(out, "", circ, L, f"{cfg.task} circuit")
-    run.write_table("head_scores", circ.pattern_scores.to_frame())  # atlas format
-    out.summary.append(f"{cfg.task} circuit: {_summary_heads(circ)}")
-    out.summary.append(f"faithfulness (others mean-ablated): {circ.faithfulness['faithfulness']:.0%} of the metric")
-    out.finished("circuit")
-
-    ref_name, ref_nodes, ref_queries = None, None, None
-    if cfg.reference_run == "discover":
-        ioi_ds, ioi_pairs = _dataset(cfg, model, "ioi")
-        ref = discover_circuit(model, ioi_pairs, ioi_ds, **kw)
-        _write_circuit(out, "reference_", ref, L, "reference IOI circuit")
-        ref_name, ref_nodes = "this run (discovered)", ref.nodes
-        if "to_mover_queries" in ref.maps:
-            ref_queries = ref.maps["to_mover_queries"].to_frame()
-        out.finished("reference_circuit")
-    elif reference is not None:
-        ref_name, ref_nodes, ref_queries = reference
-    if ref_nodes is not None and len(ref_nodes):
-        ref_c = CircuitResult(ref_nodes, pd.DataFrame(), {}, circ.pattern_scores, {})
-        ov = circuit_overlap(ref_c, circ)
-        run.write_table("overlap", pd.DataFrame([ov]))
-        out.summary.append(f"overlap with the IOI circuit ({ref_name}): Jaccard {ov['jaccard']:.2f}, "
-                           f"{ov['share_of_b_in_a']:.0%} of this circuit's heads are IOI circuit heads "
-                           f"({ov['n_shared']} of {ov['n_b']})")
-        out.sections.append(ReportSection("Overlap with the IOI circuit", table=pd.DataFrame([ov]).T.reset_index()))
-        out.finished("overlap")
-        if cfg.task == "colored_objects" and cfg.intervention.enabled:
-            inhib = ref_nodes[ref_nodes["class"] == "s_inhibition"] if "class" in ref_nodes else ref_nodes.iloc[:0]
-            heads = [(int(r.layer), int(r.head)) for r in inhib.itertuples()]
-            if not heads and ref_queries is not None:
-                # No head passed the threshold into the movers' queries: take the strongest
-                # senders into them anyway (the IOI circuit's best guess at inhibition heads).
-                q = ref_queries.assign(effect=1.0 - ref_queries["normalised"]).dropna(subset=["effect"])
-                top = q.sort_values("effect", ascending=False).head(max(cfg.circuit.k_inhibition, 1))
-                heads = [(int(r.layer), int(r.head)) for r in top.itertuples()]
-                out.summary.append("the IOI circuit has no inhibition head above the threshold; the intervention "
-                                   "uses the strongest senders into its movers' queries: "
-                                   + ", ".join(f"L{r.layer}H{r.head} ({r.effect:+.3f})" for r in top.itertuples()))
-            if heads:
-                iv = intervention_experiment(model, pairs, ds, heads, n_random=cfg.intervention.n_random, seed=cfg.seed)
-                run.write_table("intervention", iv.to_frame())
-                ctrl = sum(iv.random_controls) / len(iv.random_controls) if iv.random_controls else float("nan")
-                out.summary.append(
-                    f"intervention on the IOI inhibition heads {', '.join(f'L{a}H{b}' for a, b in heads)}: "
-                    f"accuracy {iv.before:.0%} -> {iv.after:.0%} (random heads, same layers: {ctrl:.0%} mean)")
-                out.sections.append(ReportSection("Attention intervention (Merullo et al.)", table=iv.to_frame()))
-                out.finished("intervention")
-            else:
-                out.summary.append("intervention skipped: the reference circuit has no s_inhibition heads")
+    return dict(k_movers=p.k_movers, k_negative=p.k_negative, k_inhibition=p.k_inhibition, k_upstream=p.k_upstream,
+                k_previous=p.k_previous, threshold=p.threshold, freeze_mlps=p.freeze_mlps, metric=p.metric,
+                batch_size=p.batch_size, pattern_seed=ctx.cfg.seed, progress=progress)
 
 
-register_task("circuit", Task(prepare=_prepare, execute=_execute))
+def dataset_step(ctx: StepContext) -> StepResult:
+    return StepResult(tables={"dataset": flat_frame(ctx.data[0].to_frame())})
+
+
+def accuracy_step(ctx: StepContext) -> StepResult | None:
+    if ctx.cfg.task != "colored_objects":
+        return None
+    ds, pairs, _ = ctx.data
+    acc = option_accuracy(ctx.model, pairs, ds)
+    return StepResult("accuracy", tables={"accuracy": pd.DataFrame([{"accuracy": acc.accuracy, "n": acc.n, "chance": 1 / 3}])},
+                      summary=[f"colored objects accuracy (among the 3 options): {acc.accuracy:.0%} of {acc.n} (chance 33%)"])
+
+
+def circuit_step(ctx: StepContext) -> StepResult:
+    ds, pairs, _ = ctx.data
+    circ = ctx.state["circuit"] = discover_circuit(ctx.model, pairs, ds, **_discover_kw(ctx))
+    r = _circuit_result("circuit", "", circ, ctx.model.spec.n_layers, f"{ctx.cfg.task} circuit")
+    r.tables["head_scores"] = circ.pattern_scores.to_frame()  # atlas format
+    r.summary += [f"{ctx.cfg.task} circuit: {_summary_heads(circ)}",
+                  f"faithfulness (others mean-ablated): {circ.faithfulness['faithfulness']:.0%} of the metric"]
+    return r
+
+
+def reference_step(ctx: StepContext) -> StepResult | None:
+    """The reference IOI circuit: discovered in this run, or read from an earlier run."""
+    cfg, reference = ctx.cfg, ctx.data[2]
+    ctx.state["reference"] = reference
+    if cfg.reference_run != "discover":
+        return None
+    ioi_ds, ioi_pairs = _dataset(cfg, ctx.model, "ioi")
+    ref = discover_circuit(ctx.model, ioi_pairs, ioi_ds, **_discover_kw(ctx))
+    queries = ref.maps["to_mover_queries"].to_frame() if "to_mover_queries" in ref.maps else None
+    ctx.state["reference"] = ("this run (discovered)", ref.nodes, queries)
+    return _circuit_result("reference_circuit", "reference_", ref, ctx.model.spec.n_layers, "reference IOI circuit")
+
+
+def overlap_step(ctx: StepContext) -> StepResult | None:
+    ref = ctx.state["reference"]
+    if ref is None or not len(ref[1]):
+        return None
+    ref_name, ref_nodes, _ = ref
+    circ = ctx.state["circuit"]
+    ov = circuit_overlap(CircuitResult(ref_nodes, pd.DataFrame(), {}, circ.pattern_scores, {}), circ)
+    return StepResult("overlap", tables={"overlap": pd.DataFrame([ov])}, summary=[
+        f"overlap with the IOI circuit ({ref_name}): Jaccard {ov['jaccard']:.2f}, "
+        f"{ov['share_of_b_in_a']:.0%} of this circuit's heads are IOI circuit heads ({ov['n_shared']} of {ov['n_b']})"],
+        sections=[ReportSection("Overlap with the IOI circuit", table=pd.DataFrame([ov]).T.reset_index())])
+
+
+def _inhibition_heads(ref_nodes: pd.DataFrame, ref_queries, k: int) -> tuple[list, list[str]]:
+    inhib = ref_nodes[ref_nodes["class"] == "s_inhibition"] if "class" in ref_nodes else ref_nodes.iloc[:0]
+    heads = [(int(r.layer), int(r.head)) for r in inhib.itertuples()]
+    if heads or ref_queries is None:
+        return heads, []
+    # No head passed the threshold into the movers' queries: take the strongest senders into
+    # them anyway (the IOI circuit's best guess at inhibition heads).
+    q = ref_queries.assign(effect=1.0 - ref_queries["normalised"]).dropna(subset=["effect"])
+    top = q.sort_values("effect", ascending=False).head(max(k, 1))
+    note = ("the IOI circuit has no inhibition head above the threshold; the intervention uses the strongest "
+            "senders into its movers' queries: " + ", ".join(f"L{r.layer}H{r.head} ({r.effect:+.3f})" for r in top.itertuples()))
+    return [(int(r.layer), int(r.head)) for r in top.itertuples()], [note]
+
+
+def intervention_step(ctx: StepContext) -> StepResult | None:
+    cfg, ref = ctx.cfg, ctx.state["reference"]
+    if cfg.task != "colored_objects" or not cfg.intervention.enabled or ref is None or not len(ref[1]):
+        return None
+    heads, notes = _inhibition_heads(ref[1], ref[2], cfg.circuit.k_inhibition)
+    if not heads:
+        return StepResult(summary=["intervention skipped: the reference circuit has no s_inhibition heads"])
+    ds, pairs, _ = ctx.data
+    iv = intervention_experiment(ctx.model, pairs, ds, heads, n_random=cfg.intervention.n_random, seed=cfg.seed)
+    ctrl = sum(iv.random_controls) / len(iv.random_controls) if iv.random_controls else float("nan")
+    return StepResult("intervention", tables={"intervention": iv.to_frame()}, summary=[*notes, (
+        f"intervention on the IOI inhibition heads {', '.join(f'L{a}H{b}' for a, b in heads)}: "
+        f"accuracy {iv.before:.0%} -> {iv.after:.0%} (random heads, same layers: {ctrl:.0%} mean)")],
+        sections=[ReportSection("Attention intervention (Merullo et al.)", table=iv.to_frame())])
+
+
+register_kind("circuit", CircuitExperimentConfig, dataset_step, accuracy_step, circuit_step, reference_step,
+              overlap_step, intervention_step, prepare=prepare)

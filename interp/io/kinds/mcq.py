@@ -13,58 +13,54 @@ on normal labels, and on the randomised labels themselves).
     data: {n_prompts: 64, format: content_letter}
     analyses: {compression: {n_heads: 3, ranks: [0, 1, 2, 3, 4, 8, 16, 64]}}
 
-Registered on import (listed in `interp.io.config._KIND_MODULES`).
+Registered on import (`interp.io.registry.load_kinds` imports every module of this package).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import pandas as pd
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 from pydantic import (
     Field,
     StrictBool,
-    StrictStr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from interp.analyses.dla import direct_logit_attribution
 from interp.analyses.mcq import (
     QKCompressionResult,
     compress_qk,
     fit_head_subspaces,
     mcq_accuracy,
-    patch_heads_last_position,
 )
-from interp.analyses.patching import patch_heads
 from interp.core.errors import ConfigError
 from interp.data.mcq import generate_mcq
 from interp.data.pairs import PairDataset, tokenize_pairs
-from interp.io.config import (
+from interp.io.registry import register_kind
+from interp.io.report import ReportSection
+from interp.io.schema import (
+    BaseExperimentConfig,
     ChatSetting,
+    Enabled,
+    FieldError,
     MetricName,
-    ModelConfig,
     NonNegativeInt,
-    OutputConfig,
     PositiveInt,
-    _FieldError,
-    _Section,
-    register_experiment_kind,
+    Section,
+    has_chat_template,
     resolve_config_path,
     unique_items,
 )
-from interp.io.report import ReportSection
-from interp.io.runner import RunOutcome, Task, _progress, register_task
-from interp.viz.heatmaps import dla_bar, head_heatmap
+from interp.io.shared_steps import DlaWording, dla_step, head_patching_step
+from interp.io.step import StepContext, StepResult, flat_frame
+from interp.viz.mcq import rank_curves, rank_label
 
 
-class MCQDataConfig(_Section):
+class MCQDataConfig(Section):
     n_prompts: PositiveInt = Field(64, description="an integer >= 1 (questions; items cycle past the file's count)")
     items: Path | None = Field(None, description="null (the bundled data/mcq_items.jsonl) or a path to an items JSONL file")
     format: Literal["content_letter", "letter"] = "content_letter"
@@ -84,11 +80,7 @@ class MCQDataConfig(_Section):
         return resolve_config_path(path, info, must="file", what="items file")
 
 
-class _Enabled(_Section):
-    enabled: StrictBool = True
-
-
-class MCQPatchingConfig(_Enabled):
+class MCQPatchingConfig(Enabled):
     positions: Literal["last", "all"] = Field(
         "last", description="'last' (each head patched at the answer position; a few forwards) or "
         "'all' (every position; one forward per layer and head group, much slower)")
@@ -97,7 +89,7 @@ class MCQPatchingConfig(_Enabled):
     batch_size: PositiveInt = Field(64, description="an integer >= 1 (max patch variants per forward)")
 
 
-class CompressionConfig(_Enabled):
+class CompressionConfig(Enabled):
     n_heads: PositiveInt = Field(3, description="an integer >= 1 (top heads to compress)")
     select_by: Literal["dla", "patching"] = "dla"
     heads: tuple[tuple[NonNegativeInt, NonNegativeInt], ...] | None = Field(
@@ -127,9 +119,9 @@ class CompressionConfig(_Enabled):
         return None if heads is None else unique_items(heads, "heads")
 
 
-class MCQAnalysesConfig(_Section):
-    accuracy: _Enabled = _Enabled()
-    dla: _Enabled = _Enabled()
+class MCQAnalysesConfig(Section):
+    accuracy: Enabled = Enabled()
+    dla: Enabled = Enabled()
     head_patching: MCQPatchingConfig = MCQPatchingConfig()
     compression: CompressionConfig = CompressionConfig()
 
@@ -140,27 +132,15 @@ class MCQAnalysesConfig(_Section):
             source = {"dla": self.dla, "patching": self.head_patching}[c.select_by]
             if not source.enabled:
                 other = "dla" if c.select_by == "dla" else "head_patching"
-                raise _FieldError("compression.select_by", f"{c.select_by!r} needs analyses.{other}.enabled: true "
+                raise FieldError("compression.select_by", f"{c.select_by!r} needs analyses.{other}.enabled: true "
                                   "(or give compression.heads explicitly)")
         return self
 
 
-class MCQLettersConfig(_Section):
+class MCQLettersConfig(BaseExperimentConfig):
     kind: Literal["mcq_letters"] = "mcq_letters"
-    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]+$")] = Field(
-        description="a name of letters, digits, '_' and '-' (used in the run directory name)")
-    description: StrictStr = ""
-    seed: NonNegativeInt = Field(0, description="an integer >= 0")
-    model: ModelConfig = ModelConfig()
     data: MCQDataConfig = MCQDataConfig()
     analyses: MCQAnalysesConfig = MCQAnalysesConfig()
-    output: OutputConfig = OutputConfig()
-
-    def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
-
-
-register_experiment_kind("mcq_letters", MCQLettersConfig)
 
 
 # ------------------------------------------------------------------------------------ runner
@@ -181,7 +161,7 @@ def _datasets(cfg: MCQLettersConfig, model) -> dict[str, tuple[PairDataset, obje
     return out
 
 
-def _prepare(cfg: MCQLettersConfig, model, log):
+def prepare(cfg: MCQLettersConfig, model, log):
     sets = _datasets(cfg, model)
     for name, (ds, pairs) in sets.items():
         log(f"data {name}: {len(ds)} MCQ pairs ({ds.source['fmt']}, {len(pairs.by_length().batches)} token lengths; "
@@ -196,39 +176,34 @@ def _prepare(cfg: MCQLettersConfig, model, log):
     return sets
 
 
-def _flat(df: pd.DataFrame) -> pd.DataFrame:
-    return df.map(lambda v: json.dumps(v) if isinstance(v, dict | list | tuple) else v)
-
-
-def _rank_label(r: int, d_head: int) -> str:
-    return f"{r} (mean)" if r == 0 else (f"{r} (full)" if r >= d_head else str(r))
-
-
-def rank_curves(frame: pd.DataFrame, condition: str, d_head: int, title: str = "") -> go.Figure:
-    """Share of the letter logit difference and accuracy kept vs rank; one line per head x variant."""
-    part = frame[frame["condition"] == condition]
-    ranks = sorted(part["rank"].unique())
-    ticks = [_rank_label(int(r), d_head) for r in ranks]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["share of letter logit diff kept", "share of accuracy kept"])
-    dash = {"q": "solid", "k": "dot", "qk": "dash"}
-    for (label, variant), g in part.groupby(["label", "variant"], sort=False):
-        g = g.sort_values("rank")
-        x = [_rank_label(int(r), d_head) for r in g["rank"]]
-        for col, value in ((1, "share_logit_diff"), (2, "share_accuracy")):
-            fig.add_trace(go.Scatter(
-                x=x, y=g[value], mode="lines+markers", name=f"{label} {variant}", legendgroup=f"{label} {variant}",
-                showlegend=col == 1, line={"dash": dash.get(variant, "solid")},
-                hovertemplate=f"{label} {variant}<br>rank %{{x}}<br>{value} = %{{y:.3f}}<extra></extra>"), row=1, col=col)
-    for col in (1, 2):
-        fig.update_xaxes(title_text="rank", type="category", categoryorder="array", categoryarray=ticks, row=1, col=col)
-    fig.update_yaxes(title_text="share of the unablated model", row=1, col=1)
-    fig.update_layout(title=title or None)
-    return fig
-
-
 def _fmt_curve(frame: pd.DataFrame, d_head: int) -> str:
     g = frame.sort_values("rank")
-    return ", ".join(f"r={_rank_label(int(r.rank), d_head)} {r.share_logit_diff:.2f}" for r in g.itertuples())
+    return ", ".join(f"r={rank_label(int(r.rank), d_head)} {r.share_logit_diff:.2f}" for r in g.itertuples())
+
+
+def check(cfg: MCQLettersConfig, tokenizer) -> list[str]:
+    """The items file and the answer letters, with the tokenizer only (no weights)."""
+    d = cfg.data
+    chat = has_chat_template(tokenizer) if d.chat is None else d.chat
+    ds = generate_mcq(d.n_prompts, tokenizer, seed=cfg.seed, fmt=d.format, chat=chat, items=d.items)
+    return [f"data: {len(ds)} MCQ pairs from {d.items or 'the bundled items'}, all valid"]
+
+
+def estimate(cfg: MCQLettersConfig, model, sets) -> dict[str, int]:
+    """Forward passes per field to lower: head patching (one per pair and head, times the
+    positions when patching all of them) and q/k compression (one per pair, head, variant, rank
+    and condition)."""
+    a, L, H = cfg.analyses, model.spec.n_layers, model.spec.n_heads
+    pairs = sets["normal"][1]
+    costs = {"analyses.head_patching.positions": 0, "analyses.compression.ranks": 0}
+    if a.head_patching.enabled:
+        per_pair = 1 if a.head_patching.positions == "last" else max(b.clean.shape[1] for b in pairs.batches)
+        costs["analyses.head_patching.positions"] = pairs.n * L * H * per_pair
+    c = a.compression
+    if c.enabled:
+        n_heads = len(c.heads) if c.heads is not None else c.n_heads
+        costs["analyses.compression.ranks"] = pairs.n * n_heads * len(c.variants) * len(c.ranks) * (3 if "random" in sets else 1)
+    return costs
 
 
 def _rank_for(frame: pd.DataFrame, share: float) -> str:
@@ -236,108 +211,91 @@ def _rank_for(frame: pd.DataFrame, share: float) -> str:
     return str(int(ok["rank"].iloc[0])) if len(ok) else "-"
 
 
-def _execute(cfg: MCQLettersConfig, model, sets, out: RunOutcome, show: bool, log) -> None:
-    run, a, k = out.run, cfg.analyses, cfg.output.top_k
-    ds, pairs = sets["normal"]
-    run.update_manifest(task="mcq", dataset={"name": ds.name, "n": len(ds), "source": ds.source})
-    run.write_table("dataset", pd.concat([_flat(s[0].to_frame()).assign(set=n) for n, s in sets.items()]))
+def dataset_step(ctx: StepContext) -> StepResult:
+    sets = ctx.data
+    ds = sets["normal"][0]
+    frame = pd.concat([flat_frame(s[0].to_frame(), json.dumps).assign(set=n) for n, s in sets.items()])
+    return StepResult(tables={"dataset": frame},
+                      manifest={"task": "mcq", "dataset": {"name": ds.name, "n": len(ds), "source": ds.source}})
 
-    if a.accuracy.enabled:
-        frames, lines, summaries = [], [], {}
-        for name, (dsn, pn) in sets.items():
-            acc = mcq_accuracy(model, pn, dsn)
-            s = acc.summary()
-            summaries[name] = s
-            frames.append(acc.to_frame().assign(set=name, fmt=dsn.source["fmt"]))
-            lines.append(f"{name} ({dsn.source['fmt']}): {s['accuracy']:.0%} of {s['n_prompts']} "
-                         f"(chance {s['chance']:.0%}; letter logit diff {s['mean_letter_logit_diff']:+.2f}; "
-                         f"{s['mean_letter_mass']:.0%} of the probability on the letters; the most predicted "
-                         f"option slot takes {s['most_predicted_option_share']:.0%} of the answers)")
-        run.write_table("accuracy", pd.concat(frames))
-        run.write_text("accuracy.json", json.dumps(summaries, indent=2))
-        out.summary.append("MCQ accuracy, top-1 among the four letters: " + "; ".join(lines))
-        out.sections.append(ReportSection("MCQ accuracy", text=(
-            "Top-1 among the four option letters (letter logit diff = correct minus the mean of the other "
+
+def _accuracy_line(name: str, fmt: str, s: dict) -> str:
+    return (f"{name} ({fmt}): {s['accuracy']:.0%} of {s['n_prompts']} "
+            f"(chance {s['chance']:.0%}; letter logit diff {s['mean_letter_logit_diff']:+.2f}; "
+            f"{s['mean_letter_mass']:.0%} of the probability on the letters; the most predicted "
+            f"option slot takes {s['most_predicted_option_share']:.0%} of the answers)")
+
+
+def accuracy_step(ctx: StepContext) -> StepResult | None:
+    if not ctx.cfg.analyses.accuracy.enabled:
+        return None
+    frames, lines, summaries = [], [], {}
+    for name, (dsn, pn) in ctx.data.items():
+        acc = mcq_accuracy(ctx.model, pn, dsn)
+        summaries[name] = s = acc.summary()
+        frames.append(acc.to_frame().assign(set=name, fmt=dsn.source["fmt"]))
+        lines.append(_accuracy_line(name, dsn.source["fmt"], s))
+    text = ("Top-1 among the four option letters (letter logit diff = correct minus the mean of the other "
             "three). " + " ".join(lines) + "\n\ncontent_letter: the assistant turn states the answer's "
             "content and the model gives its label ('... night (B) ...' then 'night (' -> 'B'); "
-            "letter: Lieberum's format ('B. night', 'Answer:' -> ' B')."),
-            table=pd.DataFrame(summaries).T.reset_index(names="set")))
-        out.finished("accuracy")
+            "letter: Lieberum's format ('B. night', 'Answer:' -> ' B').")
+    return StepResult("accuracy", tables={"accuracy": pd.concat(frames)},
+                      texts={"accuracy.json": json.dumps(summaries, indent=2)},
+                      summary=["MCQ accuracy, top-1 among the four letters: " + "; ".join(lines)],
+                      sections=[ReportSection("MCQ accuracy", text=text,
+                                              table=pd.DataFrame(summaries).T.reset_index(names="set"))])
 
-    dla_heads = patch_frame = None
-    if a.dla.enabled:
-        dla = direct_logit_attribution(model, pairs)
-        df = dla.to_frame()
-        run.write_table("dla", df)
-        run.write_table("dla_per_prompt", dla.per_prompt_frame())
-        heads = df[df.kind == "head"].copy()
-        fig = head_heatmap(heads, "contribution", title="DLA per head: correct letter minus distractor letter")
-        run.write_figure("dla_heads", fig)
-        run.write_figure("dla", dla_bar(df, top_k=20, title="Direct logit attribution (mean over prompts)"))
-        dla_heads = heads.sort_values("contribution", ascending=False)
-        top = dla_heads.head(k)
-        out.summary.append("top heads by DLA (to the correct letter): " +
-                           ", ".join(f"{r.label} ({r.contribution:+.2f})" for r in top.itertuples()))
-        out.sections.append(ReportSection("Direct logit attribution", text=(
-            f"Each head's direct contribution to logit(correct letter) - logit(distractor letter) at the last "
-            f"position, mean over {len(ds)} prompts; the parts sum to the model's value within {dla.max_abs_error:.1e}."),
-            figure=fig, table=top))
-        out.finished("dla")
 
-    hp = a.head_patching
-    if hp.enabled:
-        bar, prog = _progress("head patching", show)
-        if hp.positions == "last":
-            res = patch_heads_last_position(model, pairs, direction=hp.direction, metric=hp.metric,
-                                            batch_size=hp.batch_size, progress=prog)
-            table = "head_patching_last_position"
-        else:
-            res = patch_heads(model, pairs, direction=hp.direction, metric=hp.metric,
-                              batch_size=hp.batch_size, progress=prog)
-            table = "head_patching"
-        bar.close()
-        patch_frame = res.to_frame()
-        run.write_table(table, patch_frame)
-        if hp.positions == "last":  # the atlas reads `head_patching` as all-position patching
-            run.write_table("head_scores", patch_frame.assign(score=f"mcq.patching_last_position.{hp.direction}",
-                                                              value=patch_frame["normalised"])[
-                ["layer", "head", "score", "value"]])
-        where = "at the last position" if hp.positions == "last" else "at all positions"
-        fig = head_heatmap(patch_frame, "normalised", title=f"Head patching {where} ({hp.direction}, normalised)")
-        run.write_figure(table, fig)
-        top = res.top(k)
-        out.summary.append(f"top heads by patching {where} ({hp.direction}, normalised): " +
-                           ", ".join(f"L{r.layer}H{r.head} ({r.normalised:+.2f})" for r in top.itertuples()))
-        out.sections.append(ReportSection(f"Head patching {where}", text=(
-            f"Each head's output patched {where} ({'clean into corrupt' if hp.direction == 'denoising' else 'corrupt into clean'}); "
-            f"{res.n_prompts} prompts; clean {hp.metric} {res.clean_metric:.3f}, corrupt {res.corrupt_metric:.3f}. "
-            "The corrupt prompt swaps the contents of the correct and the distractor option, so the "
-            "correct letter changes; 1 = the patch restores the clean answer."), figure=fig, table=top))
-        out.finished(table)
+_DLA = DlaWording(
+    heads_title="DLA per head: correct letter minus distractor letter",
+    summary_label="top heads by DLA (to the correct letter)", signed=True, section_figure="heads", check_line=False,
+    text=lambda dla: ("Each head's direct contribution to logit(correct letter) - logit(distractor letter) at the "
+                      f"last position, mean over the prompts; the parts sum to the model's value within "
+                      f"{dla.max_abs_error:.1e}."))
 
-    c = a.compression
+
+def dla(ctx: StepContext) -> StepResult | None:
+    if not ctx.cfg.analyses.dla.enabled:
+        return None
+    result, ctx.state["dla_heads"] = dla_step(ctx.model, ctx.data["normal"][1], ctx.cfg.output.top_k, _DLA)
+    return result
+
+
+def head_patching(ctx: StepContext) -> StepResult | None:
+    hp = ctx.cfg.analyses.head_patching
+    if not hp.enabled:
+        return None
+    result, ctx.state["patch_frame"] = head_patching_step(
+        ctx.model, ctx.data["normal"][1], hp, ctx.cfg.output.top_k, ctx.progress("head patching"),
+        last_position=hp.positions == "last", score_prefix="mcq",
+        note="The corrupt prompt swaps the contents of the correct and the distractor option, so the "
+        "correct letter changes; 1 = the patch restores the clean answer.")
+    return result
+
+
+def compression(ctx: StepContext) -> StepResult | None:
+    c, sets, model = ctx.cfg.analyses.compression, ctx.data, ctx.model
     if not c.enabled:
-        return
-    heads_df = _select_heads(c, dla_heads, patch_frame)
+        return None
+    ds, pairs = sets["normal"]
+    heads_df = _select_heads(c, ctx.state.get("dla_heads"), ctx.state.get("patch_frame"))
     heads = [(int(r.layer), int(r.head)) for r in heads_df.itertuples()]
-    run.write_table("letter_heads", heads_df)
-    log(f"compressing q/k of {', '.join(f'L{x}H{y}' for x, y in heads)}")
+    ctx.log(f"compressing q/k of {', '.join(f'L{x}H{y}' for x, y in heads)}")
     fits = {"normal": fit_head_subspaces(model, pairs, ds, heads, key_positions=c.key_positions)}
     conditions = [("normal", "normal")]
     if "random" in sets:
         rds, rpairs = sets["random"]
         fits["random"] = fit_head_subspaces(model, rpairs, rds, heads, key_positions=c.key_positions)
         conditions += [("random", "random"), ("random", "normal")]
-    run.write_table("qk_subspaces", pd.concat(
-        [hs.to_frame().assign(fit=f) for f, per in fits.items() for hs in per.values()]))
-    bar, prog = _progress("q/k compression", show)
     comp = compress_qk(model, {n: sets[n] for n in fits}, fits, list(c.ranks), variants=list(c.variants),
-                       conditions=conditions, progress=prog)
-    bar.close()
+                       conditions=conditions, progress=ctx.progress("q/k compression"))
     frame = comp.to_frame()
-    run.write_table("qk_compression", frame)
-    _compression_report(comp, frame, fits, heads_df, c, out)
-    out.finished("qk_compression")
+    result = StepResult("qk_compression", tables={
+        "letter_heads": heads_df,
+        "qk_subspaces": pd.concat([hs.to_frame().assign(fit=f) for f, per in fits.items() for hs in per.values()]),
+        "qk_compression": frame})
+    _compression_report(comp, frame, fits, heads_df, c, result)
+    return result
 
 
 def _select_heads(c: CompressionConfig, dla_heads: pd.DataFrame | None, patch: pd.DataFrame | None) -> pd.DataFrame:
@@ -362,8 +320,8 @@ def _select_heads(c: CompressionConfig, dla_heads: pd.DataFrame | None, patch: p
 
 
 def _compression_report(comp: QKCompressionResult, frame: pd.DataFrame, fits, heads_df: pd.DataFrame,
-                        c: CompressionConfig, out: RunOutcome) -> None:
-    run, d = out.run, comp.d_head
+                        c: CompressionConfig, out: StepResult) -> None:
+    d = comp.d_head
     titles = {"normal": "normal labels (A-D)", "random": "randomised labels, subspace fitted on them",
               "random_with_normal_fit": "randomised labels, subspace fitted on normal labels"}
     lines = []
@@ -397,7 +355,7 @@ def _compression_report(comp: QKCompressionResult, frame: pd.DataFrame, fits, he
         "(m_full - m_0).\n\n" + " | ".join(lines)), table=pivot, table_max_rows=60))
     for i, cond in enumerate(comp.conditions):
         fig = rank_curves(frame, cond, d, title=f"q/k compression: {titles.get(cond, cond)}")
-        run.write_figure(f"qk_compression_{cond}", fig)
+        out.figures[f"qk_compression_{cond}"] = fig
         text = (f"{titles.get(cond, cond)}: unablated letter logit diff {float(comp.baseline_logit_diff[i]):.3f}, "
                 f"accuracy {float(comp.baseline_accuracy[i]):.0%}.")
         out.sections.append(ReportSection(f"Rank vs metric: {titles.get(cond, cond)}", text=text, figure=fig))
@@ -411,4 +369,5 @@ def _compression_report(comp: QKCompressionResult, frame: pd.DataFrame, fits, he
         table=ev_table, table_max_rows=60))
 
 
-register_task("mcq_letters", Task(prepare=_prepare, execute=_execute))
+register_kind("mcq_letters", MCQLettersConfig, dataset_step, accuracy_step, dla, head_patching, compression,
+              prepare=prepare, check=check, estimate=estimate)

@@ -12,7 +12,7 @@ ablation type and compare needle accuracy.
     data: {lengths: [500, 1000, 2000], depths: [0.2, 0.5, 0.8], n_needles: 4}
     masking: {k: 10, modes: [uniform, zero, mean], seeds: [0, 1, 2], lengths: [400]}
 
-Registered on import (listed in `interp.io.config._KIND_MODULES`).
+Registered on import (`interp.io.registry.load_kinds` imports every module of this package).
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import pandas as pd
-import plotly.graph_objects as go
 import torch
-from pydantic import Field, StrictBool, StrictStr, ValidationInfo, field_validator
+from pydantic import Field, StrictBool, ValidationInfo, field_validator
 
 from interp.analyses.ablation import ABLATION_MODES, head_means
-from interp.analyses.retrieval import RETRIEVAL_THRESHOLD, RetrievalResult, retrieval_scores
-from interp.analyses.retrieval_masking import MaskingResult, masking_test
+from interp.analyses.retrieval import RETRIEVAL_THRESHOLD, retrieval_scores
+from interp.analyses.retrieval_masking import masking_test
 from interp.core.errors import ConfigError
 from interp.data.needles import (
     HAYSTACK_DIR,
@@ -37,25 +35,25 @@ from interp.data.needles import (
     load_needles,
     needle_target,
 )
-from interp.io.config import (
+from interp.io.registry import register_kind
+from interp.io.report import ReportSection
+from interp.io.schema import (
+    BaseExperimentConfig,
     ChatSetting,
-    ModelConfig,
     NonNegativeInt,
-    OutputConfig,
     PositiveInt,
-    _Section,
-    register_experiment_kind,
+    Section,
     resolve_config_path,
     unique_items,
 )
-from interp.io.report import ReportSection
-from interp.io.runner import RunOutcome, Task, _progress, register_task
+from interp.io.step import StepContext, StepResult
 from interp.viz.heatmaps import head_heatmap
+from interp.viz.retrieval import masking_figure, trial_grid
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class NeedleDataConfig(_Section):
+class NeedleDataConfig(Section):
     needles: Path | None = Field(None, description="null (the bundled data/haystack/needles.jsonl) or a JSONL path")
     haystack: Path | None = Field(None, description="null (the bundled data/haystack prose) or a directory of *.txt")
     n_needles: PositiveInt | None = Field(None, description="null (all needles) or an integer >= 1 (the first n)")
@@ -89,14 +87,14 @@ class NeedleDataConfig(_Section):
         return unique_items(values, info.field_name)
 
 
-class DetectionConfig(_Section):
+class DetectionConfig(Section):
     scorer: Literal["greedy", "teacher_forced"] = Field(
         "greedy", description="'greedy' (the reference: score while decoding) or 'teacher_forced' (force the needle sentence)")
     threshold: Annotated[float, Field(ge=0.0)] = Field(RETRIEVAL_THRESHOLD, description="a number >= 0 (retrieval head: score > threshold)")
     query_chunk: PositiveInt = Field(64, description="an integer >= 1 (teacher-forced answer rows per forward)")
 
 
-class MaskingConfig(_Section):
+class MaskingConfig(Section):
     enabled: StrictBool = True
     k: int | str = Field(
         10, description="an integer >= 1 (the top-k heads by score) or 'retrieval' (every head above the threshold)")
@@ -121,23 +119,11 @@ class MaskingConfig(_Section):
                          "(every head above the threshold)")
 
 
-class RetrievalHeadsConfig(_Section):
+class RetrievalHeadsConfig(BaseExperimentConfig):
     kind: Literal["retrieval_heads"] = "retrieval_heads"
-    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]+$")] = Field(
-        description="a name of letters, digits, '_' and '-' (used in the run directory name)")
-    description: StrictStr = ""
-    seed: NonNegativeInt = Field(0, description="an integer >= 0")
-    model: ModelConfig = ModelConfig()
     data: NeedleDataConfig = NeedleDataConfig()
     detection: DetectionConfig = DetectionConfig()
     masking: MaskingConfig = MaskingConfig()
-    output: OutputConfig = OutputConfig()
-
-    def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
-
-
-register_experiment_kind("retrieval_heads", RetrievalHeadsConfig)
 
 
 # ------------------------------------------------------------------------------------ runner
@@ -152,7 +138,30 @@ def _trials(cfg: RetrievalHeadsConfig, model, lengths, depths, n_needles) -> lis
                         haystack=load_haystack(d.haystack) if d.haystack else None)
 
 
-def _prepare(cfg: RetrievalHeadsConfig, model, log):
+def check(cfg: RetrievalHeadsConfig, tokenizer) -> list[str]:
+    """The needles file and the haystack prose (no model needed)."""
+    needles = load_needles(cfg.data.needles)
+    if cfg.data.haystack:
+        load_haystack(cfg.data.haystack)
+    return [f"data: {len(needles)} needles, haystack {cfg.data.haystack or HAYSTACK_DIR}"]
+
+
+def estimate(cfg: RetrievalHeadsConfig, model, data) -> dict[str, int]:
+    """Forward passes per field to lower: one prefill chunk per `chunk_size` tokens plus one
+    decoding step per answer token, for every detection trial and every masking condition."""
+    detect, mask = data
+    d, m = cfg.data, cfg.masking
+
+    def per_trial(trials) -> int:
+        return sum(-(-t.n_tokens // d.chunk_size) + d.max_new_tokens for t in trials)
+
+    costs = {"data.lengths": per_trial(detect)}
+    if m.enabled:
+        costs["masking.seeds"] = per_trial(mask) * len(m.modes) * (1 + len(m.seeds))
+    return costs
+
+
+def prepare(cfg: RetrievalHeadsConfig, model, log):
     d, m = cfg.data, cfg.masking
     detect = _trials(cfg, model, d.lengths, d.depths, d.n_needles)
     mask = (_trials(cfg, model, m.lengths or d.lengths, m.depths or d.depths, m.n_needles or d.n_needles)
@@ -166,47 +175,25 @@ def _prepare(cfg: RetrievalHeadsConfig, model, log):
     return detect, mask
 
 
-def _trial_grid(frame: pd.DataFrame, value: str, title: str) -> go.Figure:
-    grid = frame.pivot_table(index="depth", columns="context_length", values=value, aggfunc="mean")
-    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=[str(c) for c in grid.columns], y=[f"{d:.2f}" for d in grid.index],
-                               colorscale="Viridis", zmin=0, zmax=1, colorbar={"title": value},
-                               hovertemplate="length %{x}<br>depth %{y}<br>" + value + " %{z:.2f}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title="haystack length (tokens)", yaxis_title="needle depth")
-    return fig
-
-
-def _masking_figure(res: MaskingResult) -> go.Figure:
-    s = res.summary()
-    fig = go.Figure()
-    fig.add_bar(x=s["mode"], y=[s["unmasked"].iloc[0]] * len(s), name="unmasked")
-    fig.add_bar(x=s["mode"], y=s["retrieval_masked"], name="top-K retrieval heads masked")
-    fig.add_bar(x=s["mode"], y=s["random_mean"], name="K random heads (mean over seeds)",
-                error_y={"type": "data", "array": s["random_std"].fillna(0).tolist()})
-    fig.update_layout(barmode="group", title="Needle accuracy with heads masked", xaxis_title="ablation",
-                      yaxis_title="accuracy (ROUGE-1 recall > 0.5)", yaxis_range=[0, 1.05])
-    return fig
-
-
-def _detect(cfg: RetrievalHeadsConfig, model, trials, out: RunOutcome, show: bool) -> RetrievalResult:
-    d, det, run = cfg.data, cfg.detection, out.run
-    bar, prog = _progress("retrieval scores", show)
+def detect(ctx: StepContext) -> StepResult:
+    cfg, model, trials = ctx.cfg, ctx.model, ctx.data[0]
+    d, det = cfg.data, cfg.detection
+    prog = ctx.progress("retrieval scores")
     targets = [needle_target(model.tokenizer, t) for t in trials] if det.scorer == "teacher_forced" else None
     res = retrieval_scores(model, trials, scorer=det.scorer, targets=targets, max_new_tokens=d.max_new_tokens,
                            chunk_size=d.chunk_size, query_chunk=det.query_chunk, progress=prog)
-    bar.close()
+    ctx.state["scores"] = res
     frame = res.to_frame()
-    run.write_table("retrieval_scores", frame)
-    run.write_table("retrieval_trials", res.trials)
-    run.write_table("head_scores", frame.assign(score="retrieval.niah", value=frame["score"])[
-        ["layer", "head", "score", "value"]])
+    out = StepResult("retrieval_scores", tables={
+        "retrieval_scores": frame, "retrieval_trials": res.trials,
+        "head_scores": frame.assign(score="retrieval.niah", value=frame["score"])[["layer", "head", "score", "value"]]})
     heads = res.retrieval_heads(det.threshold)
     n_all = model.spec.n_layers * model.spec.n_heads
     fig = head_heatmap(frame, "score", title=f"Retrieval score per head ({det.scorer}, {res.n_kept} kept trials)")
-    run.write_figure("retrieval_scores", fig)
     acc = res.trials["kept"].mean()
-    grid = _trial_grid(res.trials.assign(correct=res.trials["kept"].astype(float)), "correct",
-                       "Needle accuracy of the unmasked model (detection trials)")
-    run.write_figure("niah_accuracy", grid)
+    grid = trial_grid(res.trials.assign(correct=res.trials["kept"].astype(float)), "correct",
+                      "Needle accuracy of the unmasked model (detection trials)")
+    out.figures.update(retrieval_scores=fig, niah_accuracy=grid)
     top = frame.sort_values("score", ascending=False).head(max(cfg.output.top_k, len(heads)))
     named = ", ".join(f"L{a}H{b} ({float(res.scores[a, b]):.2f})" for a, b in heads) or "none"
     out.summary.append(f"needle accuracy (unmasked): {acc:.0%} of {len(res.trials)} trials "
@@ -223,34 +210,31 @@ def _detect(cfg: RetrievalHeadsConfig, model, trials, out: RunOutcome, show: boo
         "answer span and holds the token just produced (adds 1 / span length); a head's score is its mean "
         f"over the {res.n_kept} correctly answered trials. {len(heads)} of {n_all} query heads "
         f"({len(heads) / n_all:.1%}) score > {det.threshold}: {named}."), figure=fig, table=top))
-    out.finished("retrieval_scores")
-    return res
+    return out
 
 
-def _mask(cfg: RetrievalHeadsConfig, model, trials, res: RetrievalResult, out: RunOutcome, show: bool, log) -> None:
-    m, d, run = cfg.masking, cfg.data, out.run
+def mask(ctx: StepContext) -> StepResult | None:
+    cfg, model, trials, res = ctx.cfg, ctx.model, ctx.data[1], ctx.state["scores"]
+    m, d = cfg.masking, cfg.data
+    if not m.enabled:
+        return None
     retrieval = res.retrieval_heads(cfg.detection.threshold)
     chosen = retrieval if m.k == "retrieval" else res.ranked()[: m.k]
     why = ("no detection trial was answered correctly, so there are no retrieval scores" if res.n_kept == 0 else
            "no head scored above the threshold" if not chosen else None)
     if why:
-        out.summary.append(f"masking test skipped: {why}")
-        out.sections.append(ReportSection("Masking test", text=f"Skipped: {why}."))
-        return
+        return StepResult(summary=[f"masking test skipped: {why}"],
+                          sections=[ReportSection("Masking test", text=f"Skipped: {why}.")])
     means = None
     if "mean" in m.modes:
-        log("head means for mean ablation over the masking trials' prompts")
+        ctx.log("head means for mean ablation over the masking trials' prompts")
         means = head_means(model, (torch.tensor([t.prompt_ids]) for t in trials))
-    bar, prog = _progress("masking test", show)
     mres = masking_test(model, trials, chosen, exclude=set(retrieval), modes=m.modes, seeds=m.seeds, means=means,
-                        max_new_tokens=d.max_new_tokens, chunk_size=d.chunk_size, progress=prog)
-    bar.close()
-    run.write_table("masking", mres.conditions)
-    run.write_table("masking_trials", mres.trials)
+                        max_new_tokens=d.max_new_tokens, chunk_size=d.chunk_size, progress=ctx.progress("masking test"))
     summary = mres.summary()
-    run.write_table("masking_summary", summary)
-    fig = _masking_figure(mres)
-    run.write_figure("masking", fig)
+    fig = masking_figure(mres)
+    out = StepResult("masking", tables={"masking": mres.conditions, "masking_trials": mres.trials,
+                                        "masking_summary": summary}, figures={"masking": fig})
     lines = [f"{r.mode}: unmasked {r.unmasked:.0%}, top-{r.k} retrieval heads masked {r.retrieval_masked:.0%}, "
              f"{r.k} random heads {r.random_mean:.0%} +- {r.random_std:.0%} (min {r.random_min:.0%}, max "
              f"{r.random_max:.0%}, {r.n_seeds} seeds); retrieval masking "
@@ -262,19 +246,15 @@ def _mask(cfg: RetrievalHeadsConfig, model, trials, res: RetrievalResult, out: R
         "nearest layer with one left). Ablations: uniform = zero query, so the head attends uniformly (the "
         "reference's masking); zero = the head's output set to 0; mean = its mean output over the trials' "
         f"prompts. {len(trials)} trials per condition. " + " ".join(lines)), figure=fig, table=summary))
-    out.finished("masking")
+    return out
 
 
-def _execute(cfg: RetrievalHeadsConfig, model, prepared, out: RunOutcome, show: bool, log) -> None:
-    detect, mask = prepared
-    d = cfg.data
-    out.run.update_manifest(task="niah", dataset={
-        "name": "niah", "n": len(detect),
+def dataset_step(ctx: StepContext) -> StepResult:
+    d = ctx.cfg.data
+    return StepResult(manifest={"task": "niah", "dataset": {
+        "name": "niah", "n": len(ctx.data[0]),
         "source": {"needles": str(d.needles or HAYSTACK_DIR / "needles.jsonl"), "haystack": str(d.haystack or HAYSTACK_DIR),
-                   "lengths": list(d.lengths), "depths": list(d.depths), "chat": d.chat}})
-    res = _detect(cfg, model, detect, out, show)
-    if cfg.masking.enabled:
-        _mask(cfg, model, mask, res, out, show, log)
+                   "lengths": list(d.lengths), "depths": list(d.depths), "chat": d.chat}}})
 
 
-register_task("retrieval_heads", Task(prepare=_prepare, execute=_execute))
+register_kind("retrieval_heads", RetrievalHeadsConfig, dataset_step, detect, mask, prepare=prepare, check=check, estimate=estimate)

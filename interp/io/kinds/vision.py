@@ -14,58 +14,49 @@ a purple sun, ...: colour questions, optionally captions) plus ordinary shapes q
     data: {n_probe: 40, probe_captions: true, n_shapes: 24}
     analyses: {vhd: {top_k: 3}, vhr: {alphas: [1.1, 1.25, 1.5, 2.0], layers: null, random_seeds: [0, 1]}}
 
-Registered on import (listed in `interp.io.config._KIND_MODULES`).
+Registered on import (`interp.io.registry.load_kinds` imports every module of this package).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, ClassVar, Literal
 
 import pandas as pd
 from pydantic import Field, StrictBool, StrictStr, field_validator
 
 from interp.analyses.hallucination import attribute_spans, score_answers, summarise
 from interp.analyses.vhd import head_divergence, label_tokens, paper_layers, reinforce_heads
-from interp.core.errors import ConfigError, ModelLoadError
+from interp.core.errors import ConfigError
 from interp.data.shapes import QTYPES, ShapeItem, generate_prior_probe, generate_shapes
-from interp.io.config import (
+from interp.io.registry import register_kind
+from interp.io.report import ReportSection
+from interp.io.schema import (
+    BaseExperimentConfig,
+    ModelConfig,
     NonNegativeInt,
-    OutputConfig,
     PositiveInt,
-    _Section,
-    register_experiment_kind,
+    Section,
     unique_items,
 )
-from interp.io.report import ReportSection
-from interp.io.runner import RunOutcome, Task, _progress, register_task
-from interp.models.registry import describe_model_name
+from interp.io.step import StepContext, StepResult
 from interp.viz.heatmaps import head_heatmap
 from interp.viz.vision import alpha_curves, tvhd_box
 
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 
 
-class VisionModelConfig(_Section):
+class VisionModelConfig(ModelConfig):
+    modality: ClassVar[str | None] = "vision"
+    modality_label: ClassVar[str] = "vision-language (LLaVA)"
+    models_label: ClassVar[str] = "vision-language models"
+    allowed: ClassVar[str] = "shapes-llava, a llava-hf/... hub id or a local LLaVA directory"
+
     name: StrictStr = Field("shapes-llava", description="a LLaVA model: shapes-llava, a llava-hf/... hub id "
                                                         "or a local LLaVA directory")
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-    @field_validator("name")
-    @classmethod
-    def _vision_model(cls, name: str) -> str:
-        allowed = "shapes-llava, a llava-hf/... hub id or a local LLaVA directory"
-        try:
-            info = describe_model_name(name)
-        except ModelLoadError as exc:
-            raise ValueError(f"{exc}; vision-language models: {allowed}") from None
-        if info.modality != "vision":
-            raise ValueError(f"{name!r} is not a vision-language (LLaVA) model; allowed: {allowed}")
-        return name
 
 
-class VisionDataConfig(_Section):
+class VisionDataConfig(Section):
     n_probe: NonNegativeInt = Field(40, description="an integer >= 0: prior-contradicting colour questions "
                                                     "(a blue banana, a purple sun, ...)")
     probe_captions: StrictBool = Field(True, description="true or false: also ask for a caption of each probe image")
@@ -81,13 +72,13 @@ class VisionDataConfig(_Section):
         return unique_items(value, "question types")
 
 
-class VHDConfig(_Section):
+class VHDConfig(Section):
     enabled: StrictBool = True
     top_k: PositiveInt = Field(3, description="an integer >= 1: heads per layer summed in T-VHD")
     n_heads_report: PositiveInt = Field(10, description="an integer >= 1: vision-aware heads listed")
 
 
-class VHRConfig(_Section):
+class VHRConfig(Section):
     enabled: StrictBool = True
     alphas: tuple[PositiveFloat, ...] = Field(
         (1.1, 1.25, 1.5, 2.0), description="a non-empty list of numbers > 0: the factors on the selected heads' "
@@ -117,35 +108,24 @@ class VHRConfig(_Section):
         return unique_items(value, "random seeds")
 
 
-class VisionAnalysesConfig(_Section):
+class VisionAnalysesConfig(Section):
     max_new_tokens: PositiveInt = Field(8, description="an integer >= 1: greedy tokens per answer")
     batch_size: PositiveInt = Field(8, description="an integer >= 1: questions per forward")
     vhd: VHDConfig = VHDConfig()
     vhr: VHRConfig = VHRConfig()
 
 
-class VisionHeadsConfig(_Section):
+class VisionHeadsConfig(BaseExperimentConfig):
     kind: Literal["vision_heads"] = "vision_heads"
-    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]+$")] = Field(
-        description="a name of letters, digits, '_' and '-' (used in the run directory name)")
-    description: StrictStr = ""
-    seed: NonNegativeInt = Field(0, description="an integer >= 0")
     model: VisionModelConfig = VisionModelConfig()
     data: VisionDataConfig = VisionDataConfig()
     analyses: VisionAnalysesConfig = VisionAnalysesConfig()
-    output: OutputConfig = OutputConfig()
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-
-register_experiment_kind("vision_heads", VisionHeadsConfig)
 
 
 # ------------------------------------------------------------------------------------ runner
 
 
-def _prepare(cfg: VisionHeadsConfig, model, log) -> list[tuple[str, ShapeItem]]:
+def prepare(cfg: VisionHeadsConfig, model, log) -> list[tuple[str, ShapeItem]]:
     if getattr(model, "modality", None) != "vision":
         raise ConfigError(f"{model.name} is not a vision-language model", path="model.name")
     d, size = cfg.data, model.spec.image_size
@@ -171,75 +151,94 @@ def _fmt_heads(df: pd.DataFrame, value: str) -> str:
     return ", ".join(f"L{int(r.layer)}H{int(r.head)} ({getattr(r, value):.2f})" for r in df.itertuples())
 
 
-def _execute(cfg: VisionHeadsConfig, model, items, out: RunOutcome, show: bool, log) -> None:
-    run, a = out.run, cfg.analyses
-    images, questions = [it.image for _, it in items], [it.question for _, it in items]
-    run.update_manifest(task="vision_heads", dataset={"name": "shapes", "n": len(items)})
-    run.write_table("dataset", pd.DataFrame([{"item": i, "set": s, "qtype": it.qtype, "question": it.question,
-                                              "truth": it.answer, "prior": it.prior, "caption": it.scene.caption()}
-                                             for i, (s, it) in enumerate(items)]))
-    t0 = time.perf_counter()
-    log(f"VHD: greedy answers to {len(items)} questions, image and text-only rows side by side")
-    bar, prog = _progress("VHD (greedy, image and text-only rows)", show)
-    res = head_divergence(model, images, questions, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
-                          progress=prog)
-    bar.close()
-    base = score_answers(res.texts, items, "baseline")
-    conditions = [base]
-    if a.vhd.enabled:
-        _vhd_sections(cfg, res, items, out)
-    if a.vhr.enabled:
-        layers = list(a.vhr.layers) if a.vhr.layers else paper_layers(model.spec.n_layers)
-        sels, meta = [], {"baseline": ("baseline", 1.0, None)}
-        for alpha in a.vhr.alphas:
-            log(f"VHR (alpha {alpha}, {len(layers)} layers) [{time.perf_counter() - t0:.0f} s]")
-            bar, prog = _progress(f"VHR alpha {alpha}", show)
-            vhr = reinforce_heads(model, images, questions, alpha=alpha, layers=layers,
-                                  max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, progress=prog)
-            bar.close()
-            conditions.append(score_answers(vhr.texts, items, f"vhr a={alpha}"))
-            meta[f"vhr a={alpha}"] = ("vhr", alpha, None)
-            sels.append(vhr.selection_frame().assign(alpha=alpha))
-            for seed in a.vhr.random_seeds:
-                log(f"random-head control, alpha {alpha}, seed {seed} [{time.perf_counter() - t0:.0f} s]")
-                bar, prog = _progress(f"random heads alpha {alpha} seed {seed}", show)
-                ctl = reinforce_heads(model, images, questions, alpha=alpha, layers=layers,
-                                      control_counts=vhr.counts(), seed=seed, max_new_tokens=a.max_new_tokens,
-                                      batch_size=a.batch_size, progress=prog)
-                bar.close()
-                conditions.append(score_answers(ctl.texts, items, f"random a={alpha} seed={seed}"))
-                meta[f"random a={alpha} seed={seed}"] = ("random", alpha, seed)
-        sel = pd.concat(sels, ignore_index=True)
-        run.write_table("vhr_heads", sel)
-        _vhr_sections(cfg, sel, conditions, meta, layers, out)
-    scores = pd.concat(conditions, ignore_index=True)
-    run.write_table("answers", scores)
+def dataset_step(ctx: StepContext) -> StepResult:
+    items = ctx.data
+    return StepResult(manifest={"task": "vision_heads", "dataset": {"name": "shapes", "n": len(items)}}, tables={
+        "dataset": pd.DataFrame([{"item": i, "set": s, "qtype": it.qtype, "question": it.question, "truth": it.answer,
+                                  "prior": it.prior, "caption": it.scene.caption()} for i, (s, it) in enumerate(items)])})
+
+
+def _inputs(ctx: StepContext) -> tuple[list, list]:
+    return [it.image for _, it in ctx.data], [it.question for _, it in ctx.data]
+
+
+def divergence_step(ctx: StepContext) -> None:
+    """Greedy answers with VHD read on the way (no tables yet: `vhd` and `hallucination` write them)."""
+    a, items = ctx.cfg.analyses, ctx.data
+    ctx.state["t0"] = time.perf_counter()
+    ctx.log(f"VHD: greedy answers to {len(items)} questions, image and text-only rows side by side")
+    images, questions = _inputs(ctx)
+    res = ctx.state["vhd"] = head_divergence(ctx.model, images, questions, max_new_tokens=a.max_new_tokens,
+                                             batch_size=a.batch_size,
+                                             progress=ctx.progress("VHD (greedy, image and text-only rows)"))
+    ctx.state["conditions"] = [score_answers(res.texts, items, "baseline")]
+    ctx.state["meta"] = {"baseline": ("baseline", 1.0, None)}
+
+
+def vhd_step(ctx: StepContext) -> StepResult | None:
+    if not ctx.cfg.analyses.vhd.enabled:
+        return None
+    return _vhd_sections(ctx.cfg, ctx.state["vhd"], ctx.data)
+
+
+def _reinforce(ctx: StepContext, alpha: float, layers: list[int], **kw):
+    a = ctx.cfg.analyses
+    images, questions = _inputs(ctx)
+    return reinforce_heads(ctx.model, images, questions, alpha=alpha, layers=layers, max_new_tokens=a.max_new_tokens,
+                           batch_size=a.batch_size, **kw)
+
+
+def vhr_step(ctx: StepContext) -> StepResult | None:
+    a, items, t0 = ctx.cfg.analyses, ctx.data, ctx.state["t0"]
+    if not a.vhr.enabled:
+        return None
+    layers = list(a.vhr.layers) if a.vhr.layers else paper_layers(ctx.model.spec.n_layers)
+    conditions, meta, sels = ctx.state["conditions"], ctx.state["meta"], []
+    for alpha in a.vhr.alphas:
+        ctx.log(f"VHR (alpha {alpha}, {len(layers)} layers) [{time.perf_counter() - t0:.0f} s]")
+        vhr = _reinforce(ctx, alpha, layers, progress=ctx.progress(f"VHR alpha {alpha}"))
+        conditions.append(score_answers(vhr.texts, items, f"vhr a={alpha}"))
+        meta[f"vhr a={alpha}"] = ("vhr", alpha, None)
+        sels.append(vhr.selection_frame().assign(alpha=alpha))
+        for seed in a.vhr.random_seeds:
+            ctx.log(f"random-head control, alpha {alpha}, seed {seed} [{time.perf_counter() - t0:.0f} s]")
+            ctl = _reinforce(ctx, alpha, layers, control_counts=vhr.counts(), seed=seed,
+                             progress=ctx.progress(f"random heads alpha {alpha} seed {seed}"))
+            conditions.append(score_answers(ctl.texts, items, f"random a={alpha} seed={seed}"))
+            meta[f"random a={alpha} seed={seed}"] = ("random", alpha, seed)
+    return _vhr_sections(pd.concat(sels, ignore_index=True), conditions, meta, layers)
+
+
+def hallucination_step(ctx: StepContext) -> StepResult:
+    scores = ctx.state["scores"] = pd.concat(ctx.state["conditions"], ignore_index=True)
     summary = summarise(scores)
-    run.write_table("hallucination", summary)
     b = summary[(summary.condition == "baseline") & (summary.set == "all")].iloc[0]
-    out.summary.insert(0, f"baseline over {int(b.n)} answers: accuracy {b.accuracy:.1%}, CHAIR_i {b.chair_i:.1%}, "
-                          f"CHAIR_s {b.chair_s:.1%}, probe answers naming the prior colour {b.prior_rate:.1%}")
-    out.sections.insert(0, ReportSection("Answers and hallucination", text=(
-        "accuracy: the answer names the true attribute(s) and no attribute absent from the image; CHAIR_i: "
-        "share of mentioned attribute words (colours, shapes, counts, positions) not in the image; CHAIR_s: "
-        "share of answers with at least one; prior_rate: probe answers naming the colour the object's name "
-        "suggests (yellow for a banana) although the image shows another."), table=summary))
-    out.sections.append(ReportSection("Example answers", table=scores[scores.condition == "baseline"][
-        ["set", "question", "truth", "text", "correct", "hallucinated"]], table_max_rows=20))
-    out.finished("hallucination")
+    return StepResult("hallucination", tables={"answers": scores, "hallucination": summary}, lead=True, summary=[
+        f"baseline over {int(b.n)} answers: accuracy {b.accuracy:.1%}, CHAIR_i {b.chair_i:.1%}, "
+        f"CHAIR_s {b.chair_s:.1%}, probe answers naming the prior colour {b.prior_rate:.1%}"],
+        sections=[ReportSection("Answers and hallucination", text=(
+            "accuracy: the answer names the true attribute(s) and no attribute absent from the image; CHAIR_i: "
+            "share of mentioned attribute words (colours, shapes, counts, positions) not in the image; CHAIR_s: "
+            "share of answers with at least one; prior_rate: probe answers naming the colour the object's name "
+            "suggests (yellow for a banana) although the image shows another."), table=summary)])
 
 
-def _vhd_sections(cfg: VisionHeadsConfig, res, items, out: RunOutcome) -> None:
-    run, k = out.run, cfg.analyses.vhd
-    run.write_table("vhd", res.to_frame())
+def examples_step(ctx: StepContext) -> StepResult:
+    scores = ctx.state["scores"]
+    return StepResult(sections=[ReportSection("Example answers", table=scores[scores.condition == "baseline"][
+        ["set", "question", "truth", "text", "correct", "hallucinated"]], table_max_rows=20)])
+
+
+def _vhd_sections(cfg: VisionHeadsConfig, res, items) -> StepResult:
+    k = cfg.analyses.vhd
+    out = StepResult("vhd", tables={"vhd": res.to_frame()})
     first, every = res.head_map("first"), res.head_map("all")
-    run.write_table("head_scores", pd.concat([
+    out.tables["head_scores"] = (pd.concat([
         first.assign(score="vhd.shapes.first_token", value=first["vhd"]),
         every.assign(score="vhd.shapes.all_tokens", value=every["vhd"])])[["layer", "head", "score", "value"]])
     fig1 = head_heatmap(first, "vhd", title="VHD per head at the first generated token (mean over questions)")
     fig2 = head_heatmap(every, "vhd", title="VHD per head over all generated tokens")
-    run.write_figure("vhd_first_token", fig1)
-    run.write_figure("vhd_all_tokens", fig2)
+    out.figures.update(vhd_first_token=fig1, vhd_all_tokens=fig2)
     top = first.sort_values("vhd", ascending=False).head(k.n_heads_report)
     z = (first["vhd"] - first.groupby("layer")["vhd"].transform("mean")) / first.groupby("layer")["vhd"].transform("std")
     zt = first.assign(z_in_layer=z).sort_values("z_in_layer", ascending=False).head(k.n_heads_report)
@@ -258,7 +257,7 @@ def _vhd_sections(cfg: VisionHeadsConfig, res, items, out: RunOutcome) -> None:
     tokens["label"] = label_tokens(tokens, attribute_spans(res.texts, items))
     # T-VHD drifts with the position in the answer; centring per step compares like with like
     tokens["tvhd_step_centred"] = tokens["tvhd"] - tokens.groupby("step")["tvhd"].transform("mean")
-    run.write_table("tvhd_tokens", tokens)
+    out.tables["tvhd_tokens"] = tokens
     stats = tokens.groupby("label")["tvhd"].agg(["count", "mean", "median", "std"]).reset_index()
     stats["mean_step_centred"] = stats["label"].map(tokens.groupby("label")["tvhd_step_centred"].mean())
     stats["mean_step"] = stats["label"].map(tokens.groupby("label")["step"].mean())
@@ -277,13 +276,12 @@ def _vhd_sections(cfg: VisionHeadsConfig, res, items, out: RunOutcome) -> None:
         line = (f"T-VHD: {len(hal)} hallucinated and {len(cor)} correct attribute tokens; "
                 "no comparison possible without both")
     out.summary.append(line)
-    fig = tvhd_box(tokens, title="T-VHD of generated tokens by label")
-    run.write_figure("tvhd", fig)
+    fig = out.figures["tvhd"] = tvhd_box(tokens, title="T-VHD of generated tokens by label")
     out.sections.append(ReportSection("T-VHD of hallucinated vs correct tokens", text=(
         line + ". Labels: a token inside an attribute word that is in the image (correct) or not "
         "(hallucinated); other tokens are function words. mean_step: where in the answer the tokens sit."),
         figure=fig, table=stats))
-    out.finished("vhd")
+    return out
 
 
 def _with_meta(table: pd.DataFrame, meta: dict[str, tuple]) -> pd.DataFrame:
@@ -291,10 +289,10 @@ def _with_meta(table: pd.DataFrame, meta: dict[str, tuple]) -> pd.DataFrame:
     return pd.concat([table.reset_index(drop=True), cols.drop(columns="condition")], axis=1)
 
 
-def _vhr_sections(cfg, sel: pd.DataFrame, conditions: list[pd.DataFrame], meta: dict[str, tuple], layers,
-                  out: RunOutcome) -> None:
+def _vhr_sections(sel: pd.DataFrame, conditions: list[pd.DataFrame], meta: dict[str, tuple],
+                  layers) -> StepResult:
     table = _with_meta(summarise(pd.concat(conditions, ignore_index=True)), meta)
-    out.run.write_table("vhr_effect", table)
+    out = StepResult("vhr", tables={"vhr_heads": sel, "vhr_effect": table})
     allset = table[table.set == "all"]
     base = allset[allset.method == "baseline"].iloc[0]
     n_items = max(1, int(base.n))
@@ -315,13 +313,14 @@ def _vhr_sections(cfg, sel: pd.DataFrame, conditions: list[pd.DataFrame], meta: 
     first = sel[sel.alpha == sel.alpha.min()] if len(sel) else sel
     freq = first.groupby(["layer", "head"]).size().sort_values(ascending=False).head(8) / n_items
     fig = alpha_curves(allset, title="Baseline vs VHR vs random heads, by alpha")
-    out.run.write_figure("vhr", fig)
+    out.figures["vhr"] = fig
     out.sections.append(ReportSection("VHR vs random heads", text=(
         " ".join(lines) + f". One answer changes a rate by {1 / n_items:.1%}. Most often selected heads at "
         f"alpha {sel.alpha.min() if len(sel) else '-'} (share of answers): " +
         ", ".join(f"L{la}H{h} ({f:.0%})" for (la, h), f in freq.items())), figure=fig, table=table,
         table_max_rows=60))
-    out.finished("vhr")
+    return out
 
 
-register_task("vision_heads", Task(prepare=_prepare, execute=_execute))
+register_kind("vision_heads", VisionHeadsConfig, dataset_step, divergence_step, vhd_step, vhr_step,
+              hallucination_step, examples_step, prepare=prepare)

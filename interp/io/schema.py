@@ -1,0 +1,212 @@
+"""The shared pieces of every experiment config: one base config (kind, name, description,
+seed, model, output), one `ModelConfig`, the `Section` base, field types and the helpers that
+resolve model-dependent defaults. Every kind's config (`interp/io/kinds/*.py`) extends
+`BaseExperimentConfig`; nothing here knows about any one kind.
+
+    >>> class MyConfig(BaseExperimentConfig):
+    ...     kind: Literal["my_kind"] = "my_kind"
+    >>> MyConfig(name="x").model.name
+    'smollm2-135m'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
+
+from interp.core.errors import ConfigError, ModelLoadError
+from interp.models.registry import describe_model_name
+
+__all__ = [
+    "Section", "FieldError", "ModelConfig", "OutputConfig", "BaseExperimentConfig", "Enabled",
+    "PositiveInt", "NonNegativeInt", "MetricName", "ChatSetting", "allowed_metrics",
+    "resolve_config_path", "unique_items", "non_empty", "has_chat_template", "resolve_chat",
+    "resolve_prepend_bos", "resolve_for_model",
+]
+
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+_FALLBACK_METRICS = ("logit_diff", "prob")
+# `data.chat` of the kinds that can wrap prompts in the model's chat template (mcq_letters,
+# retrieval_heads, knowledge_conflicts); unset = follow the model, see `resolve_chat`.
+ChatSetting = Annotated[StrictBool | None, Field(
+    description="true or false (prompts in the model's chat template, for instruct models), or "
+    "null/unset to follow the model (true when its tokenizer has a chat template)")]
+
+
+def allowed_metrics() -> list[str]:
+    """Metric names a config may use: the keys of `interp.core.metrics.METRICS`."""
+    try:  # imported lazily: the metric registry sits in another layer and may be absent
+        from interp.core.metrics import METRICS
+    except ImportError:
+        return list(_FALLBACK_METRICS)
+    return sorted(METRICS)
+
+
+class FieldError(ValueError):
+    """A cross-field check failed; `field` is the sub-key of the model it belongs to (the
+    config error then names `<section>.<field>`)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def _known_metric(metric: str) -> str:
+    allowed = allowed_metrics()
+    if metric not in allowed:
+        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(allowed)}")
+    return metric
+
+
+# A metric name from the registry (interp.core.metrics), checked when the config is loaded.
+MetricName = Annotated[StrictStr, AfterValidator(_known_metric)]
+
+
+def resolve_config_path(path: Path | None, info: ValidationInfo, *, must: str | None, what: str) -> Path | None:
+    """`path` resolved against the config file's folder (validation context `base_dir`, else the
+    current directory). `must` = "file" | "dir" | "exist" raises a ValueError naming `what`
+    when the resolved path is not one; None accepts any path."""
+    if path is None:
+        return None
+    base = Path((info.context or {}).get("base_dir") or Path.cwd())
+    resolved = (base / path.expanduser()).resolve()
+    ok = {"file": resolved.is_file, "dir": resolved.is_dir, "exist": resolved.exists, None: lambda: True}[must]()
+    if not ok:
+        problem = "is a directory" if must == "file" and resolved.is_dir() else (
+            "is not a directory" if must == "dir" and resolved.exists() else "does not exist")
+        raise ValueError(f"{what} {resolved} {problem} (relative paths are resolved against {base})")
+    return resolved
+
+
+def unique_items(values: tuple, what: str) -> tuple:
+    """`values` unchanged, or a ValueError naming the repeated entries."""
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
+    return values
+
+
+def non_empty(value: tuple) -> tuple:
+    """`value` unchanged, or a ValueError (a validator, not min_length: pydantic adds a
+    misleading "too short" after a bad item)."""
+    if not value:
+        raise ValueError("must not be empty; give at least one value")
+    return value
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_chat(chat: bool | None, model: Any) -> bool:
+    """`data.chat` of the mcq, retrieval and knowledge kinds for a loaded `model`: unset (None)
+    follows the model (true when its tokenizer has a chat template); true on a model without
+    one is a one-line `ConfigError` instead of a transformers error deep in the run."""
+    has = has_chat_template(model.tokenizer)
+    if chat is None:
+        return has
+    if chat and not has:
+        raise ConfigError(f"model {model.name} has no chat template; set data.chat: false "
+                          "(or leave data.chat unset to follow the model)", path="data.chat")
+    return chat
+
+
+def resolve_prepend_bos(prepend_bos: bool | None, model: Any) -> bool:
+    """`data.prepend_bos` for a loaded `model`: unset (None) follows the model's `prepend_bos`
+    (a per-model fact, `interp.models.registry.MODEL_FACTS`); true or false is kept."""
+    return bool(model.prepend_bos) if prepend_bos is None else prepend_bos
+
+
+_MODEL_DEFAULTS = {"chat": resolve_chat, "prepend_bos": resolve_prepend_bos}
+
+
+def resolve_for_model(cfg: Any, model: Any) -> Any:
+    """`cfg` with every model-dependent default of its `data` section (`chat`,
+    `prepend_bos`, where the kind has them) resolved against the loaded `model`; the runner
+    calls it right after loading the model, before any data is built, so the kinds and the
+    run manifest see plain true/false. Raises `ConfigError` where a setting cannot work."""
+    data = getattr(cfg, "data", None)
+    update = {key: fn(getattr(data, key), model) for key, fn in _MODEL_DEFAULTS.items()
+              if data is not None and key in type(data).model_fields}
+    if not update:
+        return cfg
+    return cfg.model_copy(update={"data": data.model_copy(update=update)})
+
+
+class Section(BaseModel):
+    """A config section: unknown keys rejected, frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Enabled(Section):
+    """An analysis with only an on/off switch (on by default)."""
+
+    enabled: StrictBool = True
+
+
+class ModelConfig(Section):
+    """The model section of every kind. A kind that needs one modality subclasses it with
+    `modality` (and a default `name`); the default accepts any model name."""
+
+    modality: ClassVar[str | None] = None  # "speech", "vision": only such models are accepted
+    modality_label: ClassVar[str] = ""  # "speech-to-text": "... is not a speech-to-text model"
+    models_label: ClassVar[str] = ""  # "speech models": "...; speech models: <allowed>"
+    allowed: ClassVar[str] = ""  # the names to suggest
+
+    name: StrictStr = Field(
+        "smollm2-135m", description="a bundled/tiny model name, a hub id or a local directory"
+    )
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        try:
+            info = describe_model_name(name)
+        except ModelLoadError as exc:
+            suffix = f"; {cls.models_label}: {cls.allowed}" if cls.modality else ""
+            raise ValueError(f"{exc}{suffix}") from None
+        if cls.modality is not None and info.modality != cls.modality:
+            raise ValueError(f"{name!r} is not a {cls.modality_label} model; allowed: {cls.allowed}")
+        return name
+
+
+class OutputConfig(Section):
+    runs_dir: Path = Field(Path("runs"), description="a directory path")
+    top_k: PositiveInt = Field(10, description="an integer >= 1")
+
+
+ExperimentName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class BaseExperimentConfig(Section):
+    """What every experiment kind's config has: `kind` (each kind narrows it to its own
+    Literal), `name`, `description`, `seed`, `model` and `output`."""
+
+    kind: str
+    name: ExperimentName = Field(
+        description="a name of letters, digits, '_' and '-' (used in the run directory name)"
+    )
+    description: StrictStr = ""
+    seed: NonNegativeInt = Field(0, description="an integer >= 0")
+    model: ModelConfig = ModelConfig()
+    output: OutputConfig = OutputConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-able dict (lists, strings, numbers) that `parse_config` accepts back."""
+        return self.model_dump(mode="json")
