@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.io.kinds.patching import load_data  # noqa: F401  (re-exported: callers import it from here)
+from interp.io.lifecycle import RunInterrupted, supervised
 from interp.io.limits import check_work
 from interp.io.preflight import preflight
 from interp.io.registry import get_kind
@@ -124,19 +125,20 @@ def run_experiment(
     log(f"run directory: {run.path}")
     out, bars = RunOutcome(run), ProgressBars(show_progress)
     ctx = StepContext(cfg, model, data, log=log, progress=bars.new)
-    try:
-        for step in kind.steps:
-            result = step(ctx)
+    with supervised(run):  # SIGINT/SIGTERM: status interrupted, exit 130/143; pid, host, heartbeat
+        try:
+            for step in kind.steps:
+                result = step(ctx)
+                bars.close()
+                if result is not None:
+                    out.record(result)
+        except BaseException as e:
             bars.close()
-            if result is not None:
-                out.record(result)
-    except BaseException as e:
-        bars.close()
-        run.mark("failed", error=e)
-        _report(run, cfg, out, failed=True)
-        raise
-    run.update_manifest(duration_s=round(time.perf_counter() - t0, 2))
-    run.mark("complete")
+            run.mark("interrupted" if isinstance(e, RunInterrupted) else "failed", error=e)
+            _report(run, cfg, out, failed=True)
+            raise
+        run.update_manifest(duration_s=round(time.perf_counter() - t0, 2))
+        run.mark("complete")
     path = _report(run, cfg, out)
     log("")
     for line in out.summary:
@@ -165,6 +167,7 @@ def _create_run(cfg: Any, model: Any, kind: str, config_path, runs_dir) -> Run:
 def _report(run: Run, cfg: Any, out: RunOutcome, failed: bool = False) -> Path:
     lines = list(out.summary)
     if failed:
-        lines.insert(0, "This run FAILED; the sections below are the analyses it finished.")
+        stopped = "was INTERRUPTED" if run.read_manifest().get("status") == "interrupted" else "FAILED"
+        lines.insert(0, f"This run {stopped}; the sections below are the analyses it finished.")
     return write_report(run, title=f"{cfg.name}: {cfg.description or 'experiment'}", summary_lines=lines,
                         sections=out.sections)

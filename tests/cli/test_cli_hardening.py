@@ -4,7 +4,6 @@ stores and --out paths the user cannot write, and a real `interp run` stopped by
 from __future__ import annotations
 
 import errno
-import inspect
 import json
 import os
 import signal
@@ -166,10 +165,6 @@ def test_unrelated_os_errors_keep_their_traceback(monkeypatch):
 @pytest.mark.integration
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_interp_run_stopped_by_a_signal(tmp_path, sig, code):
-    import interp.io.runner as runner
-
-    if "supervised(" not in inspect.getsource(runner):
-        pytest.skip("the runner does not wrap execution in lifecycle.supervised yet (integration step)")
     cfg = {**SMALL, "data": {**SMALL["data"], "n_prompts": 64}}
     runs = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
