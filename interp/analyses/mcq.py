@@ -57,13 +57,11 @@ from interp.analyses.mcq_subspace import (
     fit_head_subspaces,
     fit_subspace,
 )
-from interp.analyses.patching import _check_direction, _combine, check_pairs
+from interp.analyses.patching import patch_heads
 from interp.analyses.results import PatchingResult
 from interp.analyses.sweep import ProgressFn
-from interp.core.metrics import get_metric
 from interp.core.model import HookedModel
-from interp.core.sites import Site
-from interp.data.pairs import PairBatch, PairDataset, TokenizedPairs
+from interp.data.pairs import PairDataset, TokenizedPairs
 
 __all__ = [
     "KEY_POSITIONS", "VARIANTS", "HeadSubspaces", "MCQAccuracyResult", "QKCompressionResult", "Subspace",
@@ -158,30 +156,9 @@ def mcq_accuracy(model: HookedModel, pairs: TokenizedPairs, dataset: PairDataset
 # ----------------------------------------------------------------- head patching (last position)
 
 
-def patch_heads_last_position(
-    model: HookedModel,
-    pairs: TokenizedPairs,
-    *,
-    direction: str = "denoising",
-    metric: str = "logit_diff",
-    batch_size: int = 64,
-    progress: ProgressFn | None = None,
-) -> PatchingResult:
+def patch_heads_last_position(model: HookedModel, pairs: TokenizedPairs, *, direction: str = "denoising",
+                              metric: str = "logit_diff", batch_size: int = 64,
+                              progress: ProgressFn | None = None) -> PatchingResult:
     """Each head's output `z` patched at the last position only; axes ("layer", "head")."""
-    _check_direction(direction)
-    check_pairs(pairs, "MCQ head patching")
-    m = get_metric(metric)
-    L, H = model.spec.n_layers, model.spec.n_heads
-
-    def sites(_pb: PairBatch) -> list[Site]:
-        return [Site("z", layer=layer, head=h, position=-1) for layer in range(L) for h in range(H)]
-
-    def bs(pb: PairBatch) -> int:
-        # A one-prompt batch is swept one site per forward: the backend's resume-at-position
-        # does not stack copies of a one-prompt key/value prefix (tlens `_repeat_batch`).
-        return batch_size if len(pb) > 1 else 1
-
-    vals, clean, corrupt, n = _combine(model, pairs.by_length().batches, sites, direction=direction, metric=m,
-                                       batch_size=bs, progress=progress)
-    return PatchingResult("head_patching_last_position", direction, metric, ("layer", "head"),
-                          vals.view(L, H), clean, corrupt, n)
+    return patch_heads(model, pairs, direction=direction, metric=metric, batch_size=batch_size,
+                       progress=progress, position=-1)

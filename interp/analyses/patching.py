@@ -178,6 +178,15 @@ def _position_labels(model: HookedModel, pb: PairBatch) -> list[str]:
     return model.str_tokens(pb.clean[0])
 
 
+def _one_prompt_safe(batch_size: int) -> Callable[[PairBatch], int]:
+    def bs(pb: PairBatch) -> int:
+        # A one-prompt batch is swept one site per forward: the backend's resume-at-position
+        # does not stack copies of a one-prompt key/value prefix (tlens `_repeat_batch`).
+        return batch_size if len(pb) > 1 else 1
+
+    return bs
+
+
 def patch_heads(
     model: HookedModel,
     pairs: TokenizedPairs,
@@ -187,20 +196,24 @@ def patch_heads(
     per_position: bool = False,
     batch_size: int = 64,
     progress: ProgressFn | None = None,
+    position: int | None = None,
 ) -> PatchingResult:
-    """Patch each head's output `z` (all positions, or each position when `per_position`)."""
+    """Patch each head's output `z` (all positions, each position when `per_position`, or only
+    `position`, e.g. -1 for the last, where the sweep resumes the forward there)."""
     _check_direction(direction)
     check_pairs(pairs, "head patching")
     m = get_metric(metric)
     L, H = model.spec.n_layers, model.spec.n_heads
     if not per_position:
         def sites(_pb: PairBatch) -> list[Site]:
-            return [Site("z", layer=layer, head=h) for layer in range(L) for h in range(H)]
+            return [Site("z", layer=layer, head=h, position=position) for layer in range(L) for h in range(H)]
 
+        bs = batch_size if position is None else _one_prompt_safe(batch_size)
         vals, clean, corrupt, n = _combine(model, pairs.by_length().batches, sites, direction=direction, metric=m,
-                                           batch_size=batch_size, progress=progress)
-        return PatchingResult("head_patching", direction, metric, ("layer", "head"), vals.view(L, H),
-                              clean, corrupt, n)
+                                           batch_size=bs, progress=progress)
+        name = "head_patching" if position is None else \
+            "head_patching_last_position" if position == -1 else f"head_patching_position_{position}"
+        return PatchingResult(name, direction, metric, ("layer", "head"), vals.view(L, H), clean, corrupt, n)
     pb = pairs.largest_batch()
     T = pb.clean.shape[1]
 

@@ -201,6 +201,18 @@ def _receiver_hooks(model: HookedModel, receivers: Sequence[Receiver], recorded:
     return hooks
 
 
+def _keeper(current: dict[str, torch.Tensor]):
+    """keep(name): a hook that stores its tensor as `current[name]` (this forward's value)."""
+
+    def keep(name: str):
+        def fn(t, _s):
+            current[name] = t
+
+        return fn
+
+    return keep
+
+
 def _grouped_key_hooks(model: HookedModel, layer: int, k_heads: list[int], rec_k: torch.Tensor, group: int):
     for comp in ("q_rot", "k_rot", "attn_scores"):
         if not model.supports(comp):
@@ -210,12 +222,7 @@ def _grouped_key_hooks(model: HookedModel, layer: int, k_heads: list[int], rec_k
                 "`interp check`); query and value receivers work")
     scale, cap = model.attention_scale(layer), model.attention_softcap(layer)
     current: dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        def fn(t, _s):
-            current[name] = t
-
-        return fn
+    keep = _keeper(current)
 
     def scores_hook(t, _s):
         q, k_now = current["q_rot"], current["k_rot"]  # (batch, pos, head | kv_head, d) of this forward
@@ -238,12 +245,7 @@ def _grouped_value_hooks(model: HookedModel, layer: int, v_heads: list[int], rec
                 f"value receivers under grouped-query attention on {model.spec.architecture} need site "
                 f"{comp!r}, which is not supported there (see `interp check`)")
     current: dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        def fn(t, _s):
-            current[name] = t
-
-        return fn
+    keep = _keeper(current)
 
     def z_hook(t, _s):
         pattern, v_now = current["pattern"], current["v"]  # (batch, head, q, k), (batch, pos, kv, d)

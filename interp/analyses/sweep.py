@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.core.errors import InterpError
+from interp.core.errors import DatasetError, InterpError
 from interp.core.hooks import HookFn
 from interp.core.metrics import Readout
 from interp.core.model import BlockInputs, HookedModel
@@ -165,5 +165,5 @@ def prompt_mean(results: Iterator[BatchSweep]) -> tuple[Float[Tensor, " variant"
         corrupt_sum += float(r.corrupt.sum())
         n_total += len(r.pb)
     if sums is None or n_total == 0:
-        raise InterpError("no prompts to sweep: the dataset is empty")
+        raise DatasetError("no prompts to sweep: the dataset is empty")
     return sums / n_total, clean_sum / n_total, corrupt_sum / n_total, n_total
