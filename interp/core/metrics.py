@@ -86,6 +86,12 @@ def get_metric(name: str) -> Metric:
     return METRICS[name]
 
 
+def metrics_reading(provided: tuple[str, ...] = TARGET_KEYS) -> list[str]:
+    """Names of the metrics that need only the targets in `provided` (default: what every prompt
+    pair has, answer and distractor): the metrics a pair-based analysis can compute."""
+    return sorted(name for name, m in METRICS.items() if set(m.reads) <= set(provided))
+
+
 def as_metric(metric: str | Metric) -> Metric:
     return get_metric(metric) if isinstance(metric, str) else metric
 

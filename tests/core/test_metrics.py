@@ -14,6 +14,7 @@ from interp.core.metrics import (
     columns_for,
     get_metric,
     letter_scores,
+    metrics_reading,
     normalise,
     readout,
     register_metric,
@@ -154,3 +155,8 @@ def test_missing_target_is_one_clear_line(ids):
     with pytest.raises(InterpError, match=r"metric 'letter_logit_diff' reads 'letters', which this analysis "
                                           r"does not provide \(it provides answer, distractor\)"):
         readout(get_metric("letter_logit_diff"), Targets(a, d))
+
+
+def test_metrics_reading_pairs_only():
+    assert metrics_reading() == ["logit_diff", "prob", "prob_diff"]
+    assert "letter_logit_diff" in metrics_reading(("answer", "distractor", "letters"))
