@@ -64,6 +64,18 @@ def _check_heads(model: HookedModel, heads: Sequence[tuple[int, int]]) -> list[t
     return out
 
 
+def _check_means(model: HookedModel, mode: str, means: HeadMeans | None) -> None:
+    if mode != "mean":
+        if means is not None:
+            raise InterpError(f"means are only used by mode 'mean', not {mode!r}")
+        return
+    want = (model.spec.n_layers, model.spec.n_heads, model.spec.d_head)
+    if means is None:
+        raise InterpError("mode 'mean' needs means: a (layer, head, d_head) tensor from head_means()")
+    if tuple(means.shape) != want:
+        raise InterpError(f"means has shape {tuple(means.shape)}; expected (layer, head, d_head) = {want}")
+
+
 def ablation_hooks(
     model: HookedModel,
     heads: Sequence[tuple[int, int]],
@@ -75,18 +87,7 @@ def ablation_hooks(
     if mode not in ABLATION_MODES:
         raise InterpError(f"unknown ablation mode {mode!r}; allowed: {', '.join(ABLATION_MODES)}")
     checked = _check_heads(model, heads)
-    if mode == "mean":
-        want = (model.spec.n_layers, model.spec.n_heads, model.spec.d_head)
-        if means is None:
-            raise InterpError(
-                "mode 'mean' needs means: a (layer, head, d_head) tensor from head_means()"
-            )
-        if tuple(means.shape) != want:
-            raise InterpError(
-                f"means has shape {tuple(means.shape)}; expected (layer, head, d_head) = {want}"
-            )
-    elif means is not None:
-        raise InterpError(f"means are only used by mode 'mean', not {mode!r}")
+    _check_means(model, mode, means)
     by_layer: dict[int, list[int]] = {}
     for layer, head in checked:
         if head not in by_layer.setdefault(layer, []):

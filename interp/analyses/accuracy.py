@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from interp.analyses.results import AccuracyResult
+from interp.core.metrics import Targets, get_metric, readout
 from interp.core.model import HookedModel
 from interp.data.pairs import PairDataset, TokenizedPairs
 
@@ -20,15 +21,14 @@ def task_accuracy(model: HookedModel, pairs: TokenizedPairs, dataset: PairDatase
     top1 = torch.zeros(n, dtype=torch.bool)
     top1_tokens = [""] * n
     for pb in pairs.by_length().batches:
-        r = torch.arange(len(pb))
-        a, d = pb.answer_ids, pb.distractor_ids
+        targets = Targets(pb.answer_ids, pb.distractor_ids)
+        ld, p = (readout(get_metric(name), targets) for name in ("logit_diff", "prob"))
         last = model.forward(pb.clean.to(model.device))[:, -1].float().cpu()
-        clean_ld[pb.indices] = last[r, a] - last[r, d]
-        prob[pb.indices] = last.softmax(-1)[r, a]
+        clean_ld[pb.indices] = ld.score_vocab(last)
+        prob[pb.indices] = p.score_vocab(last)
         best = last.argmax(-1)
-        top1[pb.indices] = best == a
+        top1[pb.indices] = best == pb.answer_ids
         for i, tok in zip(pb.indices, best.tolist(), strict=True):
             top1_tokens[i] = model.tokenizer.decode([tok])
-        last_c = model.forward(pb.corrupt.to(model.device))[:, -1].float().cpu()
-        corrupt_ld[pb.indices] = last_c[r, a] - last_c[r, d]
+        corrupt_ld[pb.indices] = ld.score_vocab(model.forward(pb.corrupt.to(model.device))[:, -1].float().cpu())
     return AccuracyResult(clean_ld, corrupt_ld, top1, prob, top1_tokens, [p.clean for p in dataset.pairs])

@@ -34,7 +34,7 @@ import torch
 from interp.analyses.results import PatchingResult
 from interp.core.attention import check_recompute, recompute_scores
 from interp.core.errors import InterpError
-from interp.core.metrics import Metric, columns_for, get_metric
+from interp.core.metrics import Metric, Targets, get_metric, readout
 from interp.core.model import HookedModel
 from interp.core.sites import Site
 from interp.data.pairs import PairBatch, TokenizedPairs
@@ -70,9 +70,7 @@ def _grads_on(model: HookedModel, tokens: torch.Tensor, sites: Sequence[Site], p
 
 
 def _metric_of(last_logits: torch.Tensor, pb: PairBatch, metric: Metric) -> torch.Tensor:
-    a, d = pb.answer_ids.to(last_logits.device), pb.distractor_ids.to(last_logits.device)
-    cols, ai, di = columns_for(metric, a, d)
-    return metric.fn(last_logits if cols is None else last_logits[:, cols], ai, di)
+    return readout(metric, Targets(pb.answer_ids, pb.distractor_ids).to(last_logits.device)).score_vocab(last_logits)
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from interp.analyses.head_patterns import HeadScoresResult, head_pattern_scores
-from interp.analyses.patching import ProgressFn, baseline_metrics
+from interp.analyses.patching import baseline_metrics, pair_readout
 from interp.analyses.path_patching import Receiver, path_patch_senders, path_patching
 from interp.analyses.results import PatchingResult
 from interp.core.metrics import get_metric
@@ -158,9 +158,7 @@ def mean_ablation_faithfulness(model: HookedModel, pairs: TokenizedPairs, keep: 
         clean, corrupt = baseline_metrics(model, pb, m)
         with model.hooks(hooks):
             last = model.forward(pb.clean.to(model.device))[:, -1]
-        a, d = pb.answer_ids.to(model.device), pb.distractor_ids.to(model.device)
-        r = torch.arange(len(pb), device=model.device)
-        circ = m.fn(last, a, d) if m.full_vocab else last[r, a] - last[r, d]
+        circ = pair_readout(model, pb, m).score_vocab(last)
         full_sum += float(clean.sum())
         corrupt_sum += float(corrupt.sum())
         circ_sum += float(circ.sum())
@@ -169,6 +167,105 @@ def mean_ablation_faithfulness(model: HookedModel, pairs: TokenizedPairs, keep: 
     return {"full_metric": full, "circuit_metric": circ, "corrupt_metric": corrupt_sum / n,
             "faithfulness": circ / full if full else float("nan"), "n_heads_kept": len(keep_set),
             "n_heads": L * H}
+
+
+@dataclass
+class _Walk:
+    """What `discover_circuit` carries from step to step."""
+
+    model: HookedModel
+    pairs: TokenizedPairs
+    threshold: float
+    freeze_mlps: bool
+    metric: str
+    batch_size: int
+    progress: Callable[[str, int, int], None] | None
+    nodes: list[dict] = field(default_factory=list)
+    edges: list[dict] = field(default_factory=list)
+    maps: dict[str, PatchingResult] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    taken: set[Head] = field(default_factory=set)
+
+    def sweep(self, name: str, receivers: list[Receiver], stage: str) -> torch.Tensor:
+        """Path-patch every head into `receivers`; the effect map, kept as `maps[name]`."""
+        progress = self.progress
+
+        def prog(d: int, t: int) -> None:
+            if progress:
+                progress(stage, d, t)
+
+        self.maps[name] = path_patching(self.model, self.pairs, receivers, freeze_mlps=self.freeze_mlps,
+                                        metric=self.metric, batch_size=self.batch_size, progress=prog)
+        return _effects(self.maps[name])
+
+    def add(self, cls: str, chosen: list[tuple[Head, float]], copies: dict[Head, float] | None = None) -> None:
+        for (layer, h), e in chosen:
+            self.nodes.append({"layer": layer, "head": h, "class": cls, "score": e,
+                               "copy_score": None if copies is None else copies.get((layer, h))})
+        self.taken |= {h for h, _ in chosen}
+
+    def connect(self, senders: list[Head], receivers: list[Receiver]) -> None:
+        self.edges += _edge_strengths(self.model, self.pairs, senders, receivers, self.freeze_mlps, self.metric)
+
+    def result(self, patterns: HeadScoresResult) -> CircuitResult:
+        node_df = pd.DataFrame(self.nodes)
+        keep = [(int(r.layer), int(r.head)) for r in node_df.itertuples()]
+        faith = mean_ablation_faithfulness(self.model, self.pairs, keep, self.metric)
+        return CircuitResult(node_df, pd.DataFrame(self.edges), self.maps, patterns, faith, self.notes)
+
+
+def _movers_step(w: _Walk, dataset: PairDataset, k_movers: int, k_negative: int,
+                 answer_role: str) -> list[tuple[Head, float]]:
+    eff = w.sweep("to_logits", [Receiver("logits")], "movers")
+    movers = _pick(eff, k_movers, w.threshold)
+    negative = _pick(eff, k_negative, w.threshold, sign=-1.0)
+    has_positions = all("positions" in dataset.pairs[i].meta for i in range(len(dataset)))
+    copies = copy_scores(w.model, w.pairs, dataset, [h for h, _ in movers + negative], role=answer_role) \
+        if has_positions else {}
+    for cls, chosen in (("name_mover", movers), ("negative_name_mover", negative)):
+        w.add(cls, chosen, copies)
+        w.edges += [{"sender_layer": layer, "sender_head": h, "receiver_layer": None, "receiver_head": None,
+                     "receiver_input": "logits", "strength": e} for (layer, h), e in chosen]
+    return movers
+
+
+def _inhibition_step(w: _Walk, movers: list[tuple[Head, float]], k: int) -> list[tuple[Head, float]]:
+    if min(layer for (layer, _), _ in movers) == 0:
+        return []
+    recv = [Receiver("q", layer, h) for (layer, h), _ in movers]
+    eff = w.sweep("to_mover_queries", recv, "inhibition")
+    inhibition = _pick(eff, k, w.threshold, exclude=w.taken)
+    if not inhibition:
+        best = float(eff.nan_to_num(nan=float("-inf")).max())
+        w.notes.append(f"no head reaches the threshold {w.threshold} into the movers' queries (largest "
+                       f"effect {best:+.3f}): no inhibition heads, so the upstream steps are skipped")
+    w.add("s_inhibition", inhibition)
+    w.connect([h for h, _ in inhibition], recv)
+    return inhibition
+
+
+def _upstream_class(patterns: HeadScoresResult, head: Head) -> str:
+    ind, dup = float(patterns.scores["induction"][head]), float(patterns.scores["duplicate_token"][head])
+    return "induction" if ind >= dup and ind >= 0.2 else "duplicate_token" if dup >= 0.2 else "other_upstream"
+
+
+def _upstream_step(w: _Walk, inhibition: list[tuple[Head, float]], k: int, patterns: HeadScoresResult) -> list[Head]:
+    if not inhibition or min(layer for (layer, _), _ in inhibition) == 0:
+        return []
+    recv = [Receiver("v", layer, h) for (layer, h), _ in inhibition]
+    upstream = _pick(w.sweep("to_inhibition_values", recv, "upstream"), k, w.threshold, exclude=w.taken)
+    for head, e in upstream:
+        w.add(_upstream_class(patterns, head), [(head, e)])
+    w.connect([h for h, _ in upstream], recv)
+    return [h for h, _ in upstream if _upstream_class(patterns, h) == "induction"]
+
+
+def _previous_step(w: _Walk, induction: list[Head], k: int, patterns: HeadScoresResult) -> None:
+    recv = [Receiver("k", layer, h) for layer, h in induction]
+    cands = _pick(w.sweep("to_induction_keys", recv, "previous"), k * 3, w.threshold, exclude=w.taken)
+    prev = [(h, e) for h, e in cands if float(patterns.scores["previous_token"][h]) >= 0.3][:k]
+    w.add("previous_token", prev)
+    w.connect([h for h, _ in prev], recv)
 
 
 def discover_circuit(
@@ -189,79 +286,20 @@ def discover_circuit(
     pattern_seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CircuitResult:
-    def prog(stage: str) -> ProgressFn:
-        return lambda d, t: progress(stage, d, t) if progress else None
-
-    notes: list[str] = []
-    nodes: list[dict] = []
-    edges: list[dict] = []
-    maps: dict[str, PatchingResult] = {}
+    w = _Walk(model, pairs, threshold, freeze_mlps, metric, batch_size, progress)
     patterns = head_pattern_scores(model, seed=pattern_seed)
-
-    maps["to_logits"] = path_patching(model, pairs, [Receiver("logits")], freeze_mlps=freeze_mlps,
-                                      metric=metric, batch_size=batch_size, progress=prog("movers"))
-    eff = _effects(maps["to_logits"])
-    movers = _pick(eff, k_movers, threshold)
-    negative = _pick(eff, k_negative, threshold, sign=-1.0)
-    copies = copy_scores(model, pairs, dataset, [h for h, _ in movers + negative], role=answer_role) \
-        if all("positions" in dataset.pairs[i].meta for i in range(len(dataset))) else {}
-    for cls, chosen in (("name_mover", movers), ("negative_name_mover", negative)):
-        for (layer, h), e in chosen:
-            nodes.append({"layer": layer, "head": h, "class": cls, "score": e, "copy_score": copies.get((layer, h))})
-            edges.append({"sender_layer": layer, "sender_head": h, "receiver_layer": None, "receiver_head": None,
-                          "receiver_input": "logits", "strength": e})
+    movers = _movers_step(w, dataset, k_movers, k_negative, answer_role)
     if not movers:
-        notes.append("no head passes the threshold into the logits; the circuit is empty")
-        return CircuitResult(pd.DataFrame(nodes), pd.DataFrame(edges), maps, patterns,
-                             mean_ablation_faithfulness(model, pairs, [], metric), notes)
-
-    taken = {h for h, _ in movers + negative}
-    inhibition: list[tuple[Head, float]] = []
-    first_mover = min(layer for (layer, _), _ in movers)
-    if first_mover > 0:
-        recv = [Receiver("q", layer, h) for (layer, h), _ in movers]
-        maps["to_mover_queries"] = path_patching(model, pairs, recv, freeze_mlps=freeze_mlps, metric=metric,
-                                                 batch_size=batch_size, progress=prog("inhibition"))
-        inhibition = _pick(_effects(maps["to_mover_queries"]), k_inhibition, threshold, exclude=taken)
-        if not inhibition:
-            best = float(_effects(maps["to_mover_queries"]).nan_to_num(nan=float("-inf")).max())
-            notes.append(f"no head reaches the threshold {threshold} into the movers' queries (largest "
-                         f"effect {best:+.3f}): no inhibition heads, so the upstream steps are skipped")
-        for (layer, h), e in inhibition:
-            nodes.append({"layer": layer, "head": h, "class": "s_inhibition", "score": e, "copy_score": None})
-        edges += _edge_strengths(model, pairs, [h for h, _ in inhibition], recv, freeze_mlps, metric)
-        taken |= {h for h, _ in inhibition}
-
-    induction: list[Head] = []
-    if inhibition and min(layer for (layer, _), _ in inhibition) > 0:
-        recv = [Receiver("v", layer, h) for (layer, h), _ in inhibition]
-        maps["to_inhibition_values"] = path_patching(model, pairs, recv, freeze_mlps=freeze_mlps, metric=metric,
-                                                     batch_size=batch_size, progress=prog("upstream"))
-        upstream = _pick(_effects(maps["to_inhibition_values"]), k_upstream, threshold, exclude=taken)
-        for (layer, h), e in upstream:
-            ind, dup = float(patterns.scores["induction"][layer, h]), float(patterns.scores["duplicate_token"][layer, h])
-            cls = "induction" if ind >= dup and ind >= 0.2 else "duplicate_token" if dup >= 0.2 else "other_upstream"
-            if cls == "induction":
-                induction.append((layer, h))
-            nodes.append({"layer": layer, "head": h, "class": cls, "score": e, "copy_score": None})
-        edges += _edge_strengths(model, pairs, [h for h, _ in upstream], recv, freeze_mlps, metric)
-        taken |= {h for h, _ in upstream}
-
+        w.notes.append("no head passes the threshold into the logits; the circuit is empty")
+        return CircuitResult(pd.DataFrame(w.nodes), pd.DataFrame(w.edges), w.maps, patterns,
+                             mean_ablation_faithfulness(model, pairs, [], metric), w.notes)
+    inhibition = _inhibition_step(w, movers, k_inhibition)
+    induction = _upstream_step(w, inhibition, k_upstream, patterns)
     if induction and min(layer for layer, _ in induction) > 0:
-        recv = [Receiver("k", layer, h) for layer, h in induction]
-        maps["to_induction_keys"] = path_patching(model, pairs, recv, freeze_mlps=freeze_mlps, metric=metric,
-                                                  batch_size=batch_size, progress=prog("previous"))
-        cands = _pick(_effects(maps["to_induction_keys"]), k_previous * 3, threshold, exclude=taken)
-        prev = [(h, e) for h, e in cands if float(patterns.scores["previous_token"][h]) >= 0.3][:k_previous]
-        for (layer, h), e in prev:
-            nodes.append({"layer": layer, "head": h, "class": "previous_token", "score": e, "copy_score": None})
-        edges += _edge_strengths(model, pairs, [h for h, _ in prev], recv, freeze_mlps, metric)
+        _previous_step(w, induction, k_previous, patterns)
     elif inhibition:
-        notes.append("no induction head among the upstream heads: previous-token step skipped")
-
-    node_df = pd.DataFrame(nodes)
-    faith = mean_ablation_faithfulness(model, pairs, [(int(r.layer), int(r.head)) for r in node_df.itertuples()], metric)
-    return CircuitResult(node_df, pd.DataFrame(edges), maps, patterns, faith, notes)
+        w.notes.append("no induction head among the upstream heads: previous-token step skipped")
+    return w.result(patterns)
 
 
 def circuit_overlap(a: CircuitResult, b: CircuitResult) -> dict[str, float]:

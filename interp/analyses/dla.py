@@ -33,14 +33,16 @@ printing a wrong table.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from interp.analyses.results import DLAResult
-from interp.core.errors import ExactnessError, UnsupportedError
+from interp.core.errors import DatasetError, ExactnessError, UnsupportedError
 from interp.core.model import HookedModel
 from interp.core.norms import AffineNorm, probe_norm
 from interp.core.sites import Site
-from interp.data.pairs import TokenizedPairs
+from interp.data.pairs import PairBatch, TokenizedPairs
 
 SUM_RTOL = 1e-3  # parts vs the model's logit difference, relative to max(1, |value|)
 REMAINDER_RTOL = 1e-3  # an attention remainder vs max(1, largest head term)
@@ -78,104 +80,153 @@ def _facts(model: HookedModel):
     return facts
 
 
-@torch.no_grad()
-def direct_logit_attribution(model: HookedModel, pairs: TokenizedPairs) -> DLAResult:
-    L, H, D = model.spec.n_layers, model.spec.n_heads, model.spec.d_model
+@dataclass(frozen=True)
+class _Readers:
+    """The model's pieces DLA reads, fetched once."""
+
+    final: AffineNorm
+    posts: list[AffineNorm | None]  # per layer, the post-attention norm (None: none)
+    mult: float
+    W_U: torch.Tensor
+    b_U: torch.Tensor | None
+    tail: object
+
+
+def _readers(model: HookedModel) -> _Readers:
+    D = model.spec.d_model
     facts = _facts(model)
-    tail = facts.tail
-    labels, kinds, layers, heads = _labels(L, H, tail.softcap is not None)
     final = probe_norm(model.final_norm_module(), D, name="final norm")
     posts: list[AffineNorm | None] = []
-    for layer in range(L):
+    for layer in range(model.spec.n_layers):
         mod = model.post_norm_module(layer, "attn")
         posts.append(probe_norm(mod, D, name=f"L{layer} post-attention norm") if mod is not None else None)
-    mult = facts.residual_multiplier
     W_U, b_U = model.unembed_matrix()
-    W_U = W_U.float()
-    approximations = ["final norm scale frozen at the actual run"]
-    if any(p is not None for p in posts):
-        approximations.append("post-attention norm scale frozen at the actual run (per layer); "
-                              "the remainder of each layer is its own term")
-    if tail.softcap is not None:
-        approximations.append(f"final logit softcap {tail.softcap:g}: parts attributed before it, "
-                              "its change of the logit difference is the term 'final_softcap'")
+    return _Readers(final, posts, facts.residual_multiplier, W_U.float(), b_U, facts.tail)
 
-    rows: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+
+def _approximations(rd: _Readers) -> list[str]:
+    out = ["final norm scale frozen at the actual run"]
+    if any(p is not None for p in rd.posts):
+        out.append("post-attention norm scale frozen at the actual run (per layer); "
+                   "the remainder of each layer is its own term")
+    if rd.tail.softcap is not None:  # type: ignore[attr-defined]
+        out.append(f"final logit softcap {rd.tail.softcap:g}: parts attributed before it, "  # type: ignore[attr-defined]
+                   "its change of the logit difference is the term 'final_softcap'")
+    return out
+
+
+def _sites(L: int) -> list[Site]:
+    sites = [Site("resid_pre", layer=0, position=-1), Site("resid_final", position=-1)]
+    for layer in range(L):
+        sites += [Site("z", layer=layer, position=-1), Site("attn_out", layer=layer, position=-1),
+                  Site("mlp_out", layer=layer, position=-1)]
+    return sites
+
+
+def _attention_parts(model: HookedModel, rd: _Readers, cache, layer: int):
+    """Layer `layer`'s attention output as (per-head terms (batch, head, d), bias term, the
+    attention output itself) at the last position."""
+    D = model.spec.d_model
+    z = cache[Site("z", layer=layer, position=-1)].float()  # (batch, head, d_head)
+    head_out = torch.einsum("bhd,hdm->bhm", z, model.W_O(layer).float())
+    b_O = model.out_proj_bias(layer)
+    b_O = torch.zeros(D, device=z.device) if b_O is None else b_O.float()
+    attn = cache[Site("attn_out", layer=layer, position=-1)].float()
+    post = rd.posts[layer]
+    if post is not None:
+        s_post = post.scale(head_out.sum(1) + b_O)
+        terms = rd.mult * post.linear(head_out, s_post.unsqueeze(1))
+        bias = rd.mult * (post.linear(b_O.expand_as(attn), s_post) + post.bias)
+    else:
+        terms = rd.mult * head_out
+        bias = rd.mult * b_O.expand_as(attn)
+    return terms, bias, attn
+
+
+def _check_remainder(model: HookedModel, layer: int, head_cols: list[torch.Tensor], rem_col: torch.Tensor) -> float:
+    """The remainder relative to the largest head term; raises above `REMAINDER_RTOL`."""
+    scale = max(1.0, max(float(c.abs().max()) for c in head_cols))
+    if float(rem_col.abs().max()) > REMAINDER_RTOL * scale:
+        raise ExactnessError(
+            f"DLA: layer {layer}'s attention output of {model.spec.architecture} is not its heads' terms "
+            f"plus the projection bias (remainder {float(rem_col.abs().max()):.3g} in logit units vs "
+            f"{scale:.3g}); the per-head numbers would be wrong")
+    return float(rem_col.abs().max()) / scale
+
+
+def _check_residual(model: HookedModel, total: torch.Tensor, x: torch.Tensor) -> None:
+    resid_err = float((total - x.float()).abs().max() / x.float().abs().max().clamp_min(1e-6))
+    if resid_err > 1e-4:
+        raise ExactnessError(
+            f"DLA: embeddings + attention + MLP outputs do not add up to the final residual of "
+            f"{model.spec.architecture} (relative error {resid_err:.2e}); its attn_out/mlp_out sites are "
+            "not the residual contributions")
+
+
+def _softcap_term(model: HookedModel, rd: _Readers, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """The softcap's change of the logit difference, from the model's own norm and lm_head."""
+    tail = rd.tail
+    y = model.final_norm_module()(x).float()
+    raw_a = (y * rd.W_U[:, a].T).sum(-1) * tail.scale  # type: ignore[attr-defined]
+    raw_d = (y * rd.W_U[:, d].T).sum(-1) * tail.scale  # type: ignore[attr-defined]
+    if rd.b_U is not None:
+        raw_a = raw_a + rd.b_U[a].float() * tail.scale  # type: ignore[attr-defined]
+        raw_d = raw_d + rd.b_U[d].float() * tail.scale  # type: ignore[attr-defined]
+    cap = tail.softcap  # type: ignore[attr-defined]
+    capped = cap * torch.tanh(raw_a / cap) - cap * torch.tanh(raw_d / cap)
+    return capped - (raw_a - raw_d)
+
+
+def _batch_parts(model: HookedModel, rd: _Readers, pb: PairBatch) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One batch: (contribution per (prompt, part), the model's logit difference, worst remainder)."""
+    L, H = model.spec.n_layers, model.spec.n_heads
+    tail = rd.tail
+    logits, cache = model.run_with_cache(pb.clean.to(model.device), _sites(L))
+    a, d = pb.answer_ids.to(model.device), pb.distractor_ids.to(model.device)
+    r = torch.arange(len(pb), device=model.device)
+    actual = (logits[r, -1, a] - logits[r, -1, d]).float()
+    direction = (rd.W_U[:, a] - rd.W_U[:, d]).T * tail.scale  # type: ignore[attr-defined]  # (batch, d_model)
+    x = cache[Site("resid_final", position=-1)]
+    s = rd.final.scale(x)
+
+    def attribute(part: torch.Tensor) -> torch.Tensor:
+        return (rd.final.linear(part, s) * direction).sum(-1)
+
+    embed = cache[Site("resid_pre", layer=0, position=-1)].float()
+    total = embed.clone()
+    cols = [attribute(embed)]
+    worst = 0.0
+    for layer in range(L):
+        terms, bias, attn = _attention_parts(model, rd, cache, layer)
+        head_cols = [attribute(terms[:, h]) for h in range(H)]
+        rem_col = attribute(attn - terms.sum(1) - bias)
+        worst = max(worst, _check_remainder(model, layer, head_cols, rem_col))
+        mlp = cache[Site("mlp_out", layer=layer, position=-1)].float()
+        cols += [*head_cols, attribute(bias), rem_col, attribute(mlp)]
+        total = total + attn + mlp
+    _check_residual(model, total, x)
+    cols.append((rd.final.bias * direction).sum(-1))
+    cols.append(((rd.b_U[a] - rd.b_U[d]).float() * tail.scale) if rd.b_U is not None  # type: ignore[attr-defined]
+                else torch.zeros_like(actual))
+    if tail.softcap is not None:  # type: ignore[attr-defined]
+        cols.append(_softcap_term(model, rd, x, a, d))
+    return torch.stack(cols, 1).cpu(), actual.cpu(), worst
+
+
+@torch.no_grad()
+def direct_logit_attribution(model: HookedModel, pairs: TokenizedPairs) -> DLAResult:
+    """Each part's contribution to logit(answer) - logit(distractor) at the last position, per
+    prompt; refuses (ExactnessError) where the parts do not sum to the model's own value."""
+    if not pairs.batches:
+        raise DatasetError("direct logit attribution needs at least one prompt pair; the dataset is empty")
+    rd = _readers(model)
+    labels, kinds, layers, heads = _labels(model.spec.n_layers, model.spec.n_heads, rd.tail.softcap is not None)  # type: ignore[attr-defined]
+    contrib = torch.zeros(pairs.n, len(labels))
+    actual_all = torch.zeros(pairs.n)
     worst_remainder = 0.0
     for pb in pairs.by_length().batches:
-        sites = [Site("resid_pre", layer=0, position=-1), Site("resid_final", position=-1)]
-        for layer in range(L):
-            sites += [Site("z", layer=layer, position=-1), Site("attn_out", layer=layer, position=-1),
-                      Site("mlp_out", layer=layer, position=-1)]
-        logits, cache = model.run_with_cache(pb.clean.to(model.device), sites)
-        a, d = pb.answer_ids.to(model.device), pb.distractor_ids.to(model.device)
-        r = torch.arange(len(pb), device=model.device)
-        actual = (logits[r, -1, a] - logits[r, -1, d]).float()
-        direction = (W_U[:, a] - W_U[:, d]).T * tail.scale  # (batch, d_model)
-        x = cache[Site("resid_final", position=-1)]
-        s = final.scale(x)
-
-        def attribute(part: torch.Tensor) -> torch.Tensor:
-            return (final.linear(part, s) * direction).sum(-1)  # noqa: B023 (this batch only)
-
-        embed = cache[Site("resid_pre", layer=0, position=-1)].float()
-        total = embed.clone()
-        cols = [attribute(embed)]
-        for layer in range(L):
-            z = cache[Site("z", layer=layer, position=-1)].float()  # (batch, head, d_head)
-            head_out = torch.einsum("bhd,hdm->bhm", z, model.W_O(layer).float())
-            b_O = model.out_proj_bias(layer)
-            b_O = torch.zeros(D, device=z.device) if b_O is None else b_O.float()
-            attn = cache[Site("attn_out", layer=layer, position=-1)].float()
-            post = posts[layer]
-            if post is not None:
-                s_post = post.scale(head_out.sum(1) + b_O)
-                terms = mult * post.linear(head_out, s_post.unsqueeze(1))
-                bias = mult * (post.linear(b_O.expand_as(attn), s_post) + post.bias)
-            else:
-                terms = mult * head_out
-                bias = mult * b_O.expand_as(attn)
-            remainder = attn - terms.sum(1) - bias
-            head_cols = [attribute(terms[:, h]) for h in range(H)]
-            rem_col = attribute(remainder)
-            scale = max(1.0, max(float(c.abs().max()) for c in head_cols))
-            worst_remainder = max(worst_remainder, float(rem_col.abs().max()) / scale)
-            if float(rem_col.abs().max()) > REMAINDER_RTOL * scale:
-                raise ExactnessError(
-                    f"DLA: layer {layer}'s attention output of {model.spec.architecture} is not its heads' terms "
-                    f"plus the projection bias (remainder {float(rem_col.abs().max()):.3g} in logit units vs "
-                    f"{scale:.3g}); the per-head numbers would be wrong")
-            mlp = cache[Site("mlp_out", layer=layer, position=-1)].float()
-            cols += [*head_cols, attribute(bias), rem_col, attribute(mlp)]
-            total = total + attn + mlp
-        resid_err = float((total - x.float()).abs().max() / x.float().abs().max().clamp_min(1e-6))
-        if resid_err > 1e-4:
-            raise ExactnessError(
-                f"DLA: embeddings + attention + MLP outputs do not add up to the final residual of "
-                f"{model.spec.architecture} (relative error {resid_err:.2e}); its attn_out/mlp_out sites are "
-                "not the residual contributions")
-        cols.append((final.bias * direction).sum(-1))
-        u_bias = ((b_U[a] - b_U[d]).float() * tail.scale) if b_U is not None else torch.zeros_like(actual)
-        cols.append(u_bias)
-        if tail.softcap is not None:
-            # the logits before the softcap, from the model's own norm and lm_head
-            y = model.final_norm_module()(x).float()
-            raw_a = (y * W_U[:, a].T).sum(-1) * tail.scale
-            raw_d = (y * W_U[:, d].T).sum(-1) * tail.scale
-            if b_U is not None:
-                raw_a = raw_a + b_U[a].float() * tail.scale
-                raw_d = raw_d + b_U[d].float() * tail.scale
-            cap = tail.softcap
-            capped = cap * torch.tanh(raw_a / cap) - cap * torch.tanh(raw_d / cap)
-            cols.append(capped - (raw_a - raw_d))
-        rows.append((pb.indices, torch.stack(cols, 1).cpu(), actual.cpu()))
-
-    n = sum(len(i) for i, _, _ in rows)
-    contrib = torch.zeros(n, len(labels))
-    actual_all = torch.zeros(n)
-    for idx, c, act in rows:
-        contrib[idx] = c
-        actual_all[idx] = act
+        contrib[pb.indices], actual_all[pb.indices], worst = _batch_parts(model, rd, pb)
+        worst_remainder = max(worst_remainder, worst)
     err = float((contrib.sum(1) - actual_all).abs().max())
     bound = SUM_RTOL * max(1.0, float(actual_all.abs().max()))
     if err > bound:
@@ -183,4 +234,4 @@ def direct_logit_attribution(model: HookedModel, pairs: TokenizedPairs) -> DLARe
             f"DLA: the parts sum to the logit difference of {model.spec.architecture} only within {err:.3g} "
             f"(tolerance {bound:.3g}); refusing to report per-part numbers")
     return DLAResult(labels, kinds, layers, heads, contrib, actual_all, err,
-                     approximations=tuple(approximations), max_remainder=worst_remainder)
+                     approximations=tuple(_approximations(rd)), max_remainder=worst_remainder)

@@ -28,15 +28,28 @@ from dataclasses import replace
 import torch
 
 from interp.analyses.results import PatchingResult
-from interp.core.errors import InterpError
-from interp.core.metrics import Metric, columns_for, get_metric
-from interp.core.model import HookedModel
+from interp.analyses.sweep import (
+    ProgressFn,
+    check_batch_size,
+    over_batches,
+    prompt_mean,
+    resume,
+    sweep,
+    variant_patch_hook,
+    write_rows,
+)
+from interp.core.errors import DatasetError, InterpError
+from interp.core.metrics import Metric, Readout, Targets, as_metric, get_metric, readout
+from interp.core.model import BlockInputs, HookedModel
 from interp.core.sites import Component, Site
+from interp.core.types import Float, Tensor
 from interp.data.pairs import PairBatch, TokenizedPairs
 
 DIRECTIONS = ("denoising", "noising")
 RESIDUAL_COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-ProgressFn = Callable[[int, int], None]
+
+__all__ = ["DIRECTIONS", "RESIDUAL_COMPONENTS", "ProgressFn", "baseline_metrics", "patch_heads",
+           "patch_residual", "pair_readout", "sweep_sites"]
 
 
 def _check_direction(direction: str) -> None:
@@ -48,15 +61,31 @@ def _base_and_source(pb: PairBatch, direction: str) -> tuple[torch.Tensor, torch
     return (pb.corrupt, pb.clean) if direction == "denoising" else (pb.clean, pb.corrupt)
 
 
+def pair_readout(model: HookedModel, pb: PairBatch, metric: Metric) -> Readout:
+    """The metric's readout for a pair batch's answer and distractor ids, on the model's device."""
+    return readout(metric, Targets(pb.answer_ids, pb.distractor_ids).to(model.device))
+
+
 @torch.no_grad()
-def baseline_metrics(model: HookedModel, pb: PairBatch, metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
+def baseline_metrics(model: HookedModel, pb: PairBatch,
+                     metric: Metric) -> tuple[Float[Tensor, " prompt"], Float[Tensor, " prompt"]]:
     """Per-prompt metric on the clean and the corrupt prompts (no patching)."""
-    cols, a, d = columns_for(metric, pb.answer_ids.to(model.device), pb.distractor_ids.to(model.device))
-    out = []
-    for toks in (pb.clean, pb.corrupt):
-        last = model.forward(toks.to(model.device))[:, -1]
-        out.append(metric.fn(last if cols is None else last[:, cols], a, d))
-    return out[0], out[1]
+    rd = pair_readout(model, pb, metric)
+    return tuple(rd.score_vocab(model.forward(t.to(model.device))[:, -1]) for t in (pb.clean, pb.corrupt))  # type: ignore[return-value]
+
+
+def _check_sites(sites: Sequence[Site]) -> None:
+    for s in sites:
+        if s.layer is None:
+            raise InterpError(f"site {s} has no layer; sweeps patch per-layer components")
+
+
+def _site_key(site: Site, inputs: BlockInputs, T: int) -> tuple[int, int]:
+    """(layer, first patched position): a patch at position p leaves positions < p untouched, so
+    the forward resumes at block L *and* position p, reusing the base run's keys/values for the
+    prefix (when the backend can)."""
+    start = site.position if (site.position is not None and inputs.resumes_at_position) else 0
+    return site.layer, start + T if start < 0 else start  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -69,61 +98,39 @@ def sweep_sites(
     metric: str | Metric = "logit_diff",
     batch_size: int = 64,
     progress: ProgressFn | None = None,
-) -> torch.Tensor:
+) -> Float[Tensor, "site prompt"]:
     """Per-prompt metric after patching each site in turn: (site, prompt).
 
     A site with a head or position patches only that slice; a site without patches the
     whole tensor of its component at its layer."""
     _check_direction(direction)
-    metric = get_metric(metric) if isinstance(metric, str) else metric
-    if batch_size < 1:
-        raise InterpError(f"batch_size must be >= 1, got {batch_size}")
+    metric = as_metric(metric)
+    check_batch_size(batch_size)
+    _check_sites(sites)
     dev = model.device
     base_tokens, src_tokens = (t.to(dev) for t in _base_and_source(pb, direction))
-    n = base_tokens.shape[0]
-    for s in sites:
-        if s.layer is None:
-            raise InterpError(f"site {s} has no layer; sweeps patch per-layer components")
+    n, T = base_tokens.shape
 
     hook_sites = sorted({s.hook_site for s in sites if s.component != Component.RESID_PRE}, key=str)
     resid_sites = sorted({s.hook_site for s in sites if s.component == Component.RESID_PRE}, key=str)
     _, src = model.run_with_cache(src_tokens, [*hook_sites, *resid_sites])
     inputs = model.capture_block_inputs(base_tokens)
-    cols, a, d = columns_for(metric, pb.answer_ids.to(dev), pb.distractor_ids.to(dev))
 
-    out = torch.empty(len(sites), n)
-    # Group by (layer, first patched position): a patch at position p leaves positions < p
-    # untouched, so the forward resumes at block L *and* position p, reusing the base run's
-    # keys/values for the prefix (when the backend can).
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, s in enumerate(sites):
-        start = s.position if (s.position is not None and inputs.resumes_at_position) else 0
-        if start < 0:
-            start += base_tokens.shape[1]
-        groups.setdefault((s.layer, start), []).append(i)  # type: ignore[arg-type]
-    total, done = len(sites), 0
-    for layer, start in sorted(groups):
-        idxs = groups[(layer, start)]
-        for first in range(0, len(idxs), batch_size):
-            chunk = idxs[first : first + batch_size]
-            k = len(chunk)
-            x = inputs.resid_pre[layer][:, start:].repeat(k, 1, 1)
-            patches: dict[Site, list[tuple[int, Site]]] = {}
-            for j, i in enumerate(chunk):
-                s = _shift(sites[i], start)
-                if s.component == Component.RESID_PRE:
-                    _write(x, j, n, s, _narrow(src[s.hook_site], s, start))
-                else:
-                    patches.setdefault(s.hook_site, []).append((j, s))
-            hooks = [(hs, _multi_patch_hook(entries, n, _narrow(src[hs], hs, start))) for hs, entries in patches.items()]
-            with model.hooks(hooks):
-                final = model.forward_from(layer, x, inputs, start_pos=start)
-            logits = model.unembed(final[:, -1], cols)
-            out[chunk] = metric.fn(logits, a.repeat(k), d.repeat(k)).view(k, n).float().cpu()
-            done += k
-            if progress:
-                progress(done, total)
-    return out
+    def run_chunk(layer: int, start: int, chunk: list[int]) -> Tensor:
+        x = inputs.resid_pre[layer][:, start:].repeat(len(chunk), 1, 1)
+        patches: dict[Site, list[tuple[int, Site]]] = {}
+        for j, i in enumerate(chunk):
+            s = _shift(sites[i], start)
+            if s.component == Component.RESID_PRE:
+                write_rows(x, j, n, s, _narrow(src[s.hook_site], s, start))
+            else:
+                patches.setdefault(s.hook_site, []).append((j, s))
+        hooks = [(hs, variant_patch_hook(e, n, _narrow(src[hs], hs, start))) for hs, e in patches.items()]
+        return resume(model, inputs, layer, len(chunk), hooks, start=start, x=x)
+
+    keys = [_site_key(s, inputs, T) for s in sites]
+    return sweep(model, n, keys, run_chunk, pair_readout(model, pb, metric), batch_size=batch_size,
+                 progress=progress)
 
 
 def _shift(site: Site, start: int) -> Site:
@@ -141,21 +148,9 @@ def _narrow(source: torch.Tensor, site: Site, start: int) -> torch.Tensor:
     return source.narrow(axis, start, source.shape[axis] - start)  # type: ignore[arg-type]
 
 
-def _write(t: torch.Tensor, j: int, n: int, site: Site, source: torch.Tensor) -> None:
-    """In place: rows j*n..(j+1)*n of `t` get `source`'s values at `site`'s slice."""
-    view = t[j * n : (j + 1) * n]
-    idx = site.index(view.ndim)
-    view[idx] = source[idx].to(view.dtype)
-
-
-def _multi_patch_hook(entries: list[tuple[int, Site]], n: int, source: torch.Tensor):
-    def fn(t: torch.Tensor, _: Site) -> torch.Tensor:
-        t = t.clone()
-        for j, s in entries:
-            _write(t, j, n, s, source)
-        return t
-
-    return fn
+def check_pairs(pairs: TokenizedPairs, what: str) -> None:
+    if not pairs.batches:
+        raise DatasetError(f"{what} needs at least one prompt pair; the dataset is empty")
 
 
 def _combine(
@@ -165,34 +160,31 @@ def _combine(
     *,
     direction: str,
     metric: Metric,
-    batch_size: int,
+    batch_size: int | Callable[[PairBatch], int],
     progress: ProgressFn | None,
 ) -> tuple[torch.Tensor, float, float, int]:
     """Sweep every batch and average over all prompts: (site,), clean, corrupt, n."""
-    sums: torch.Tensor | None = None
-    clean_sum = corrupt_sum = 0.0
-    n_total = 0
-    n_sites = len(make_sites(batches[0]))
-    grand_total = n_sites * len(batches)
-    for bi, pb in enumerate(batches):
-        sites = make_sites(pb)
 
-        def prog(done: int, total: int, bi: int = bi) -> None:
-            if progress:
-                progress(bi * n_sites + done, grand_total)
+    def per_batch(pb: PairBatch, prog: ProgressFn):
+        bs = batch_size(pb) if callable(batch_size) else batch_size
+        vals = sweep_sites(model, pb, make_sites(pb), direction=direction, metric=metric, batch_size=bs, progress=prog)
+        return (vals, *baseline_metrics(model, pb, metric))
 
-        vals = sweep_sites(model, pb, sites, direction=direction, metric=metric, batch_size=batch_size, progress=prog)
-        clean, corrupt = baseline_metrics(model, pb, metric)
-        sums = vals.sum(1) if sums is None else sums + vals.sum(1)
-        clean_sum += float(clean.sum())
-        corrupt_sum += float(corrupt.sum())
-        n_total += len(pb)
-    assert sums is not None
-    return sums / n_total, clean_sum / n_total, corrupt_sum / n_total, n_total
+    n_sites = len(make_sites(batches[0])) if batches else 0
+    return prompt_mean(over_batches(batches, per_batch, n_sites, progress))
 
 
 def _position_labels(model: HookedModel, pb: PairBatch) -> list[str]:
     return model.str_tokens(pb.clean[0])
+
+
+def _one_prompt_safe(batch_size: int) -> Callable[[PairBatch], int]:
+    def bs(pb: PairBatch) -> int:
+        # A one-prompt batch is swept one site per forward: the backend's resume-at-position
+        # does not stack copies of a one-prompt key/value prefix (tlens `_repeat_batch`).
+        return batch_size if len(pb) > 1 else 1
+
+    return bs
 
 
 def patch_heads(
@@ -204,19 +196,24 @@ def patch_heads(
     per_position: bool = False,
     batch_size: int = 64,
     progress: ProgressFn | None = None,
+    position: int | None = None,
 ) -> PatchingResult:
-    """Patch each head's output `z` (all positions, or each position when `per_position`)."""
+    """Patch each head's output `z` (all positions, each position when `per_position`, or only
+    `position`, e.g. -1 for the last, where the sweep resumes the forward there)."""
     _check_direction(direction)
+    check_pairs(pairs, "head patching")
     m = get_metric(metric)
     L, H = model.spec.n_layers, model.spec.n_heads
     if not per_position:
         def sites(_pb: PairBatch) -> list[Site]:
-            return [Site("z", layer=layer, head=h) for layer in range(L) for h in range(H)]
+            return [Site("z", layer=layer, head=h, position=position) for layer in range(L) for h in range(H)]
 
+        bs = batch_size if position is None else _one_prompt_safe(batch_size)
         vals, clean, corrupt, n = _combine(model, pairs.by_length().batches, sites, direction=direction, metric=m,
-                                           batch_size=batch_size, progress=progress)
-        return PatchingResult("head_patching", direction, metric, ("layer", "head"), vals.view(L, H),
-                              clean, corrupt, n)
+                                           batch_size=bs, progress=progress)
+        name = "head_patching" if position is None else \
+            "head_patching_last_position" if position == -1 else f"head_patching_position_{position}"
+        return PatchingResult(name, direction, metric, ("layer", "head"), vals.view(L, H), clean, corrupt, n)
     pb = pairs.largest_batch()
     T = pb.clean.shape[1]
 
@@ -243,6 +240,7 @@ def patch_residual(
 
     Uses the largest batch of equal-length prompts, so positions mean the same token slot."""
     _check_direction(direction)
+    check_pairs(pairs, "residual patching")
     bad = [c for c in components if c not in RESIDUAL_COMPONENTS]
     if bad or not components:
         raise InterpError(f"unknown residual components {bad}; allowed: {', '.join(RESIDUAL_COMPONENTS)}")

@@ -30,14 +30,24 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.analyses.patching import ProgressFn, baseline_metrics
+from interp.analyses.patching import baseline_metrics, check_pairs, pair_readout
 from interp.analyses.results import PatchingResult
+from interp.analyses.sweep import (
+    ProgressFn,
+    freeze_hook,
+    head_sender_hook,
+    over_batches,
+    prompt_mean,
+    resume,
+    sweep,
+)
 from interp.core.attention import check_recompute, recompute_scores
 from interp.core.errors import InterpError, UnsupportedError
 from interp.core.hooks import caching_hooks
-from interp.core.metrics import Metric, columns_for, get_metric
+from interp.core.metrics import Metric, as_metric, get_metric
 from interp.core.model import HookedModel
 from interp.core.sites import Site
+from interp.core.types import Float, Head, Tensor
 from interp.data.pairs import PairBatch, TokenizedPairs
 
 RECEIVER_INPUTS = ("logits", "q", "k", "v")
@@ -89,18 +99,18 @@ def _check(model: HookedModel, receivers: Sequence[Receiver]) -> None:
 def path_patch_senders(
     model: HookedModel,
     pb: PairBatch,
-    senders: Sequence[tuple[int, int]],
+    senders: Sequence[Head],
     receivers: Sequence[Receiver],
     *,
     freeze_mlps: bool = False,
     metric: str | Metric = "logit_diff",
     batch_size: int = 64,
     progress: ProgressFn | None = None,
-) -> torch.Tensor:
+) -> Float[Tensor, "sender prompt"]:
     """Per-prompt metric after path patching each sender (layer, head): (sender, prompt).
     Senders with no direct path to the receivers give NaN."""
     _check(model, receivers)
-    metric = get_metric(metric) if isinstance(metric, str) else metric
+    metric = as_metric(metric)
     L = model.spec.n_layers
     dev = model.device
     clean, corrupt = pb.clean.to(dev), pb.corrupt.to(dev)
@@ -117,63 +127,25 @@ def path_patch_senders(
     with model.hooks(caching_hooks(freeze_sites, clean_acts)):
         inputs = model.capture_block_inputs(clean)
     _, corrupt_z = model.run_with_cache(corrupt, [Site("z", layer=l) for l in sender_layers])  # noqa: E741
-    cols, a, d = columns_for(metric, pb.answer_ids.to(dev), pb.distractor_ids.to(dev))
+    record_sites = _record_sites(model, receivers)
 
-    out = torch.full((len(senders), n), float("nan"))
-    by_layer: dict[int, list[int]] = {}
-    for i, (layer, _) in enumerate(senders):
-        if layer < first_r:
-            by_layer.setdefault(layer, []).append(i)
-    total, done = len(senders), 0
-    for layer in sorted(by_layer):
-        idxs = by_layer[layer]
-        for first in range(0, len(idxs), batch_size):
-            chunk = idxs[first : first + batch_size]
-            k = len(chunk)
-            heads = [senders[i][1] for i in chunk]
-            # -- pass 1: sender corrupt, every later head (and optionally MLP) frozen clean --
-            hooks = [(Site("z", layer=layer), _sender_hook(heads, n, corrupt_z[Site("z", layer=layer)]))]
-            for s in freeze_sites:
-                if s.layer > layer or (s.component == "mlp_out" and s.layer == layer):  # type: ignore[operator]
-                    hooks.append((s, _freeze_hook(clean_acts[s], k)))
-            recorded: dict[Site, torch.Tensor] = {}
-            record_sites = _record_sites(model, receivers)
-            hooks += caching_hooks(record_sites, recorded)
-            with model.hooks(hooks):
-                final = model.forward_from(layer, inputs.resid_pre[layer].repeat(k, 1, 1), inputs,
-                                           end_layer=None if to_logits else r_layers[-1] + 1)
-            if to_logits:
-                logits = model.unembed(final[:, -1], cols)
-            else:
-                # -- pass 2: clean run, only the receivers' inputs patched --
-                hooks2 = _receiver_hooks(model, receivers, recorded, n)
-                with model.hooks(hooks2):
-                    final2 = model.forward_from(first_r, inputs.resid_pre[first_r].repeat(k, 1, 1), inputs)
-                logits = model.unembed(final2[:, -1], cols)
-            out[chunk] = metric.fn(logits, a.repeat(k), d.repeat(k)).view(k, n).float().cpu()
-            done += k
-            if progress:
-                progress(done, total)
-    return out
+    def run_chunk(layer: int, _start: int, chunk: list[int]) -> Tensor:
+        k = len(chunk)
+        # -- pass 1: sender corrupt, every later head (and optionally MLP) frozen clean --
+        hooks = [head_sender_hook(layer, [senders[i][1] for i in chunk], n, corrupt_z[Site("z", layer=layer)])]
+        hooks += [(s, freeze_hook(clean_acts[s], k)) for s in freeze_sites
+                  if s.layer > layer or (s.component == "mlp_out" and s.layer == layer)]  # type: ignore[operator]
+        recorded: dict[Site, torch.Tensor] = {}
+        hooks += caching_hooks(record_sites, recorded)
+        final = resume(model, inputs, layer, k, hooks, end_layer=None if to_logits else r_layers[-1] + 1)
+        if to_logits:
+            return final
+        # -- pass 2: clean run, only the receivers' inputs patched --
+        return resume(model, inputs, first_r, k, _receiver_hooks(model, receivers, recorded, n))
 
-
-def _sender_hook(heads: list[int], n: int, corrupt: torch.Tensor):
-    def fn(t: torch.Tensor, _: Site) -> torch.Tensor:
-        t = t.clone()
-        for j, h in enumerate(heads):
-            t[j * n : (j + 1) * n, :, h] = corrupt[:, :, h]
-        return t
-
-    return fn
-
-
-def _freeze_hook(value: torch.Tensor, copies: int):
-    frozen = value.repeat(copies, *([1] * (value.ndim - 1)))
-
-    def fn(t: torch.Tensor, _: Site) -> torch.Tensor:
-        return frozen.to(t.dtype)
-
-    return fn
+    keys = [(layer, 0) if layer < first_r else None for layer, _ in senders]
+    return sweep(model, n, keys, run_chunk, pair_readout(model, pb, metric), batch_size=batch_size,
+                 progress=progress)
 
 
 def _input_site(model: HookedModel, kind: str, layer: int) -> Site:
@@ -229,6 +201,18 @@ def _receiver_hooks(model: HookedModel, receivers: Sequence[Receiver], recorded:
     return hooks
 
 
+def _keeper(current: dict[str, torch.Tensor]):
+    """keep(name): a hook that stores its tensor as `current[name]` (this forward's value)."""
+
+    def keep(name: str):
+        def fn(t, _s):
+            current[name] = t
+
+        return fn
+
+    return keep
+
+
 def _grouped_key_hooks(model: HookedModel, layer: int, k_heads: list[int], rec_k: torch.Tensor, group: int):
     for comp in ("q_rot", "k_rot", "attn_scores"):
         if not model.supports(comp):
@@ -238,12 +222,7 @@ def _grouped_key_hooks(model: HookedModel, layer: int, k_heads: list[int], rec_k
                 "`interp check`); query and value receivers work")
     scale, cap = model.attention_scale(layer), model.attention_softcap(layer)
     current: dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        def fn(t, _s):
-            current[name] = t
-
-        return fn
+    keep = _keeper(current)
 
     def scores_hook(t, _s):
         q, k_now = current["q_rot"], current["k_rot"]  # (batch, pos, head | kv_head, d) of this forward
@@ -266,12 +245,7 @@ def _grouped_value_hooks(model: HookedModel, layer: int, v_heads: list[int], rec
                 f"value receivers under grouped-query attention on {model.spec.architecture} need site "
                 f"{comp!r}, which is not supported there (see `interp check`)")
     current: dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        def fn(t, _s):
-            current[name] = t
-
-        return fn
+    keep = _keeper(current)
 
     def z_hook(t, _s):
         pattern, v_now = current["pattern"], current["v"]  # (batch, head, q, k), (batch, pos, kv, d)
@@ -303,26 +277,17 @@ def path_patching(
 ) -> PatchingResult:
     """Path-patch every head as a sender to `receivers`: a (layer, head) map."""
     m = get_metric(metric)
+    check_pairs(pairs, "path patching")
     L, H = model.spec.n_layers, model.spec.n_heads
     senders = [(layer, h) for layer in range(L) for h in range(H)]
-    batches = pairs.by_length().batches
-    sums = torch.zeros(len(senders))
-    clean_sum = corrupt_sum = 0.0
-    n_total = 0
-    for bi, pb in enumerate(batches):
-        def prog(done: int, total: int, bi: int = bi) -> None:
-            if progress:
-                progress(bi * len(senders) + done, len(senders) * len(batches))
 
+    def per_batch(pb: PairBatch, prog: ProgressFn):
         vals = path_patch_senders(model, pb, senders, receivers, freeze_mlps=freeze_mlps, metric=m,
                                   batch_size=batch_size, progress=prog)
-        clean, corrupt = baseline_metrics(model, pb, m)
-        sums += vals.sum(1)
-        clean_sum += float(clean.sum())
-        corrupt_sum += float(corrupt.sum())
-        n_total += len(pb)
+        return (vals, *baseline_metrics(model, pb, m))
+
+    vals, clean, corrupt, n = prompt_mean(over_batches(pairs.by_length().batches, per_batch, len(senders), progress))
     return PatchingResult(
-        "path_patching", "noising", metric, ("layer", "head"), (sums / n_total).view(L, H),
-        clean_sum / n_total, corrupt_sum / n_total, n_total,
+        "path_patching", "noising", metric, ("layer", "head"), vals.view(L, H), clean, corrupt, n,
         labels={"receivers": [str(r) for r in receivers], "freeze_mlps": [freeze_mlps]},
     )

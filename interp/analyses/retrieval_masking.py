@@ -31,7 +31,6 @@ from interp.data.needles import NeedleTrial, rouge1_recall
 __all__ = ["MaskingResult", "masking_test", "niah_answers"]
 
 
-
 @torch.no_grad()
 def niah_answers(model: HookedModel, trials: Sequence[NeedleTrial], *, max_new_tokens: int = 32,
                  chunk_size: int = 512, progress: Callable[[], None] | None = None) -> list[tuple[str, float]]:
@@ -78,6 +77,32 @@ class MaskingResult:
         return pd.DataFrame(rows)
 
 
+def _check_masking(trials: Sequence[NeedleTrial], heads: Sequence[Head], modes: Sequence[str],
+                   means: torch.Tensor | None) -> None:
+    if not trials:
+        raise InterpError("no needle trials for the masking test")
+    if not heads:
+        raise InterpError("no heads to mask: there are no retrieval heads to test (lower the threshold or set k)")
+    bad = [m for m in modes if m not in ABLATION_MODES]
+    if bad:
+        raise InterpError(f"unknown ablation mode(s) {', '.join(bad)}; allowed: {', '.join(ABLATION_MODES)}")
+    if "mean" in modes and means is None:
+        raise InterpError("mode 'mean' needs means (head_means over the trials' prompts)")
+
+
+def _plan(model: HookedModel, heads: list[Head], exclude: set[Head], modes: Sequence[str],
+          seeds: Sequence[int]) -> list[tuple[str, str, int | None, list[Head]]]:
+    """(condition, mode, seed, heads) of every run: unmasked, then per mode the retrieval heads
+    and one matched random draw per seed."""
+    L, H = model.spec.n_layers, model.spec.n_heads
+    plan: list[tuple[str, str, int | None, list[Head]]] = [("none", "-", None, [])]
+    for mode in modes:
+        plan.append(("retrieval", mode, None, heads))
+        for seed in seeds:
+            plan.append(("random", mode, seed, matched_random_heads(L, H, heads, exclude, seed)))
+    return plan
+
+
 def masking_test(
     model: HookedModel,
     trials: Sequence[NeedleTrial],
@@ -95,23 +120,10 @@ def masking_test(
     for each ablation mode. `exclude` (default: `heads`) are never drawn as random heads; pass
     every retrieval head so the control is made of non-retrieval heads. Mode ``mean`` needs
     `means` from `interp.analyses.ablation.head_means`."""
-    if not trials:
-        raise InterpError("no needle trials for the masking test")
-    if not heads:
-        raise InterpError("no heads to mask: there are no retrieval heads to test (lower the threshold or set k)")
-    bad = [m for m in modes if m not in ABLATION_MODES]
-    if bad:
-        raise InterpError(f"unknown ablation mode(s) {', '.join(bad)}; allowed: {', '.join(ABLATION_MODES)}")
-    if "mean" in modes and means is None:
-        raise InterpError("mode 'mean' needs means (head_means over the trials' prompts)")
+    _check_masking(trials, heads, modes, means)
     heads = [(int(a), int(b)) for a, b in heads]
     exclude = set(heads) if exclude is None else set(exclude) | set(heads)
-    L, H = model.spec.n_layers, model.spec.n_heads
-    plan: list[tuple[str, str, int | None, list[Head]]] = [("none", "-", None, [])]
-    for mode in modes:
-        plan.append(("retrieval", mode, None, heads))
-        for seed in seeds:
-            plan.append(("random", mode, seed, matched_random_heads(L, H, heads, exclude, seed)))
+    plan = _plan(model, heads, exclude, modes, seeds)
     total, done = len(plan) * len(trials), 0
 
     def tick() -> None:

@@ -1,24 +1,57 @@
 """Metrics on last-position logits, registered by name so experiment YAML can refer to them.
 
-A metric sees logits for a set of columns (the whole vocabulary only when `full_vocab`), and
-the column index of each prompt's answer and distractor; it returns one value per prompt.
-Sweeps use `columns_for` so metrics that need two logits never pay for the whole unembedding.
+A metric takes one `MetricRecord`: the last-position logits for a set of columns (the whole
+vocabulary only when `full_vocab`) and, for each prompt, the column of every token id it reads
+(answer, distractor, and named extras such as the four MCQ letters or the memory/context
+answers). It returns one value per prompt. A `Readout` decides which columns to unembed, so
+metrics that need two logits never pay for the whole unembedding:
 
-    >>> m = get_metric("logit_diff")
-    >>> cols, a, d = columns_for(m, answer_ids, distractor_ids)
-    >>> m.fn(model.unembed(final_resid[:, -1], cols), a, d)   # (batch,)
+    >>> r = readout(get_metric("logit_diff"), Targets(answer_ids, distractor_ids))
+    >>> r.score(model.unembed(final_resid[:, -1], r.columns))      # (batch,)
+
+Names are unique: registering a name twice raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 
 from interp.core.errors import InterpError
+from interp.core.types import Float, Int, Tensor
 
-MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+TARGET_KEYS = ("answer", "distractor")  # the targets every prompt pair has; the rest are extras
+
+
+@dataclass(frozen=True)
+class MetricRecord:
+    """What a metric sees: logits (batch, column) and, per prompt, the columns it reads.
+    `cols[key]` is (batch,) for one id per prompt or (batch, k) for several (e.g. letters)."""
+
+    logits: Float[Tensor, "batch col"]
+    cols: Mapping[str, Int[Tensor, "batch ..."]]
+
+    @property
+    def rows(self) -> Int[Tensor, " batch"]:
+        return torch.arange(self.logits.shape[0], device=self.logits.device)
+
+    def at(self, key: str) -> Tensor:
+        """Each prompt's logit(s) at target `key`: (batch,) or (batch, k)."""
+        idx = self.cols[key]
+        return self.logits[self.rows, idx] if idx.ndim == 1 else self.logits.gather(1, idx)
+
+    @property
+    def answer(self) -> Int[Tensor, " batch"]:
+        return self.cols["answer"]
+
+    @property
+    def distractor(self) -> Int[Tensor, " batch"]:
+        return self.cols["distractor"]
+
+
+MetricFn = Callable[[MetricRecord], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -27,14 +60,21 @@ class Metric:
     fn: MetricFn
     full_vocab: bool
     description: str
+    reads: tuple[str, ...] = TARGET_KEYS  # the targets the metric needs
+
+    def __call__(self, record: MetricRecord) -> torch.Tensor:
+        return self.fn(record)
 
 
 METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, *, full_vocab: bool, description: str):
+def register_metric(name: str, *, full_vocab: bool, description: str, reads: tuple[str, ...] = TARGET_KEYS):
+    if name in METRICS:
+        raise InterpError(f"metric {name!r} is already registered ({METRICS[name].description}); pick another name")
+
     def deco(fn: MetricFn) -> MetricFn:
-        METRICS[name] = Metric(name, fn, full_vocab, description)
+        METRICS[name] = Metric(name, fn, full_vocab, description, reads)
         return fn
 
     return deco
@@ -46,36 +86,163 @@ def get_metric(name: str) -> Metric:
     return METRICS[name]
 
 
-def columns_for(metric: Metric, answer_ids: torch.Tensor, distractor_ids: torch.Tensor):
-    """(columns to unembed or None for all, answer column index, distractor column index)."""
+def metrics_reading(provided: tuple[str, ...] = TARGET_KEYS) -> list[str]:
+    """Names of the metrics that need only the targets in `provided` (default: what every prompt
+    pair has, answer and distractor): the metrics a pair-based analysis can compute."""
+    return sorted(name for name, m in METRICS.items() if set(m.reads) <= set(provided))
+
+
+def as_metric(metric: str | Metric) -> Metric:
+    return get_metric(metric) if isinstance(metric, str) else metric
+
+
+# ----------------------------------------------------------------------------- readout
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Token ids each prompt's metric may read: answer, distractor and named extras."""
+
+    answer: Int[Tensor, " n"] | None
+    distractor: Int[Tensor, " n"] | None = None
+    extra: Mapping[str, Int[Tensor, "n ..."]] = field(default_factory=dict)
+
+    def get(self, key: str) -> Tensor | None:
+        return getattr(self, key) if key in TARGET_KEYS else self.extra.get(key)
+
+    def to(self, device) -> Targets:
+        def mv(t):
+            return None if t is None else t.to(device)
+
+        return Targets(mv(self.answer), mv(self.distractor), {k: v.to(device) for k, v in self.extra.items()})
+
+
+@dataclass(frozen=True)
+class Readout:
+    """Which logit columns a metric needs (None: the whole vocabulary) and where each prompt's
+    targets sit among them; `score` applies the metric to `copies` stacked copies of the batch."""
+
+    metric: Metric
+    columns: Int[Tensor, " col"] | None
+    cols: Mapping[str, Int[Tensor, "n ..."]]
+
+    def record(self, logits: Float[Tensor, "batch col"], copies: int = 1) -> MetricRecord:
+        reps = {k: v.repeat(copies, *([1] * (v.ndim - 1))) for k, v in self.cols.items()}
+        return MetricRecord(logits, reps)
+
+    def select(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, "batch col"]:
+        """Restrict full-vocabulary logits to this readout's columns."""
+        return logits if self.columns is None else logits[:, self.columns]
+
+    def score(self, logits: Float[Tensor, "batch col"], copies: int = 1) -> Float[Tensor, " batch"]:
+        """The metric on logits already restricted to `columns`."""
+        return self.metric.fn(self.record(logits, copies))
+
+    def score_vocab(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
+        """The metric on full-vocabulary logits."""
+        return self.score(self.select(logits))
+
+
+def readout(metric: Metric, targets: Targets) -> Readout:
+    """The columns `metric` reads for `targets`. One id per prompt per target (e.g. answer and
+    distractor): the ids concatenated target after target; a table of ids per prompt (e.g. the
+    four MCQ letters): the distinct ids, each prompt's targets indexing into them."""
+    ids = {}
+    for key in metric.reads:
+        t = targets.get(key)
+        if t is None:
+            raise InterpError(f"metric {metric.name!r} reads {key!r}, which this analysis does not provide "
+                              f"(it provides {', '.join(_provided(targets))})")
+        ids[key] = t
     if metric.full_vocab:
-        return None, answer_ids, distractor_ids
-    n = answer_ids.shape[0]
-    cols = torch.cat([answer_ids, distractor_ids])
-    ar = torch.arange(n, device=answer_ids.device)
-    return cols, ar, ar + n
+        return Readout(metric, None, ids)
+    if all(t.ndim == 1 for t in ids.values()):
+        n = next(iter(ids.values())).shape[0]
+        ar = torch.arange(n, device=next(iter(ids.values())).device)
+        return Readout(metric, torch.cat(list(ids.values())), {k: ar + i * n for i, k in enumerate(ids)})
+    n = next(iter(ids.values())).shape[0]
+    flat = torch.cat([t.reshape(n, -1) for t in ids.values()], 1)
+    columns, inv = flat.unique(return_inverse=True)
+    out, at = {}, 0
+    for key, t in ids.items():
+        width = 1 if t.ndim == 1 else t.reshape(n, -1).shape[1]
+        out[key] = inv[:, at : at + width].reshape(t.shape)
+        at += width
+    return Readout(metric, columns, out)
 
 
-def _rows(logits: torch.Tensor) -> torch.Tensor:
-    return torch.arange(logits.shape[0], device=logits.device)
+def _provided(targets: Targets) -> list[str]:
+    return [k for k in (*TARGET_KEYS, *targets.extra) if targets.get(k) is not None]
+
+
+def columns_for(metric: Metric, answer_ids: torch.Tensor, distractor_ids: torch.Tensor):
+    """(columns to unembed or None for all, answer column index, distractor column index) of a
+    metric that reads answer and distractor."""
+    r = readout(metric, Targets(answer_ids, distractor_ids))
+    return r.columns, r.cols.get("answer", answer_ids), r.cols.get("distractor", distractor_ids)
+
+
+# ---------------------------------------------------------------------------- the metrics
 
 
 @register_metric("logit_diff", full_vocab=False, description="logit(answer) - logit(distractor)")
-def logit_diff(logits: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    r = _rows(logits)
-    return logits[r, a] - logits[r, d]
+def logit_diff(r: MetricRecord) -> torch.Tensor:
+    return r.at("answer") - r.at("distractor")
 
 
-@register_metric("prob", full_vocab=True, description="softmax probability of the answer")
-def answer_prob(logits: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    return logits.float().softmax(-1)[_rows(logits), a]
+@register_metric("prob", full_vocab=True, description="softmax probability of the answer", reads=("answer",))
+def answer_prob(r: MetricRecord) -> torch.Tensor:
+    return r.logits.float().softmax(-1)[r.rows, r.answer]
 
 
 @register_metric("prob_diff", full_vocab=True, description="p(answer) - p(distractor)")
-def prob_diff(logits: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    p = logits.float().softmax(-1)
-    r = _rows(logits)
-    return p[r, a] - p[r, d]
+def prob_diff(r: MetricRecord) -> torch.Tensor:
+    p = r.logits.float().softmax(-1)
+    return p[r.rows, r.answer] - p[r.rows, r.distractor]
+
+
+def letter_scores(letter_logits: Float[Tensor, "batch option"], correct: Int[Tensor, " batch"]):
+    """(correct minus mean of the other letters, top-1 among the letters is correct) per prompt."""
+    r = torch.arange(letter_logits.shape[0], device=letter_logits.device)
+    right = letter_logits[r, correct]
+    others = (letter_logits.sum(-1) - right) / (letter_logits.shape[1] - 1)
+    return right - others, (letter_logits.argmax(-1) == correct).float()
+
+
+def _letters_and_correct(r: MetricRecord) -> tuple[Tensor, Tensor]:
+    letters = r.cols["letters"]
+    correct = (letters == r.answer.unsqueeze(1)).float().argmax(1)  # the answer's option slot
+    return r.at("letters"), correct
+
+
+@register_metric("letter_logit_diff", full_vocab=False, reads=("answer", "letters"),
+                 description="MCQ: logit(correct letter) - mean logit of the other option letters")
+def letter_logit_diff(r: MetricRecord) -> torch.Tensor:
+    return letter_scores(*_letters_and_correct(r))[0]
+
+
+@register_metric("letter_accuracy", full_vocab=False, reads=("answer", "letters"),
+                 description="MCQ: 1 where the correct letter has the highest logit of the option letters")
+def letter_accuracy(r: MetricRecord) -> torch.Tensor:
+    return letter_scores(*_letters_and_correct(r))[1]
+
+
+@register_metric("memory_context_diff", full_vocab=False, reads=("memory", "context"),
+                 description="knowledge conflicts: logit(memory answer o_m) - logit(context answer o_c)")
+def memory_context_diff(r: MetricRecord) -> torch.Tensor:
+    return r.at("memory") - r.at("context")
+
+
+@register_metric("memory_prob", full_vocab=True, reads=("memory",),
+                 description="knowledge conflicts: softmax probability of the memory answer o_m")
+def memory_prob(r: MetricRecord) -> torch.Tensor:
+    return r.logits.float().softmax(-1)[r.rows, r.cols["memory"]]
+
+
+@register_metric("context_prob", full_vocab=True, reads=("context",),
+                 description="knowledge conflicts: softmax probability of the context answer o_c")
+def context_prob(r: MetricRecord) -> torch.Tensor:
+    return r.logits.float().softmax(-1)[r.rows, r.cols["context"]]
 
 
 def normalise(patched, clean: float, corrupt: float):

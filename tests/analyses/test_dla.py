@@ -131,3 +131,11 @@ def test_frames(dla, tiny_model, pairs):
 
 def test_dla_leaves_no_hooks(dla, tiny_model, assert_clean):
     assert_clean(tiny_model)
+
+
+def test_empty_dataset_is_one_clear_error(tiny_model):
+    from interp.core.errors import DatasetError
+    from interp.data.pairs import TokenizedPairs
+
+    with pytest.raises(DatasetError, match="^direct logit attribution needs at least one prompt pair; the dataset is empty$"):
+        direct_logit_attribution(tiny_model, TokenizedPairs([], 0))

@@ -382,11 +382,11 @@ def _failing_metric(after: int) -> Metric:
     calls = {"n": 0}
     inner = get_metric("logit_diff").fn
 
-    def fn(logits, a, d):
+    def fn(record):
         calls["n"] += 1
         if calls["n"] > after:
             raise Boom("metric failed midway")
-        return inner(logits, a, d)
+        return inner(record)
 
     return Metric("failing", fn, full_vocab=False, description="raises after a few calls")
 
@@ -409,3 +409,12 @@ def test_failing_progress_leaves_no_hooks(tiny_model, pairs, assert_clean):
     with pytest.raises(Boom):
         patch_residual(tiny_model, pairs, progress=progress, batch_size=4)
     assert_clean(tiny_model)
+
+
+@pytest.mark.parametrize("fn", [patch_heads, patch_residual])
+def test_empty_dataset_is_one_clear_error(tiny_model, fn):
+    from interp.core.errors import DatasetError
+    from interp.data.pairs import TokenizedPairs
+
+    with pytest.raises(DatasetError, match="patching needs at least one prompt pair; the dataset is empty$"):
+        fn(tiny_model, TokenizedPairs([], 0))

@@ -1,0 +1,169 @@
+"""One batched sweep engine for every patching analysis (activation patching, path patching,
+memory/context heads, MCQ letter heads).
+
+A sweep measures a metric after each of many *patch variants* of one base run. Every variant
+is keyed by the block its patch first touches and the first position it changes; the engine
+
+- groups the variants by (layer, start position) and, per group, resumes the base run there
+  (`model.forward_from` on the residual captured by `model.capture_block_inputs`, and when the
+  backend can, at the start position with the prefix's keys/values reused),
+- stacks up to `batch_size` variants along the batch axis (variant j = rows j*n..(j+1)*n),
+- unembeds only the last position and only the columns the metric reads (`Readout`),
+- and reports progress after each chunk.
+
+What a variant *is* stays with the caller: `run_chunk(layer, start, chunk)` builds the chunk's
+hooks (and, for path patching, a second pass) and returns the final residual; `resume` is the
+plain resumed forward most callers need. The batch loop (`over_batches`) runs a per-batch sweep
+over prompts of different lengths and `prompt_mean` averages it the way every analysis reports.
+
+    out = sweep(model, n, keys, run_chunk, rd, batch_size=64, progress=progress)  # (variant, n)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from interp.core.errors import DatasetError, InterpError
+from interp.core.hooks import HookFn
+from interp.core.metrics import Readout
+from interp.core.model import BlockInputs, HookedModel
+from interp.core.sites import Site
+from interp.core.types import Float, Tensor
+from interp.data.pairs import PairBatch
+
+ProgressFn = Callable[[int, int], None]
+Hooks = list[tuple[Site, HookFn]]
+Key = tuple[int, int]  # (layer, start position) where a variant's forward resumes
+RunChunk = Callable[[int, int, list[int]], Float[Tensor, "batch pos d_model"]]
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise InterpError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def resume(model: HookedModel, inputs: BlockInputs, layer: int, copies: int, hooks: Hooks, *,
+           start: int = 0, x: Float[Tensor, "batch pos d_model"] | None = None,
+           end_layer: int | None = None) -> Float[Tensor, "batch pos d_model"]:
+    """The base run resumed at block `layer` (and position `start`) with `copies` stacked copies
+    of its residual (or `x`), under `hooks`: the final residual, or the one entering `end_layer`."""
+    if x is None:
+        x = inputs.resid_pre[layer][:, start:].repeat(copies, 1, 1)
+    with model.hooks(hooks):
+        return model.forward_from(layer, x, inputs, start_pos=start, end_layer=end_layer)
+
+
+def sweep(
+    model: HookedModel,
+    n: int,
+    keys: Sequence[Key | None],
+    run_chunk: RunChunk,
+    rd: Readout,
+    *,
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+) -> Float[Tensor, "variant prompt"]:
+    """The metric per (variant, prompt): variants with the same key run together, up to
+    `batch_size` per forward. A variant keyed None has no effect to measure and stays NaN."""
+    check_batch_size(batch_size)
+    out = torch.full((len(keys), n), float("nan"))
+    groups: dict[Key, list[int]] = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+    done = 0
+    for layer, start in sorted(groups):
+        idxs = groups[(layer, start)]
+        for first in range(0, len(idxs), batch_size):
+            chunk = idxs[first : first + batch_size]
+            final = run_chunk(layer, start, chunk)
+            logits = model.unembed(final[:, -1], rd.columns)
+            out[chunk] = rd.score(logits, len(chunk)).view(len(chunk), n).float().cpu()
+            done += len(chunk)
+            if progress:
+                progress(done, len(keys))
+    return out
+
+
+# ---------------------------------------------------------------------------- hooks
+
+
+def write_rows(t: Tensor, j: int, n: int, site: Site, source: Tensor) -> None:
+    """In place: rows j*n..(j+1)*n of `t` (variant j) get `source`'s values at `site`'s slice."""
+    view = t[j * n : (j + 1) * n]
+    idx = site.index(view.ndim)
+    view[idx] = source[idx].to(view.dtype)
+
+
+def variant_patch_hook(entries: list[tuple[int, Site]], n: int, source: Tensor) -> HookFn:
+    """A hook writing, for each (variant j, site), `source` at the site's slice into variant j."""
+
+    def fn(t: Tensor, _: Site) -> Tensor:
+        t = t.clone()
+        for j, s in entries:
+            write_rows(t, j, n, s, source)
+        return t
+
+    return fn
+
+
+def freeze_hook(value: Tensor, copies: int) -> HookFn:
+    """A hook replacing the activation by `value` (one batch) for each of `copies` variants."""
+    frozen = value.repeat(copies, *([1] * (value.ndim - 1)))
+
+    def fn(t: Tensor, _: Site) -> Tensor:
+        return frozen.to(t.dtype)
+
+    return fn
+
+
+def head_sender_hook(layer: int, heads: list[int], n: int, source: Tensor) -> tuple[Site, HookFn]:
+    """Variant j's head `heads[j]` output `z` at `layer` taken from `source` (another run)."""
+    entries = [(j, Site("z", layer=layer, head=h)) for j, h in enumerate(heads)]
+    return Site("z", layer=layer), variant_patch_hook(entries, n, source)
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+@dataclass
+class BatchSweep:
+    """One equal-length batch's sweep: metric per (variant, prompt), clean and corrupt metrics."""
+
+    pb: PairBatch
+    values: Float[Tensor, "variant prompt"]
+    clean: Float[Tensor, " prompt"]
+    corrupt: Float[Tensor, " prompt"]
+
+
+PerBatch = Callable[[PairBatch, ProgressFn], tuple[Tensor, Tensor, Tensor]]
+
+
+def over_batches(batches: Sequence[PairBatch], per_batch: PerBatch, n_variants: int,
+                 progress: ProgressFn | None = None) -> Iterator[BatchSweep]:
+    """Run `per_batch(pb, progress)` on each batch, with progress counted over all batches."""
+    for bi, pb in enumerate(batches):
+
+        def prog(done: int, _total: int, bi: int = bi) -> None:
+            if progress:
+                progress(bi * n_variants + done, n_variants * len(batches))
+
+        yield BatchSweep(pb, *per_batch(pb, prog))
+
+
+def prompt_mean(results: Iterator[BatchSweep]) -> tuple[Float[Tensor, " variant"], float, float, int]:
+    """Mean over every prompt of all batches: (metric per variant, clean, corrupt, n prompts)."""
+    sums: Tensor | None = None
+    clean_sum = corrupt_sum = 0.0
+    n_total = 0
+    for r in results:
+        sums = r.values.sum(1) if sums is None else sums + r.values.sum(1)
+        clean_sum += float(r.clean.sum())
+        corrupt_sum += float(r.corrupt.sum())
+        n_total += len(r.pb)
+    if sums is None or n_total == 0:
+        raise DatasetError("no prompts to sweep: the dataset is empty")
+    return sums / n_total, clean_sum / n_total, corrupt_sum / n_total, n_total
