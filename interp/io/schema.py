@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from interp.core.errors import ConfigError, ModelLoadError
+from interp.core.metrics import metrics_reading
 from interp.models.registry import describe_model_name
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
 
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
-_FALLBACK_METRICS = ("logit_diff", "prob")
 # `data.chat` of the kinds that can wrap prompts in the model's chat template (mcq_letters,
 # retrieval_heads, knowledge_conflicts); unset = follow the model, see `resolve_chat`.
 ChatSetting = Annotated[StrictBool | None, Field(
@@ -47,12 +47,10 @@ ChatSetting = Annotated[StrictBool | None, Field(
 
 
 def allowed_metrics() -> list[str]:
-    """Metric names a config may use: the keys of `interp.core.metrics.METRICS`."""
-    try:  # imported lazily: the metric registry sits in another layer and may be absent
-        from interp.core.metrics import METRICS
-    except ImportError:
-        return list(_FALLBACK_METRICS)
-    return sorted(METRICS)
+    """Metric names a config may use: the registered metrics (`interp.core.metrics`) that read
+    only what every prompt pair has, the answer and the distractor (the configs' metrics all
+    score prompt pairs; the letter and memory/context metrics are the analyses' own)."""
+    return metrics_reading()
 
 
 class FieldError(ValueError):

@@ -112,7 +112,7 @@ def test_no_hooks_after_failing_analysis(smollm2, pb, assert_clean):
     toks = pb.clean[:1]
     before = smollm2.forward(toks)
 
-    def fn(logits, a, d):
+    def fn(record):
         raise Boom("metric failed")
 
     with pytest.raises(Boom):
