@@ -33,6 +33,7 @@ from interp.io.schema import (
     Section,
     resolve_config_path,
     resolve_prepend_bos,
+    unique_items,
 )
 from interp.io.shared_steps import DlaWording, dla_step, head_patching_step, head_patterns_step
 from interp.io.step import StepContext, StepResult
@@ -143,10 +144,7 @@ class ResidualPatchingConfig(PatchingConfig):
     @field_validator("components")
     @classmethod
     def _no_duplicates(cls, components: tuple[str, ...]) -> tuple[str, ...]:
-        repeated = sorted({c for c in components if components.count(c) > 1})
-        if repeated:
-            raise ValueError(f"listed more than once: {', '.join(repeated)}")
-        return components
+        return unique_items(components, "components")
 
 
 class AnalysesConfig(Section):
