@@ -37,6 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.core.sites import Site
 from interp.models.vlm import VisionLanguageModel
 
 Progress = Callable[[int, int], None]
@@ -112,7 +113,10 @@ def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questi
     steps_vhd, steps_norm = [], []
     out_ids: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    with model.head_hooks(hook):
+    def site_hook(z: Tensor, site: Site) -> Tensor | None:
+        return hook(site.layer or 0, z)
+
+    with model.hooks([(Site("z", layer=layer), site_hook) for layer in range(L)]):
         logits, cache = model.forward_embeds(emb, mask, pos)
         for step in range(max_new_tokens):
             first[0] = False

@@ -6,9 +6,15 @@
     model = load_model("path/to/hf_dir", device="cuda", dtype="bfloat16")
     model = load_model("tiny-llama", backend="nnsight")
     model = load_model("whisper-tiny.en")          # speech: a HookedSeq2SeqModel (nnsight)
+    model = load_model("shapes-llava")             # vision: a VisionLanguageModel
+
+Every one is a `HookedModel` (the port: spec, sites, hooks, forward); what else it can do is a
+capability an analysis asks for (`interp.core.capabilities.require`), e.g. `AudioInput` for
+Whisper, `ImageInput` for LLaVA, `Resumable` / `Unembedding` for the text backends.
 
 Backends: "transformer_lens" (default for text models; TransformerBridge hooks) and "nnsight"
-(the only one for speech models: TransformerLens has no Whisper adapter).
+(module hooks and nnsight traces; the only one for speech models: TransformerLens has no
+Whisper adapter).
 """
 
 from __future__ import annotations
@@ -43,11 +49,11 @@ def load_model(
     info = describe_model_name(name)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     if info.modality == "speech":
-        return _load_speech(name, backend, dev, dt)  # type: ignore[return-value]
+        return _load_speech(name, backend, dev, dt)
     if info.modality == "vision":  # a VisionLanguageModel (LLaVA; hooks on W_O, no TransformerLens)
         from interp.models.llava import load_llava
 
-        return load_llava(name, local_only=info.kind != "hub", device=dev, dtype=dt)  # type: ignore[return-value]
+        return load_llava(name, local_only=info.kind != "hub", device=dev, dtype=dt)
     backend = backend or "transformer_lens"
     if info.kind == "tiny":
         from interp.models import smollm2
@@ -82,8 +88,8 @@ def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dt
     for p in hf.parameters():
         p.requires_grad_(False)
     return HookedSeq2SeqModel(
-        name, hf, tok, weights_sha256=sha, suppress_tokens=extra.get("suppress_ids", ()),
-        begin_suppress_tokens=extra.get("suppress_ids_begin", ()),
+        name, hf, tok, weights_sha256=sha, family=whisper.FAMILY, suppress_tokens=extra.get("suppress_ids", ()),
+        begin_suppress_tokens=extra.get("suppress_ids_begin", ()), feature_extractor=whisper.feature_extractor,
     )
 
 

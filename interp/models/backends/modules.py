@@ -11,7 +11,7 @@ output tensor) does not reach a cached copy.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -58,3 +58,20 @@ def add_module_hook(root: nn.Module, row: ModuleSite, site: Site, fn: HookFn, *,
         return new
 
     return module.register_forward_hook(post)
+
+
+class _Counting(Protocol):
+    _live_hooks: int
+
+
+class CountedHandle:
+    """A hook handle that keeps its model's count of live hooks (reads go through hooks, not a
+    trace, while any are attached)."""
+
+    def __init__(self, owner: _Counting, handle: Handle) -> None:
+        self.owner, self.handle = owner, handle
+        owner._live_hooks += 1
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.owner._live_hooks -= 1

@@ -36,7 +36,7 @@ from interp.core.model import BlockInputs, FinalNorm, ModelSpec, apply_final_nor
 from interp.core.sites import Component, Site
 from interp.models.arch import arch_facts
 from interp.models.backends.base import HookedLM
-from interp.models.backends.modules import ModuleSite, add_module_hook
+from interp.models.backends.modules import CountedHandle, ModuleSite, add_module_hook
 from interp.models.backends.resume import capture, resume
 from interp.models.families import family_of
 
@@ -155,8 +155,7 @@ class NNsightModel(HookedLM):
         row = self.sites_table[site.component]
         d_head = self.spec.d_head if site.component in _HEAD_COMPONENTS else None
         handle = add_module_hook(self.hf_model, row, site, fn, d_head=d_head)
-        self._live_hooks += 1
-        return _Counted(self, handle)
+        return CountedHandle(self, handle)
 
     # -- resuming at a block -----------------------------------------------------------------
     def _blocks(self) -> list[nn.Module]:
@@ -232,17 +231,6 @@ class NNsightModel(HookedLM):
         if tuple(w.shape) != (H * d, D):
             raise NotImplementedError(f"{path} weight (in, out) is {tuple(w.shape)}, not ({H * d}, {D}); no W_O")
         return w.reshape(H, d, D)
-
-
-class _Counted:
-    """A hook handle that keeps the model's count of live hooks."""
-
-    def __init__(self, model: NNsightModel, handle: Handle) -> None:
-        self.model, self.handle = model, handle
-
-    def remove(self) -> None:
-        self.handle.remove()
-        self.model._live_hooks -= 1
 
 
 def _element(value: Any, index: int | None) -> Any:
