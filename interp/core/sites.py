@@ -101,7 +101,7 @@ def as_stack(value: Stack | str) -> Stack:
         raise SiteError(f"unknown stack {value!r}; allowed: {allowed}") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Site:
     component: Component
     layer: int | None = None
@@ -109,14 +109,15 @@ class Site:
     position: int | None = None
     stack: Stack = Stack.DECODER
 
-    def __post_init__(self) -> None:
-        comp = as_component(self.component)
-        object.__setattr__(self, "component", comp)
-        object.__setattr__(self, "stack", as_stack(self.stack))
-        for field in ("layer", "head", "position"):
-            value = getattr(self, field)
+    def __init__(self, component: Component | str, layer: int | None = None, head: int | None = None,
+                 position: int | None = None, stack: Stack | str = Stack.DECODER) -> None:
+        comp = as_component(component)
+        for field, value in (("layer", layer), ("head", head), ("position", position)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise SiteError(f"site {comp.value}: {field} must be an integer or None, got {value!r}")
+            object.__setattr__(self, field, value)
+        object.__setattr__(self, "component", comp)
+        object.__setattr__(self, "stack", as_stack(stack))
         head_axis, _, needs_layer = _LAYOUT[comp]
         if needs_layer and self.layer is None:
             raise SiteError(f"site component {comp.value!r} needs a layer")

@@ -22,11 +22,13 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from interp.core.errors import ModelLoadError
 from interp.core.model import HookedModel
+from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 from interp.models.cache import sha256_files
 from interp.models.device import resolve_device, resolve_dtype
 from interp.models.registry import BUNDLED_SOURCES, describe_model_name, model_fact
@@ -61,7 +63,7 @@ def load_model(
 
         tok = smollm2.load_tokenizer()
         hf = build_tiny(name, vocab_size=len(tok), seed=seed)
-        sha = _state_digest(hf)
+        sha: str | None = _state_digest(hf)
     elif info.kind == "bundled":  # a text model: its module (BUNDLED_SOURCES) makes the fp32 directory
         path, sha = importlib.import_module(BUNDLED_SOURCES[name][0]).cached_dir()
         hf, tok = _load_hf_dir(str(path), dt, local_only=True)
@@ -74,15 +76,13 @@ def load_model(
     return _wrap(backend, name, hf, tok, sha, prepend_bos=model_fact(name, "prepend_bos"))
 
 
-def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dtype):
+def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dtype) -> HookedSeq2SeqModel:
     if backend not in (None, "nnsight"):
         raise ModelLoadError(
             f"{name!r} is a speech encoder-decoder model; TransformerLens has no Whisper adapter, "
             "so it loads only with backend='nnsight' (the default for it)"
         )
     from interp.models import whisper
-    from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
-
     hf, tok, sha, extra = whisper.load_whisper()
     hf = hf.to(device=dev, dtype=dt).eval()
     for p in hf.parameters():
@@ -93,7 +93,7 @@ def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dt
     )
 
 
-def _wrap(backend: str, name: str, hf, tok, sha, *, prepend_bos: bool = False) -> HookedModel:
+def _wrap(backend: str, name: str, hf: Any, tok: Any, sha: str | None, *, prepend_bos: bool = False) -> HookedModel:
     # Plain-text prompt builders (needles, facts, MCQ with chat=False) read the convention off
     # the tokenizer they are given: a model that expects <bos> gets it in the text.
     tok.interp_prepend_bos = prepend_bos
@@ -106,7 +106,7 @@ def _wrap(backend: str, name: str, hf, tok, sha, *, prepend_bos: bool = False) -
     return TLBridgeModel(name, hf, tok, weights_sha256=sha, prepend_bos=prepend_bos)
 
 
-def _load_hf_dir(name: str, dtype: torch.dtype, *, local_only: bool):
+def _load_hf_dir(name: str, dtype: torch.dtype, *, local_only: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -139,6 +139,6 @@ def _dir_digest(path: str) -> str:
     return sha256_files(files) if files else "no-weight-files"
 
 
-def _hub_digest(hf) -> str | None:
+def _hub_digest(hf: Any) -> str | None:
     # The hub cache holds the files; their commit hash is the stable id.
     return getattr(hf.config, "_commit_hash", None) or os.environ.get("INTERP_UNKNOWN_SHA")

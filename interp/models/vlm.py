@@ -62,7 +62,7 @@ class VisionLanguageModel:
     backend = "hf"
     modality = "vision"
 
-    def __init__(self, name: str, hf_model: nn.Module, tokenizer: Any, *, weights_sha256: str | None,
+    def __init__(self, name: str, hf_model: Any, tokenizer: Any, *, weights_sha256: str | None,
                  image_size: int, image_mean: Sequence[float], image_std: Sequence[float],
                  system_prompt: str | None = None, prompt_template: str | None = None,
                  image_processor: Any = None):
@@ -92,7 +92,8 @@ class VisionLanguageModel:
 
     # -- modules ------------------------------------------------------------------------------
     def module(self, key: str, **fmt: int) -> nn.Module:
-        return self.hf_model.get_submodule(FAMILY.modules[key].format(**fmt))
+        mod: nn.Module = self.hf_model.get_submodule(FAMILY.modules[key].format(**fmt))
+        return mod
 
     def attn_out_proj(self, layer: int) -> nn.Module:
         return self.module("attn_out_proj", layer=layer)
@@ -128,7 +129,9 @@ class VisionLanguageModel:
             msgs = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + \
                 [{"role": "user", "content": content}]
             text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        enc = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        def enc(s: str) -> list[int]:
+            return list(self.tokenizer(s, add_special_tokens=False)["input_ids"])
+
         if not with_image:
             return enc(text)
         pre, post = text.split(IMAGE_MARK)
@@ -216,7 +219,7 @@ class VisionLanguageModel:
     def generate(self, images: Sequence[np.ndarray] | None, questions: Sequence[str], *,
                  max_new_tokens: int = 12, with_image: bool = True) -> list[Generation]:
         """Greedy answers, one per question (batched, left-padded, KV cache)."""
-        feats = self.image_features(self.pixel_values(images)) if with_image else [None] * len(questions)
+        feats = self.image_features(self.pixel_values(images or [])) if with_image else [None] * len(questions)
         rows = [self.embed(self.prompt(q, with_image=with_image), f) for q, f in zip(questions, feats, strict=True)]
         emb, mask, pos = self.pack(rows)
         done = torch.zeros(len(rows), dtype=torch.bool)

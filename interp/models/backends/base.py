@@ -17,7 +17,13 @@ import torch
 
 from interp.core.errors import InterpError
 from interp.core.hooks import Handle, HookFn, caching_hooks, temporary_hooks
-from interp.core.model import KV_COMPONENTS, FinalNorm, ModelSpec, apply_final_norm, check_site_range
+from interp.core.model import (
+    KV_COMPONENTS,
+    FinalNorm,
+    ModelSpec,
+    apply_final_norm,
+    check_site_range,
+)
 from interp.core.sites import Component, Site
 
 

@@ -53,8 +53,8 @@ def add_module_hook(root: nn.Module, row: ModuleSite, site: Site, fn: HookFn, *,
         new = call(value)
         if new is None:
             return None
-        if tupled:
-            return type(out)((*out[:index], new, *out[index + 1:]))  # type: ignore[index]
+        if tupled and index is not None:
+            return type(out)((*out[:index], new, *out[index + 1:]))
         return new
 
     return module.register_forward_hook(post)

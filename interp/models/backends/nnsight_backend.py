@@ -49,7 +49,7 @@ _Access = tuple[str, str]
 class NNsightModel(HookedLM):
     backend = "nnsight"
 
-    def __init__(self, name: str, hf_model: nn.Module, tokenizer: Any, *, weights_sha256: str | None,
+    def __init__(self, name: str, hf_model: Any, tokenizer: Any, *, weights_sha256: str | None,
                  prepend_bos: bool = False):
         from nnsight.modeling.transformers import TransformersModel
 
@@ -94,8 +94,8 @@ class NNsightModel(HookedLM):
     def validate_site(self, site: Site) -> None:
         self._access(site)
 
-    def _envoy(self, path: str):
-        env = self.lm
+    def _envoy(self, path: str) -> Any:
+        env: Any = self.lm
         for part in path.split("."):
             env = env[int(part)] if part.isdigit() else getattr(env, part)
         return env
@@ -110,12 +110,13 @@ class NNsightModel(HookedLM):
             raise RuntimeError(f"site {site}: the module value is a {type(value).__name__}, not a tensor")
         if site.component in _HEAD_COMPONENTS:  # (batch, pos, heads * d_head) -> (batch, pos, head, d_head)
             value = value.view(*value.shape[:-1], -1, self.spec.d_head)
-        return value
+        out: torch.Tensor = value
+        return out
 
     # -- forwards ----------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         with self.lm.trace(tokens.to(self.device), use_cache=False):
-            logits = self.lm.output.logits.save()
+            logits: torch.Tensor = self.lm.output.logits.save()
         return logits
 
     def run_with_cache(
@@ -175,7 +176,8 @@ class NNsightModel(HookedLM):
 
     # -- weights -----------------------------------------------------------------------------
     def final_norm_module(self) -> nn.Module:
-        return self.hf_model.get_submodule(self.sites_table[Component.RESID_FINAL][0])
+        mod: nn.Module = self.hf_model.get_submodule(self.sites_table[Component.RESID_FINAL][0])
+        return mod
 
     def final_norm(self) -> FinalNorm:
         """The final norm as LayerNorm / RMSNorm parameters, checked against the module itself:
@@ -203,7 +205,8 @@ class NNsightModel(HookedLM):
             W_U = W_U[:, columns]
             b_U = b_U[columns] if b_U is not None else None
         out = x @ W_U
-        return self.facts.tail.apply(out + b_U if b_U is not None else out)
+        logits: torch.Tensor = self.facts.tail.apply(out + b_U if b_U is not None else out)
+        return logits
 
     def post_norm_module(self, layer: int, which: str) -> nn.Module | None:
         path = self.facts.attn_post_norm if which == "attn" else self.facts.mlp_post_norm
@@ -242,7 +245,7 @@ def _copy(value: Any) -> Any:
     return value.clone() if isinstance(value, torch.Tensor) else value
 
 
-def _spec_from_config(hf_model: nn.Module) -> ModelSpec:
+def _spec_from_config(hf_model: Any) -> ModelSpec:
     # HF attribute maps give GPT-2/GPT-J's n_layer/n_head/n_embd and GPT-Neo's num_layers/num_heads
     # these names.
     cfg = hf_model.config
@@ -261,14 +264,14 @@ def _spec_from_config(hf_model: nn.Module) -> ModelSpec:
     )
 
 
-def _n_kv_heads(cfg) -> int:
+def _n_kv_heads(cfg: Any) -> int:
     if getattr(cfg, "model_type", None) == "falcon":
         # Falcon: the new decoder architecture has `num_kv_heads` groups; otherwise multi-query
         # means one key/value head and plain multi-head attention one per query head.
         if getattr(cfg, "new_decoder_architecture", False):
-            return cfg.num_kv_heads
+            return int(cfg.num_kv_heads)
         return 1 if getattr(cfg, "multi_query", False) else cfg.num_attention_heads
-    return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    return int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
 
 
 @torch.no_grad()

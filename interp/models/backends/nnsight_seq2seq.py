@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
 from interp.core.errors import SiteError
 from interp.core.hooks import Handle, HookFn, temporary_hooks
@@ -40,6 +40,7 @@ from interp.core.model import check_site_range
 from interp.core.sites import Component, Site, Stack
 from interp.models.backends.modules import CountedHandle, add_module_hook
 from interp.models.families import Family, ModuleSite
+
 
 @dataclass(frozen=True)
 class Seq2SeqSpec:
@@ -74,7 +75,7 @@ class HookedSeq2SeqModel:
 
     backend = "nnsight"
 
-    def __init__(self, name: str, hf_model: nn.Module, tokenizer: Any, *, weights_sha256: str | None,
+    def __init__(self, name: str, hf_model: Any, tokenizer: Any, *, weights_sha256: str | None,
                  family: Family, suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = (),
                  prompt_ids: Sequence[int] | None = None, eos_id: int | None = None,
                  feature_extractor: Callable[[], Any] | None = None):
@@ -118,7 +119,7 @@ class HookedSeq2SeqModel:
 
     # -- audio -> features -------------------------------------------------------------------
     @property
-    def feature_extractor(self):
+    def feature_extractor(self) -> Any:
         if self._fe is None:
             if self._make_fe is None:
                 raise NotImplementedError(f"{self.name}: no feature extractor was given; pass log-mel features")
@@ -163,7 +164,7 @@ class HookedSeq2SeqModel:
         return torch.tensor([row] * batch, dtype=torch.long, device=self.device)
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
     def str_tokens(self, token_ids: Sequence[int]) -> list[str]:
         return [self.tokenizer.decode([int(i)]) for i in token_ids]

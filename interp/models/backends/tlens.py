@@ -13,6 +13,7 @@ unpatched prefix; the bridge's own `start_at_layer` still executes blocks 0..L-1
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from interp.core.errors import SiteError, UnsupportedError
-from interp.core.hooks import HookFn
+from interp.core.hooks import Handle, HookFn
 from interp.core.model import BlockInputs, FinalNorm, ModelSpec
 from interp.core.sites import Component, Site
 from interp.models.arch import SCALE_ATTRS, arch_facts, attention_scale_from_config
@@ -51,7 +52,7 @@ HOOK_FALLBACKS: dict[Component, Component] = {Component.Q_ROT: Component.Q, Comp
 class TLBridgeModel(HookedLM):
     backend = "transformer_lens"
 
-    def __init__(self, name: str, hf_model: nn.Module, tokenizer: Any, *, weights_sha256: str | None,
+    def __init__(self, name: str, hf_model: Any, tokenizer: Any, *, weights_sha256: str | None,
                  prepend_bos: bool = False):
         from transformer_lens.model_bridge import TransformerBridge
 
@@ -137,9 +138,12 @@ class TLBridgeModel(HookedLM):
             except SiteError as e:
                 return str(e)
         tokens = self._probe_tokens()
-        fired: set = set()
-        handles = [self.add_hook(Site(comp, layer=layer), lambda t, s, fired=fired: fired.add(s.layer))
-                   for layer in layers]
+        fired: set[int | None] = set()
+
+        def mark(_t: torch.Tensor, s: Site) -> None:
+            fired.add(s.layer)
+
+        handles = [self.add_hook(Site(comp, layer=layer), mark) for layer in layers]
         try:
             base = self.forward(tokens)
         finally:
@@ -177,7 +181,7 @@ class TLBridgeModel(HookedLM):
         """Max |unembed(final residual) - logits| on a short input: the tail (norm, lm_head,
         scaling, softcap) must reproduce the model's own output head."""
         tokens = self._probe_tokens()
-        store: dict = {}
+        store: dict[str, torch.Tensor] = {}
         h = self.add_hook(Site("resid_final"), lambda t, s: store.__setitem__("x", t.detach()))
         try:
             logits = self.forward(tokens)
@@ -188,7 +192,7 @@ class TLBridgeModel(HookedLM):
         ours = self._unembed_unchecked(store["x"])
         return float((ours - logits).abs().max() / logits.abs().max().clamp_min(1e-6))
 
-    def add_hook(self, site: Site, fn: HookFn):
+    def add_hook(self, site: Site, fn: HookFn) -> Handle:
         """Through the HookPoint's own `add_hook`, so TransformerLens knows the point is
         hooked (some bridges fire a point only then, e.g. Granite's scaled hook_attn_out) and
         applies its layout conversion both ways (hook_z holds the flat o_proj input)."""
@@ -197,7 +201,7 @@ class TLBridgeModel(HookedLM):
             self.check_component(site.component)
         whole = site.hook_site
 
-        def tl_hook(t: torch.Tensor, hook: Any = None):
+        def tl_hook(t: torch.Tensor, hook: Any = None) -> torch.Tensor | None:
             return fn(t, whole)
 
         handle = point.add_hook(tl_hook, dir="fwd")
@@ -205,7 +209,8 @@ class TLBridgeModel(HookedLM):
 
     # -- forwards ----------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.bridge(tokens.to(self.device), return_type="logits")
+        logits: torch.Tensor = self.bridge(tokens.to(self.device), return_type="logits")
+        return logits
 
     def forward_incremental(self, tokens: torch.Tensor, past: Any = None, *,
                             last_logits: int | None = None) -> tuple[torch.Tensor, Any]:
@@ -241,7 +246,8 @@ class TLBridgeModel(HookedLM):
     # -- weights -----------------------------------------------------------------------------
     def _final_norm_module(self) -> nn.Module:
         ln = self.bridge.ln_final
-        return getattr(ln, "original_component", None) or ln._original_component
+        mod: nn.Module = getattr(ln, "original_component", None) or ln._original_component
+        return mod
 
     def final_norm(self) -> FinalNorm:
         mod = self._final_norm_module()
@@ -250,9 +256,10 @@ class TLBridgeModel(HookedLM):
         eps = getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", None)
         if eps is None or getattr(mod, "bias", None) is not None:
             raise NotImplementedError(f"final norm {type(mod).__name__} is neither LayerNorm nor a plain RMSNorm")
-        return FinalNorm("rms", mod.weight.detach(), None, float(eps))
+        weight: Any = mod.weight
+        return FinalNorm("rms", weight.detach(), None, float(eps))
 
-    def unembed_matrix(self):
+    def unembed_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._W_U is None:
             self._W_U = self.bridge.W_U.detach()
         b_U = getattr(self.bridge.unembed, "b_U", None)
@@ -282,7 +289,8 @@ class TLBridgeModel(HookedLM):
             b_U = b_U[columns] if b_U is not None else None
         out = x @ W_U
         out = out + b_U if b_U is not None else out
-        return self.facts.tail.apply(out)
+        logits: torch.Tensor = self.facts.tail.apply(out)
+        return logits
 
     def final_norm_module(self) -> nn.Module:
         return self._final_norm_module()
@@ -301,7 +309,8 @@ class TLBridgeModel(HookedLM):
         return b.detach() if isinstance(b, torch.Tensor) else None
 
     def attention_softcap(self, layer: int) -> float | None:
-        return self.facts.attn_softcap
+        cap: float | None = self.facts.attn_softcap
+        return cap
 
     def attention_scale(self, layer: int) -> float:
         attn = self.bridge.blocks[layer].attn
@@ -319,12 +328,12 @@ class TLBridgeModel(HookedLM):
 
 
 @contextmanager
-def _cache_kwarg_renamed(bridge: nn.Module):
+def _cache_kwarg_renamed(bridge: Any) -> Iterator[None]:
     """Transformers 5 hands each attention its cache as `cache=`; the bridge's attention reads
     `past_key_values` / `layer_past` and otherwise silently attends to the new tokens only.
     Rename it for the duration of a cached forward (pre-hooks removed in `finally`)."""
 
-    def pre(_mod, args, kwargs):
+    def pre(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
             # Both names: bridges that re-implement attention read `past_key_values`, bridges
             # that delegate to the HF module (GPT-J) pass `cache` on to it.
