@@ -42,7 +42,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 POOLINGS = ("max", "mean")
@@ -134,6 +134,47 @@ def spes_cost(n_mel_frames: int, n_mels: int, *, mode: str, patch_frames: int, p
     return n_masks
 
 
+def _check_spes(mode: str, patch_frames: int, patch_mels: int, batch_size: int, n_masks: int, mask_prob: float,
+                scales: Sequence[int]) -> None:
+    if mode not in SPES_MODES:
+        raise ValueError(f"unknown SPES mode {mode!r}; allowed: {', '.join(SPES_MODES)}")
+    if patch_frames < 1 or patch_mels < 1 or batch_size < 1:
+        raise ValueError("patch_frames, patch_mels and batch_size must be >= 1")
+    if mode == "random" and (n_masks < 2 or not 0.0 < mask_prob < 1.0 or not scales or min(scales) < 1):
+        raise ValueError("random masks need n_masks >= 2, 0 < mask_prob < 1 and scales of integers >= 1")
+
+
+def _spes_masks(mode: str, n_mel_frames: int, n_mels: int, patch_frames: int, patch_mels: int, n_masks: int,
+                mask_prob: float, scales: Sequence[int], seed: int) -> Bool[Tensor, "mask mel mel_frame"]:
+    """Masks over the explained window: True = occluded. Occlusion: one per grid cell; random:
+    `n_masks` of cells at a random scale, each occluded with `mask_prob`."""
+    if mode == "occlusion":
+        cells = _grid(n_mel_frames, n_mels, patch_frames, patch_mels)
+        masks = torch.zeros(len(cells), n_mels, n_mel_frames, dtype=torch.bool)
+        for i, (t0, t1, m0, m1) in enumerate(cells):
+            masks[i, m0:m1, t0:t1] = True
+        return masks
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(n_masks, n_mels, n_mel_frames, dtype=torch.bool)
+    scale_list = list(scales)
+    for i in range(n_masks):
+        s = scale_list[int(torch.randint(len(scale_list), (1,), generator=g))]
+        for t0, t1, m0, m1 in _grid(n_mel_frames, n_mels, patch_frames * s, patch_mels * s):
+            if float(torch.rand((), generator=g)) < mask_prob:
+                masks[i, m0:m1, t0:t1] = True
+    return masks
+
+
+def _spes_fine(mode: str, kl: Tensor, masks: Tensor) -> Float[Tensor, "token mel mel_frame"]:
+    """Per-cell saliency from the per-mask KL (mask, token)."""
+    m = masks.float()  # (mask, mel, mel_frame)
+    if mode == "occlusion":  # each cell is occluded by exactly one mask
+        return torch.einsum("kt,kmf->tmf", kl, m)
+    occ = m.sum(0).clamp_min(1.0)
+    kept = (1 - m).sum(0).clamp_min(1.0)
+    return torch.einsum("kt,kmf->tmf", kl, m) / occ - torch.einsum("kt,kmf->tmf", kl, 1 - m) / kept
+
+
 @torch.no_grad()
 def spes_saliency(
     model,
@@ -155,32 +196,13 @@ def spes_saliency(
 ) -> SaliencyResult:
     """SPES-style perturbation saliency of each output token (see the module docstring)."""
     _check_common(model, features, token_ids, n_mel_frames, pooling)
-    if mode not in SPES_MODES:
-        raise ValueError(f"unknown SPES mode {mode!r}; allowed: {', '.join(SPES_MODES)}")
-    if patch_frames < 1 or patch_mels < 1 or batch_size < 1:
-        raise ValueError("patch_frames, patch_mels and batch_size must be >= 1")
-    if mode == "random" and (n_masks < 2 or not 0.0 < mask_prob < 1.0 or not scales or min(scales) < 1):
-        raise ValueError("random masks need n_masks >= 2, 0 < mask_prob < 1 and scales of integers >= 1")
+    _check_spes(mode, patch_frames, patch_mels, batch_size, n_masks, mask_prob, scales)
     feats = features.to(model.device, model.dtype)
     n_mels = feats.shape[1]
     silence = silence_level(feats)
     base = _gold_log_probs(model, feats, token_ids)  # (1, token, vocab)
 
-    # Masks over the explained window: True = occluded. (mask, mel, mel_frame)
-    if mode == "occlusion":
-        cells = _grid(n_mel_frames, n_mels, patch_frames, patch_mels)
-        masks = torch.zeros(len(cells), n_mels, n_mel_frames, dtype=torch.bool)
-        for i, (t0, t1, m0, m1) in enumerate(cells):
-            masks[i, m0:m1, t0:t1] = True
-    else:
-        g = torch.Generator().manual_seed(seed)
-        masks = torch.zeros(n_masks, n_mels, n_mel_frames, dtype=torch.bool)
-        scale_list = list(scales)
-        for i in range(n_masks):
-            s = scale_list[int(torch.randint(len(scale_list), (1,), generator=g))]
-            for t0, t1, m0, m1 in _grid(n_mel_frames, n_mels, patch_frames * s, patch_mels * s):
-                if float(torch.rand((), generator=g)) < mask_prob:
-                    masks[i, m0:m1, t0:t1] = True
+    masks = _spes_masks(mode, n_mel_frames, n_mels, patch_frames, patch_mels, n_masks, mask_prob, scales, seed)
 
     kls = []
     for start in range(0, len(masks), batch_size):
@@ -193,13 +215,7 @@ def spes_saliency(
             progress(min(start + batch_size, len(masks)), len(masks))
     kl = torch.cat(kls)  # (mask, token)
 
-    m = masks.float()  # (mask, mel, mel_frame)
-    if mode == "occlusion":  # each cell is occluded by exactly one mask
-        fine = torch.einsum("kt,kmf->tmf", kl, m)
-    else:
-        occ = m.sum(0).clamp_min(1.0)
-        kept = (1 - m).sum(0).clamp_min(1.0)
-        fine = torch.einsum("kt,kmf->tmf", kl, m) / occ - torch.einsum("kt,kmf->tmf", kl, 1 - m) / kept
+    fine = _spes_fine(mode, kl, masks)
     ratio = model.spec.mel_frames_per_audio_frame
     params = {"mode": mode, "patch_frames": patch_frames, "patch_mels": patch_mels, "batch_size": batch_size}
     if mode == "random":
