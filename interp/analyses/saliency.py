@@ -38,12 +38,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 
 POOLINGS = ("max", "mean")
 SPES_MODES = ("occlusion", "random")
@@ -99,7 +102,7 @@ def pool_to_frames(fine: Tensor, ratio: int, pooling: str) -> Float[Tensor, "tok
     return x.reshape(T, M, frames, ratio).sum(dim=(1, 3)) / counts
 
 
-def _gold_log_probs(model, feats: Tensor, token_ids: Sequence[int]) -> Float[Tensor, "batch token vocab"]:
+def _gold_log_probs(model: HookedSeq2SeqModel, feats: Tensor, token_ids: Sequence[int]) -> Float[Tensor, "batch token vocab"]:
     return torch.log_softmax(model.forced_logits(feats, token_ids).float(), dim=-1)
 
 
@@ -116,7 +119,7 @@ def _grid(n_frames: int, n_mels: int, patch_frames: int, patch_mels: int) -> lis
     ]
 
 
-def _check_common(model, features: Tensor, token_ids: Sequence[int], n_mel_frames: int, pooling: str) -> None:
+def _check_common(model: HookedSeq2SeqModel, features: Tensor, token_ids: Sequence[int], n_mel_frames: int, pooling: str) -> None:
     if features.ndim != 3 or features.shape[0] != 1:
         raise ValueError(f"features must hold one utterance, shape (1, mels, frames); got {tuple(features.shape)}")
     if not token_ids:
@@ -177,7 +180,7 @@ def _spes_fine(mode: str, kl: Tensor, masks: Tensor) -> Float[Tensor, "token mel
 
 @torch.no_grad()
 def spes_saliency(
-    model,
+    model: HookedSeq2SeqModel,
     features: Tensor,
     token_ids: Sequence[int],
     *,
@@ -225,7 +228,7 @@ def spes_saliency(
 
 
 def integrated_gradients_saliency(
-    model,
+    model: HookedSeq2SeqModel,
     features: Tensor,
     token_ids: Sequence[int],
     *,

@@ -36,11 +36,15 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 
 from interp.analyses.cross_attention import CrossAttentionResult, aggregation_kind
 from interp.analyses.saliency import SaliencyResult, silence_level
@@ -237,7 +241,7 @@ def delete_frames(features: Tensor, frames: Tensor, ratio: int, n_mel_frames: in
 
 @torch.no_grad()
 def deletion_curves(
-    model,
+    model: HookedSeq2SeqModel,
     features: Tensor,
     *,
     n_mel_frames: int,
