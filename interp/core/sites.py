@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 import torch
 
@@ -83,22 +84,25 @@ _STACKS = "|".join(st.value for st in Stack)
 _PATTERN = re.compile(rf"^(?:(?P<stack>{_STACKS})\.)?(?P<comp>[a-z_]+)(?:\.L(?P<layer>\d+))?(?:\.H(?P<head>\d+))?(?:\.P(?P<pos>-?\d+))?$")
 
 
+E = TypeVar("E", Component, Stack)
+
+
 def as_component(value: Component | str) -> Component:
     """`value` as a `Component`, or `SiteError` listing the allowed ones."""
-    try:
-        return Component(value)
-    except ValueError:
-        allowed = ", ".join(c.value for c in Component)
-        raise SiteError(f"unknown component {value!r}; allowed: {allowed}") from None
+    return _member(Component, value, "component")
 
 
 def as_stack(value: Stack | str) -> Stack:
     """`value` as a `Stack`, or `SiteError` listing the allowed ones."""
+    return _member(Stack, value, "stack")
+
+
+def _member(enum: type[E], value: E | str, what: str) -> E:
     try:
-        return Stack(value)
+        return enum(value)
     except ValueError:
-        allowed = ", ".join(st.value for st in Stack)
-        raise SiteError(f"unknown stack {value!r}; allowed: {allowed}") from None
+        allowed = ", ".join(m.value for m in enum)
+        raise SiteError(f"unknown {what} {value!r}; allowed: {allowed}") from None
 
 
 @dataclass(frozen=True, init=False)

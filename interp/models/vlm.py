@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from interp.core.errors import SiteError
 from interp.core.hooks import Handle, HookFn, temporary_hooks
-from interp.core.model import KV_COMPONENTS, check_site_range
+from interp.core.model import KV_COMPONENTS, ModelSpec, check_site_range
 from interp.core.sites import Component, Site, Stack
 from interp.models.backends.modules import add_module_hook
 from interp.models.families import family
@@ -39,17 +39,12 @@ IMAGE_MARK = "\x00IMAGE\x00"
 
 
 @dataclass(frozen=True)
-class VisionLanguageSpec:
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_model: int
-    d_head: int
-    d_vocab: int
-    n_image_tokens: int
-    image_size: int
-    architecture: str
-    vision_architecture: str
+class VisionLanguageSpec(ModelSpec):
+    """The language model's shape (`ModelSpec`) and the image side's."""
+
+    n_image_tokens: int = 0
+    image_size: int = 0
+    vision_architecture: str = ""
 
 
 @dataclass(frozen=True)
