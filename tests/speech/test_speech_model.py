@@ -155,3 +155,11 @@ def test_transcript_equals_hf_greedy_generate(whisper_model, known_clip):
     ca = whisper_model.cross_attention(feats, ours.token_ids)
     want = torch.stack([a[:, :, 1 : 1 + n] for a in out.cross_attentions])
     torch.testing.assert_close(ca, want, atol=1e-5, rtol=1e-4)
+
+
+def test_speech_model_is_a_hooked_model_with_audio_input(tiny_speech):
+    from interp.core.capabilities import AudioInput, Resumable, TextInput, has
+    from interp.core.model import HookedModel
+
+    assert isinstance(tiny_speech, HookedModel) and has(tiny_speech, AudioInput)
+    assert not has(tiny_speech, TextInput) and not has(tiny_speech, Resumable)

@@ -176,3 +176,11 @@ def test_paper_layers_and_bad_layers(tiny_llava, tiny_items):
     assert paper_layers(2) == [0, 1]
     with pytest.raises(ValueError, match="layers 0..1"):
         reinforce_heads(tiny_llava, [tiny_items[0].image], [tiny_items[0].question], layers=[5])
+
+
+def test_vision_model_is_a_hooked_model_with_image_input(tiny_llava):
+    from interp.core.capabilities import Generates, ImageInput, Resumable, has
+    from interp.core.model import HookedModel
+
+    assert isinstance(tiny_llava, HookedModel) and has(tiny_llava, ImageInput) and has(tiny_llava, Generates)
+    assert not has(tiny_llava, Resumable)
