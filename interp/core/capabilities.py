@@ -21,7 +21,7 @@ import torch
 
 from interp.core.errors import UnsupportedError
 from interp.core.hooks import HookFn
-from interp.core.model import BlockInputs, FinalNorm
+from interp.core.model import BlockInputs, FinalNorm, HookedModel, ModelSpec
 from interp.core.sites import Site
 
 
@@ -98,6 +98,20 @@ class Generates(Protocol):
                  with_image: bool = True) -> list[Any]: ...
 
 
+@runtime_checkable
+class LanguageModel(HookedModel, TextInput, Unembedding, Protocol):
+    """What every text backend is (TransformerLens bridge, nnsight): the port, token input and
+    the output head; `Resumable` and `Incremental` are still asked for separately."""
+
+    prepend_bos: bool
+    tokenizer: Any
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    def supports(self, component: str) -> bool: ...
+
+
 # What each capability means to a user, and the methods that make it up.
 CAPABILITIES: dict[type, tuple[str, tuple[str, ...]]] = {
     TextInput: ("takes token ids", ("to_tokens", "encode", "str_tokens", "run_with_hooks", "run_with_cache")),
@@ -109,6 +123,7 @@ CAPABILITIES: dict[type, tuple[str, tuple[str, ...]]] = {
     AudioInput: ("takes audio", ("features", "frames_of", "decoder_input", "forced_logits", "transcribe")),
     ImageInput: ("takes images", ("pixel_values", "image_features", "prompt", "embed")),
     Generates: ("generates answers", ("generate",)),
+    LanguageModel: ("is a text language model", ("to_tokens", "run_with_cache", "unembed", "supports")),
 }
 
 C = TypeVar("C")

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from interp.core.errors import ModelLoadError
+from interp.core.capabilities import LanguageModel
 from interp.core.model import HookedModel
 from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 from interp.models.cache import sha256_files
@@ -93,7 +94,7 @@ def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dt
     )
 
 
-def _wrap(backend: str, name: str, hf: Any, tok: Any, sha: str | None, *, prepend_bos: bool = False) -> HookedModel:
+def _wrap(backend: str, name: str, hf: Any, tok: Any, sha: str | None, *, prepend_bos: bool = False) -> LanguageModel:
     # Plain-text prompt builders (needles, facts, MCQ with chat=False) read the convention off
     # the tokenizer they are given: a model that expects <bos> gets it in the text.
     tok.interp_prepend_bos = prepend_bos

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.core.capabilities import AudioInput, Incremental, Resumable, TextInput, has, require
+from interp.core.capabilities import AudioInput, Incremental, LanguageModel, Resumable, TextInput, has, require
 from interp.core.errors import UnsupportedError
 from interp.core.hooks import temporary_hooks
 from interp.core.model import BlockInputs, HookedModel
@@ -79,6 +79,7 @@ def test_loaded_models_declare_their_capabilities(tiny_model):
     assert has(tiny_model, Incremental) and not has(tiny_model, AudioInput)
     nn_model = load_model("tiny-llama", backend="nnsight")
     assert has(nn_model, Resumable) and not has(nn_model, Incremental)
+    assert has(tiny_model, LanguageModel) and has(nn_model, LanguageModel)
     with pytest.raises(UnsupportedError, match="'tiny-llama' \\(backend 'nnsight'\\) does not: it lacks forward_incremental"):
         require(nn_model, Incremental, "retrieval decoding")
 
