@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from interp.core.errors import ModelLoadError
 from interp.core.capabilities import LanguageModel
+from interp.core.errors import ModelLoadError
 from interp.core.model import HookedModel
 from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 from interp.models.cache import sha256_files

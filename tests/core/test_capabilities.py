@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.core.capabilities import AudioInput, Incremental, LanguageModel, Resumable, TextInput, has, require
+from interp.core.capabilities import (
+    AudioInput,
+    Incremental,
+    LanguageModel,
+    Resumable,
+    TextInput,
+    has,
+    require,
+)
 from interp.core.errors import UnsupportedError
 from interp.core.hooks import temporary_hooks
 from interp.core.model import BlockInputs, HookedModel
