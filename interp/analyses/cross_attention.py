@@ -27,6 +27,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.core.capabilities import AudioInput, require
+
 if TYPE_CHECKING:
     from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 
@@ -122,6 +124,7 @@ def cross_attention_maps(
 ) -> CrossAttentionResult:
     """Cross-attention of every decoder layer and head while teacher-forcing `token_ids` on one
     utterance's features (1, n_mels, frames), cut to the first `n_frames` encoder frames."""
+    require(model, AudioInput, "cross-attention maps")
     if features.ndim != 3 or features.shape[0] != 1:
         raise ValueError(f"features must hold one utterance, shape (1, mels, frames); got {tuple(features.shape)}")
     if not token_ids:

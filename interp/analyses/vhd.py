@@ -37,6 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.core.capabilities import ImageInput, require
 from interp.core.sites import Site
 from interp.models.vlm import VisionLanguageModel
 
@@ -122,6 +123,7 @@ def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questi
     `vhr_layers`: select heads at the first step with VHR's rule at these layers; `fixed_heads`:
     reinforce these (layer -> heads) per item from the start (no text-only row is needed then,
     and no VHD is recorded); neither: plain generation."""
+    require(model, ImageInput, "visual head divergence")
     B, L, H = len(questions), model.spec.n_layers, model.spec.n_heads
     r = 1 if fixed_heads is not None else 2  # rows per item
     emb, mask, pos = _rows(model, images, questions, r)
