@@ -60,3 +60,4 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(PY) -m mypy  # strict on interp/core and interp/models ([tool.mypy] in pyproject.toml)

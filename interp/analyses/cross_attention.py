@@ -20,11 +20,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from interp.core.capabilities import AudioInput, require
+
+if TYPE_CHECKING:
+    from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 
 
 def aggregation_sets(n_layers: int, n_heads: int, last_layers: int) -> dict[str, list[tuple[int, int]]]:
@@ -114,10 +120,11 @@ class CrossAttentionResult:
 
 
 def cross_attention_maps(
-    model, features: Tensor, token_ids: Sequence[int], *, n_frames: int | None = None, utterance: str = ""
+    model: HookedSeq2SeqModel, features: Tensor, token_ids: Sequence[int], *, n_frames: int | None = None, utterance: str = ""
 ) -> CrossAttentionResult:
     """Cross-attention of every decoder layer and head while teacher-forcing `token_ids` on one
     utterance's features (1, n_mels, frames), cut to the first `n_frames` encoder frames."""
+    require(model, AudioInput, "cross-attention maps")
     if features.ndim != 3 or features.shape[0] != 1:
         raise ValueError(f"features must hold one utterance, shape (1, mels, frames); got {tuple(features.shape)}")
     if not token_ids:

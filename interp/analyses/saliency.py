@@ -38,12 +38,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 
 POOLINGS = ("max", "mean")
 SPES_MODES = ("occlusion", "random")
@@ -99,7 +102,7 @@ def pool_to_frames(fine: Tensor, ratio: int, pooling: str) -> Float[Tensor, "tok
     return x.reshape(T, M, frames, ratio).sum(dim=(1, 3)) / counts
 
 
-def _gold_log_probs(model, feats: Tensor, token_ids: Sequence[int]) -> Float[Tensor, "batch token vocab"]:
+def _gold_log_probs(model: HookedSeq2SeqModel, feats: Tensor, token_ids: Sequence[int]) -> Float[Tensor, "batch token vocab"]:
     return torch.log_softmax(model.forced_logits(feats, token_ids).float(), dim=-1)
 
 
@@ -116,7 +119,7 @@ def _grid(n_frames: int, n_mels: int, patch_frames: int, patch_mels: int) -> lis
     ]
 
 
-def _check_common(model, features: Tensor, token_ids: Sequence[int], n_mel_frames: int, pooling: str) -> None:
+def _check_common(model: HookedSeq2SeqModel, features: Tensor, token_ids: Sequence[int], n_mel_frames: int, pooling: str) -> None:
     if features.ndim != 3 or features.shape[0] != 1:
         raise ValueError(f"features must hold one utterance, shape (1, mels, frames); got {tuple(features.shape)}")
     if not token_ids:
@@ -134,9 +137,50 @@ def spes_cost(n_mel_frames: int, n_mels: int, *, mode: str, patch_frames: int, p
     return n_masks
 
 
+def _check_spes(mode: str, patch_frames: int, patch_mels: int, batch_size: int, n_masks: int, mask_prob: float,
+                scales: Sequence[int]) -> None:
+    if mode not in SPES_MODES:
+        raise ValueError(f"unknown SPES mode {mode!r}; allowed: {', '.join(SPES_MODES)}")
+    if patch_frames < 1 or patch_mels < 1 or batch_size < 1:
+        raise ValueError("patch_frames, patch_mels and batch_size must be >= 1")
+    if mode == "random" and (n_masks < 2 or not 0.0 < mask_prob < 1.0 or not scales or min(scales) < 1):
+        raise ValueError("random masks need n_masks >= 2, 0 < mask_prob < 1 and scales of integers >= 1")
+
+
+def _spes_masks(mode: str, n_mel_frames: int, n_mels: int, patch_frames: int, patch_mels: int, n_masks: int,
+                mask_prob: float, scales: Sequence[int], seed: int) -> Bool[Tensor, "mask mel mel_frame"]:
+    """Masks over the explained window: True = occluded. Occlusion: one per grid cell; random:
+    `n_masks` of cells at a random scale, each occluded with `mask_prob`."""
+    if mode == "occlusion":
+        cells = _grid(n_mel_frames, n_mels, patch_frames, patch_mels)
+        masks = torch.zeros(len(cells), n_mels, n_mel_frames, dtype=torch.bool)
+        for i, (t0, t1, m0, m1) in enumerate(cells):
+            masks[i, m0:m1, t0:t1] = True
+        return masks
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(n_masks, n_mels, n_mel_frames, dtype=torch.bool)
+    scale_list = list(scales)
+    for i in range(n_masks):
+        s = scale_list[int(torch.randint(len(scale_list), (1,), generator=g))]
+        for t0, t1, m0, m1 in _grid(n_mel_frames, n_mels, patch_frames * s, patch_mels * s):
+            if float(torch.rand((), generator=g)) < mask_prob:
+                masks[i, m0:m1, t0:t1] = True
+    return masks
+
+
+def _spes_fine(mode: str, kl: Tensor, masks: Tensor) -> Float[Tensor, "token mel mel_frame"]:
+    """Per-cell saliency from the per-mask KL (mask, token)."""
+    m = masks.float()  # (mask, mel, mel_frame)
+    if mode == "occlusion":  # each cell is occluded by exactly one mask
+        return torch.einsum("kt,kmf->tmf", kl, m)
+    occ = m.sum(0).clamp_min(1.0)
+    kept = (1 - m).sum(0).clamp_min(1.0)
+    return torch.einsum("kt,kmf->tmf", kl, m) / occ - torch.einsum("kt,kmf->tmf", kl, 1 - m) / kept
+
+
 @torch.no_grad()
 def spes_saliency(
-    model,
+    model: HookedSeq2SeqModel,
     features: Tensor,
     token_ids: Sequence[int],
     *,
@@ -155,32 +199,13 @@ def spes_saliency(
 ) -> SaliencyResult:
     """SPES-style perturbation saliency of each output token (see the module docstring)."""
     _check_common(model, features, token_ids, n_mel_frames, pooling)
-    if mode not in SPES_MODES:
-        raise ValueError(f"unknown SPES mode {mode!r}; allowed: {', '.join(SPES_MODES)}")
-    if patch_frames < 1 or patch_mels < 1 or batch_size < 1:
-        raise ValueError("patch_frames, patch_mels and batch_size must be >= 1")
-    if mode == "random" and (n_masks < 2 or not 0.0 < mask_prob < 1.0 or not scales or min(scales) < 1):
-        raise ValueError("random masks need n_masks >= 2, 0 < mask_prob < 1 and scales of integers >= 1")
+    _check_spes(mode, patch_frames, patch_mels, batch_size, n_masks, mask_prob, scales)
     feats = features.to(model.device, model.dtype)
     n_mels = feats.shape[1]
     silence = silence_level(feats)
     base = _gold_log_probs(model, feats, token_ids)  # (1, token, vocab)
 
-    # Masks over the explained window: True = occluded. (mask, mel, mel_frame)
-    if mode == "occlusion":
-        cells = _grid(n_mel_frames, n_mels, patch_frames, patch_mels)
-        masks = torch.zeros(len(cells), n_mels, n_mel_frames, dtype=torch.bool)
-        for i, (t0, t1, m0, m1) in enumerate(cells):
-            masks[i, m0:m1, t0:t1] = True
-    else:
-        g = torch.Generator().manual_seed(seed)
-        masks = torch.zeros(n_masks, n_mels, n_mel_frames, dtype=torch.bool)
-        scale_list = list(scales)
-        for i in range(n_masks):
-            s = scale_list[int(torch.randint(len(scale_list), (1,), generator=g))]
-            for t0, t1, m0, m1 in _grid(n_mel_frames, n_mels, patch_frames * s, patch_mels * s):
-                if float(torch.rand((), generator=g)) < mask_prob:
-                    masks[i, m0:m1, t0:t1] = True
+    masks = _spes_masks(mode, n_mel_frames, n_mels, patch_frames, patch_mels, n_masks, mask_prob, scales, seed)
 
     kls = []
     for start in range(0, len(masks), batch_size):
@@ -193,13 +218,7 @@ def spes_saliency(
             progress(min(start + batch_size, len(masks)), len(masks))
     kl = torch.cat(kls)  # (mask, token)
 
-    m = masks.float()  # (mask, mel, mel_frame)
-    if mode == "occlusion":  # each cell is occluded by exactly one mask
-        fine = torch.einsum("kt,kmf->tmf", kl, m)
-    else:
-        occ = m.sum(0).clamp_min(1.0)
-        kept = (1 - m).sum(0).clamp_min(1.0)
-        fine = torch.einsum("kt,kmf->tmf", kl, m) / occ - torch.einsum("kt,kmf->tmf", kl, 1 - m) / kept
+    fine = _spes_fine(mode, kl, masks)
     ratio = model.spec.mel_frames_per_audio_frame
     params = {"mode": mode, "patch_frames": patch_frames, "patch_mels": patch_mels, "batch_size": batch_size}
     if mode == "random":
@@ -209,7 +228,7 @@ def spes_saliency(
 
 
 def integrated_gradients_saliency(
-    model,
+    model: HookedSeq2SeqModel,
     features: Tensor,
     token_ids: Sequence[int],
     *,

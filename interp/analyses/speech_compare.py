@@ -36,11 +36,15 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 
 from interp.analyses.cross_attention import CrossAttentionResult, aggregation_kind
 from interp.analyses.saliency import SaliencyResult, silence_level
@@ -108,13 +112,18 @@ def capture_share(ca: Tensor, saliency: Tensor, top_fraction: float) -> tuple[Te
 
 
 @dataclass(frozen=True)
-class CorrelationResult:
-    """One row per (utterance, saliency method, CA aggregation, output token)."""
+class _Table:
+    """A result that is one table."""
 
     frame: pd.DataFrame
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
+
+
+@dataclass(frozen=True)
+class CorrelationResult(_Table):
+    """One row per (utterance, saliency method, CA aggregation, output token)."""
 
     def summary(self) -> pd.DataFrame:
         """Mean Pearson r (and r^2, capture shares) per (saliency, aggregation) over all tokens."""
@@ -186,13 +195,8 @@ def fractions_grid(step: float = 0.05, max_fraction: float = 1.0) -> list[float]
 
 
 @dataclass(frozen=True)
-class DeletionResult:
+class DeletionResult(_Table):
     """One row per (utterance, map, fraction): frames removed, new transcript and its WER."""
-
-    frame: pd.DataFrame
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.frame.copy()
 
     def curves(self) -> pd.DataFrame:
         """Mean WER per (map, fraction) over utterances (clipped at 1 and raw)."""
@@ -237,7 +241,7 @@ def delete_frames(features: Tensor, frames: Tensor, ratio: int, n_mel_frames: in
 
 @torch.no_grad()
 def deletion_curves(
-    model,
+    model: HookedSeq2SeqModel,
     features: Tensor,
     *,
     n_mel_frames: int,

@@ -37,6 +37,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.core.capabilities import ImageInput, require
+from interp.core.sites import Site
 from interp.models.vlm import VisionLanguageModel
 
 Progress = Callable[[int, int], None]
@@ -64,6 +66,55 @@ class _Run:
     selected: list[dict[int, list[int]]] = field(default_factory=list)  # item -> layer -> heads
 
 
+def _rows(model: VisionLanguageModel, images: Sequence[np.ndarray], questions: Sequence[str],
+          r: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Packed prompts: per item the image row, then (r == 2) its text-only row."""
+    feats = model.image_features(model.pixel_values(images))
+    rows = []
+    for q, f in zip(questions, feats, strict=True):
+        rows += [model.embed(model.prompt(q), f)] + ([model.embed(model.prompt(q, with_image=False))] if r == 2 else [])
+    return model.pack(rows)
+
+
+def _initial_scale(model: VisionLanguageModel, B: int, alpha: float,
+                   fixed_heads: Sequence[dict[int, list[int]]] | None) -> Tensor:
+    """The multiplier per item, layer, head: `alpha` on the fixed heads, 1 elsewhere."""
+    scale = torch.ones(B, model.spec.n_layers, model.spec.n_heads, device=model.device)
+    for b, per_layer in enumerate(fixed_heads or []):
+        for layer, heads in per_layer.items():
+            scale[b, layer, list(heads)] = alpha
+    return scale
+
+
+def _vhr_pick(last: Tensor) -> Tensor:
+    """VHR's rule on the last position's head outputs (2B, head, d_head) of image / text rows:
+    heads whose divergence is above the median, outliers (divergence and text norm both above
+    mean + std) excluded. (B, head) booleans."""
+    d = (last[0::2] - last[1::2]).norm(dim=-1)  # (B, head)
+    t = last[1::2].norm(dim=-1)
+    out = (d > d.mean(-1, keepdim=True) + d.std(-1, keepdim=True)) & \
+        (t > t.mean(-1, keepdim=True) + t.std(-1, keepdim=True))
+    d = d.masked_fill(out, 0.0)
+    return d > d.median(-1, keepdim=True).values
+
+
+def _step_record(captured: dict[int, Tensor], L: int, B: int, H: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """(VHD, text-row norm) of this step, (B, layer, head); empty without text rows."""
+    if r != 2:
+        return np.zeros((B, 0, H)), np.zeros((B, 0, H))
+    z = torch.stack([captured[layer] for layer in range(L)], 1)  # (2B, layer, head, d_head)
+    return (z[0::2] - z[1::2]).norm(dim=-1).cpu().numpy(), z[1::2].norm(dim=-1).cpu().numpy()
+
+
+def _accept(tokens: list[int], done: list[bool], out_ids: list[list[int]], end_ids: set[int]) -> None:
+    for b, tok in enumerate(tokens):
+        if not done[b]:
+            if tok in end_ids:
+                done[b] = True
+            else:
+                out_ids[b].append(tok)
+
+
 def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questions: Sequence[str], *,
                 max_new_tokens: int, alpha: float, vhr_layers: Sequence[int] | None,
                 fixed_heads: Sequence[dict[int, list[int]]] | None) -> _Run:
@@ -72,32 +123,21 @@ def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questi
     `vhr_layers`: select heads at the first step with VHR's rule at these layers; `fixed_heads`:
     reinforce these (layer -> heads) per item from the start (no text-only row is needed then,
     and no VHD is recorded); neither: plain generation."""
+    require(model, ImageInput, "visual head divergence")
     B, L, H = len(questions), model.spec.n_layers, model.spec.n_heads
     r = 1 if fixed_heads is not None else 2  # rows per item
-    feats = model.image_features(model.pixel_values(images))
-    rows = []
-    for q, f in zip(questions, feats, strict=True):
-        rows += [model.embed(model.prompt(q), f)] + ([model.embed(model.prompt(q, with_image=False))] if r == 2 else [])
-    emb, mask, pos = model.pack(rows)
-    scale = torch.ones(B, L, H, device=model.device)  # multiplier per item, layer, head
-    if fixed_heads is not None:
-        for b, per_layer in enumerate(fixed_heads):
-            for layer, heads in per_layer.items():
-                scale[b, layer, list(heads)] = alpha
+    emb, mask, pos = _rows(model, images, questions, r)
+    scale = _initial_scale(model, B, alpha, fixed_heads)
     selecting = set(vhr_layers or ()) if fixed_heads is None else set()
     selected: list[dict[int, list[int]]] = [{} for _ in range(B)]
     captured: dict[int, Tensor] = {}
     first = [True]
 
-    def hook(layer: int, z: Tensor) -> Tensor | None:
+    def hook(z: Tensor, site: Site) -> Tensor | None:
+        layer = site.layer or 0
         last = z[:, -1].float()  # (2B, head, d_head)
         if first[0] and layer in selecting:
-            d = (last[0::2] - last[1::2]).norm(dim=-1)  # (B, head)
-            t = last[1::2].norm(dim=-1)
-            out = (d > d.mean(-1, keepdim=True) + d.std(-1, keepdim=True)) & \
-                (t > t.mean(-1, keepdim=True) + t.std(-1, keepdim=True))
-            d = d.masked_fill(out, 0.0)
-            pick = d > d.median(-1, keepdim=True).values  # (B, head)
+            pick = _vhr_pick(last)  # (B, head)
             scale[:, layer] = torch.where(pick, alpha, 1.0)
             for b in range(B):
                 selected[b][layer] = [int(h) for h in pick[b].nonzero().flatten().cpu()]
@@ -112,24 +152,15 @@ def _two_stream(model: VisionLanguageModel, images: Sequence[np.ndarray], questi
     steps_vhd, steps_norm = [], []
     out_ids: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    with model.head_hooks(hook):
+    with model.hooks([(Site("z", layer=layer), hook) for layer in range(L)]):
         logits, cache = model.forward_embeds(emb, mask, pos)
         for step in range(max_new_tokens):
             first[0] = False
-            if r == 2:
-                z = torch.stack([captured[layer] for layer in range(L)], 1)  # (2B, layer, head, d_head)
-                steps_vhd.append((z[0::2] - z[1::2]).norm(dim=-1).cpu().numpy())  # (B, layer, head)
-                steps_norm.append(z[1::2].norm(dim=-1).cpu().numpy())
-            else:
-                steps_vhd.append(np.zeros((B, 0, H)))
-                steps_norm.append(np.zeros((B, 0, H)))
+            vhd_step, norm_step = _step_record(captured, L, B, H, r)
+            steps_vhd.append(vhd_step)
+            steps_norm.append(norm_step)
             nxt = logits[0::r].argmax(-1)  # the image row decides
-            for b, tok in enumerate(nxt.tolist()):
-                if not done[b]:
-                    if tok in model.end_ids:
-                        done[b] = True
-                    else:
-                        out_ids[b].append(tok)
+            _accept(nxt.tolist(), done, out_ids, model.end_ids)
             if all(done) or step == max_new_tokens - 1:
                 break
             feed = nxt.repeat_interleave(r)[:, None]

@@ -17,12 +17,7 @@ class ConfigError(InterpError):
     def __init__(self, message: str, path: str | None = None, file: str | None = None):
         self.path = path
         self.file = file
-        where = ""
-        if file:
-            where += f"{file}: "
-        if path:
-            where += f"{path}: "
-        super().__init__(where + message)
+        super().__init__("".join(f"{part}: " for part in (file, path) if part) + message)
 
 
 class DatasetError(InterpError):
@@ -31,11 +26,7 @@ class DatasetError(InterpError):
     def __init__(self, message: str, line: int | None = None, file: str | None = None):
         self.line = line
         self.file = file
-        where = ""
-        if file:
-            where += f"{file}"
-        if line is not None:
-            where += f"{':' if file else 'line '}{line}"
+        where = (file or "") + ("" if line is None else f"{':' if file else 'line '}{line}")
         super().__init__(f"{where}: {message}" if where else message)
 
 

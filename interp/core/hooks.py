@@ -52,7 +52,8 @@ def site_patch_hook(site: Site, source: torch.Tensor) -> HookFn:
     return fn
 
 
-def caching_hooks(sites: Sequence[Site], store: dict[Site, torch.Tensor], *, detach: bool = True):
+def caching_hooks(sites: Sequence[Site], store: dict[Site, torch.Tensor], *,
+                  detach: bool = True) -> list[tuple[Site, HookFn]]:
     """Hooks that store only the asked-for sites (each selected to its head/position)."""
 
     def make(site: Site) -> HookFn:

@@ -1,26 +1,29 @@
-"""The port between analyses and models: `HookedModel`.
+"""The port between analyses and models: `HookedModel`, a small protocol.
 
-Analyses talk only to this interface; backends (TransformerLens bridge, nnsight) implement it
-in `interp.models.backends`. It is deliberately small: tokenise, run with temporary hooks, cache
-selected sites, resume a forward from a layer (for prefix reuse in sweeps), unembed the final
-residual for a few token columns, and expose the few weights DLA needs.
+Every model (text decoders through the TransformerLens bridge or nnsight, Whisper, LLaVA) offers
+the same few things: its `spec`, the sites it has (`validate_site`), one hook mechanism
+(`add_hook`, and `hooks` for temporary ones, `interp.core.hooks`) and a `forward`. Everything
+else is an optional capability (`interp.core.capabilities`: resuming a forward at a block,
+incremental decoding, unembedding / DLA weights, audio input, image input), which an analysis
+asks for by type and gets, or an `UnsupportedError` naming what is missing:
 
     model = load_model("tiny-llama")
     logits, cache = model.run_with_cache(tokens, [Site("z", layer=1)])
+    resumable = require(model, Resumable, "path patching")
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from interp.core.errors import InterpError, UnsupportedError
-from interp.core.hooks import Handle, HookFn, caching_hooks, temporary_hooks
-from interp.core.sites import Site
+from interp.core.errors import SiteError
+from interp.core.hooks import Handle, HookFn
+from interp.core.sites import Component, Site, Stack
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,20 @@ class ModelSpec:
     d_head: int
     d_vocab: int
     architecture: str
+    n_ctx: int | None = None  # the longest input the model takes (positions), when known
+
+
+class SpecLike(Protocol):
+    """What every model's spec says (text, speech and vision specs all do)."""
+
+    @property
+    def n_heads(self) -> int: ...
+    @property
+    def d_model(self) -> int: ...
+    @property
+    def d_head(self) -> int: ...
+    @property
+    def architecture(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -46,164 +63,60 @@ class FinalNorm:
 
 @dataclass
 class BlockInputs:
-    """The extra arguments the model passes to each block, captured from one real forward, so
-    a forward can resume at any block with a batch made of several copies of that input."""
+    """What a resumable model captured from one real forward so that a forward can resume at
+    any block with a batch made of several copies of that input. Analyses read `batch`,
+    `resid_pre` and `resumes_at_position`; `state` belongs to the backend that made it (the
+    blocks' extra arguments, the attention keys/values)."""
 
     batch: int
-    per_layer: list[tuple[tuple, dict[str, Any]]]
     resid_pre: list[torch.Tensor]  # the residual entering each block in that forward
-    # Per-block attention keys/values of that forward, (batch, kv_head, pos, d_head), when the
-    # backend can resume at a later position with them (None otherwise).
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    @property
-    def resumes_at_position(self) -> bool:
-        return self.kv is not None
+    state: Any = None
+    resumes_at_position: bool = False  # whether `forward_from(start_pos > 0)` is possible
 
 
-class HookedModel(ABC):
+@runtime_checkable
+class HookedModel(Protocol):
+    """The port every model implements (see the module docstring)."""
+
     name: str
-    spec: ModelSpec
-    tokenizer: Any
+    backend: str
     device: torch.device
     dtype: torch.dtype
     weights_sha256: str | None
-    backend: str
-    prepend_bos: bool = False
-    facts: Any = None  # the family's `interp.models.arch.ArchFacts` (None: unknown)
 
-    # -- backend primitives ----------------------------------------------------------------
-    @abstractmethod
-    def add_hook(self, site: Site, fn: HookFn) -> Handle: ...
-
-    @abstractmethod
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits (batch, pos, vocab) for a batch of equal-length token rows."""
-
-    def capture_block_inputs(self, tokens: torch.Tensor) -> BlockInputs:
-        raise NotImplementedError(f"backend {self.backend!r} cannot resume a forward at a layer")
-
-    def forward_from(
-        self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs, start_pos: int = 0,
-        end_layer: int | None = None,
-    ) -> torch.Tensor:
-        """Run blocks `layer..` on `resid_pre` (batch = k * block_inputs.batch, copies stacked
-        block-major) and return the final residual (the final norm's input).
-
-        With `start_pos` > 0, `resid_pre` holds only positions `start_pos..` and the earlier
-        positions' keys/values come from the captured forward (`block_inputs.kv`): exact when
-        nothing before `start_pos` was changed, and about (T - start_pos) / T of the cost.
-        With `end_layer`, stop before that block and return the residual entering it."""
-        raise NotImplementedError(f"backend {self.backend!r} cannot resume a forward at a layer")
-
-    def forward_incremental(
-        self, tokens: torch.Tensor, past: Any = None, *, last_logits: int | None = None
-    ) -> tuple[torch.Tensor, Any]:
-        """Forward `tokens` after the positions already held in `past` (a key/value cache from
-        an earlier call, or None to start) and return (logits, cache). Hooks fire on the new
-        positions only; attention patterns and scores span (new queries, all keys). Chunked
-        prefill and greedy decoding are built on it. With `last_logits=n`, only the last n
-        positions are unembedded (the rest of a long chunk's logits are never needed)."""
-        raise NotImplementedError(f"backend {self.backend!r} has no key/value-cached forward")
-
-    def final_norm(self) -> FinalNorm:
-        raise NotImplementedError(f"backend {self.backend!r} exposes no final norm")
-
-    def final_norm_module(self) -> Any:
-        """The model's own final norm module (DLA reads it as an affine map)."""
-        raise UnsupportedError(f"backend {self.backend!r} exposes no final norm module")
-
-    def post_norm_module(self, layer: int, which: str) -> Any:
-        """The norm applied to the attention ("attn") or MLP ("mlp") output of `layer` before
-        the residual add (Gemma 2/3, OLMo 2), or None where the family has none."""
-        raise UnsupportedError(f"backend {self.backend!r} exposes no post-sublayer norms")
-
-    def out_proj_bias(self, layer: int) -> torch.Tensor | None:
-        """The attention output projection's bias (d_model,), or None."""
-        raise UnsupportedError(f"backend {self.backend!r} exposes no attention output bias")
-
-    def unembed_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(W_U (d_model, vocab), b_U (vocab,) or None)."""
-        raise NotImplementedError(f"backend {self.backend!r} exposes no unembedding")
-
-    def attention_scale(self, layer: int) -> float:
-        """The factor on q.k before the softmax (1/sqrt(d_head) unless the model says otherwise)."""
-        return self.spec.d_head**-0.5
-
-    def W_O(self, layer: int) -> torch.Tensor:
-        """Per-head output weights (n_heads, d_head, d_model)."""
-        raise NotImplementedError(f"backend {self.backend!r} exposes no W_O")
-
-    def attention_softcap(self, layer: int) -> float | None:
-        """The score softcap (Gemma 2), or None."""
-        return None
-
-    def supports(self, component: str) -> bool:
-        """Whether `component` can be read and written on this model (per-layer site checks)."""
-        try:
-            self.validate_site(Site(component, layer=0) if component not in ("embed", "resid_final")
-                               else Site(component))
-        except InterpError:
-            return False
-        return True
+    @property
+    def spec(self) -> Any: ...  # a `ModelSpec` for text models; `SpecLike` for all
 
     def validate_site(self, site: Site) -> None:
-        """Raise `SiteError` if `site` (with its head/position) does not exist in this model.
-        Backends without a cheap check accept every site here and fail in the forward."""
-        return None
+        """Raise `SiteError` if `site` (its stack, layer, head, position) does not exist here."""
 
-    # -- derived helpers (shared by all backends) ------------------------------------------
-    def hooks(self, hooks: Sequence[tuple[Site, HookFn]]):
-        return temporary_hooks(self, hooks)
+    def add_hook(self, site: Site, fn: HookFn) -> Handle:
+        """Hook the tensor carrying `site`: `fn(tensor, site)` may return a replacement."""
 
-    def run_with_hooks(self, tokens: torch.Tensor, hooks: Sequence[tuple[Site, HookFn]]) -> torch.Tensor:
-        with self.hooks(hooks):
-            return self.forward(tokens)
+    def hooks(self, hooks: Sequence[tuple[Site, HookFn]]) -> AbstractContextManager[None]:
+        """Temporary hooks, removed in `finally` (`interp.core.hooks.temporary_hooks`)."""
 
-    def run_with_cache(
-        self, tokens: torch.Tensor, sites: Sequence[Site], *, hooks: Sequence[tuple[Site, HookFn]] = ()
-    ) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
-        for site in sites:
-            self.validate_site(site)
-        store: dict[Site, torch.Tensor] = {}
-        with self.hooks([*hooks, *caching_hooks(sites, store)]):
-            logits = self.forward(tokens)
-        missing = [str(s) for s in sites if s not in store]
-        if missing:
-            raise RuntimeError(f"sites not reached in the forward pass: {', '.join(missing)}")
-        return logits, store
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Logits of one forward (text: tokens; speech: features and decoder ids)."""
 
-    def to_tokens(self, texts: str | Sequence[str]) -> torch.Tensor:
-        """Token ids (batch, pos) of equal-length texts, without special tokens (BOS if the
-        model's `prepend_bos` says so)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        rows = [self.encode(t) for t in texts]
-        lengths = {len(r) for r in rows}
-        if len(lengths) != 1:
-            raise ValueError(f"texts have different token lengths {sorted(lengths)}; batch them by length")
-        return torch.tensor(rows, dtype=torch.long, device=self.device)
 
-    def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if self.prepend_bos and self.tokenizer.bos_token_id is not None:
-            ids = [self.tokenizer.bos_token_id, *ids]
-        return ids
+def check_site_range(site: Site, *, n_layers: int, n_heads: int, n_ctx: int | None,
+                     stacks: Sequence[Stack] = (Stack.DECODER,), what: str = "this model") -> None:
+    """`SiteError` naming the allowed range when `site`'s stack, layer, head or position cannot
+    exist in a model of this shape (checked before any forward)."""
+    if site.stack not in stacks:
+        raise SiteError(f"site {site}: {what} has no {site.stack.value} stack; its stacks: "
+                        f"{', '.join(s.value for s in stacks)}")
+    if site.layer is not None and not 0 <= site.layer < n_layers:
+        raise SiteError(f"site {site}: layer {site.layer} out of range 0..{n_layers - 1}")
+    if site.head is not None and not 0 <= site.head < n_heads:
+        raise SiteError(f"site {site}: head {site.head} out of range 0..{n_heads - 1}")
+    if site.position is not None and n_ctx is not None and not -n_ctx <= site.position < n_ctx:
+        raise SiteError(f"site {site}: position {site.position} out of range {-n_ctx}..{n_ctx - 1} "
+                        f"(the model takes at most {n_ctx} positions)")
 
-    def str_tokens(self, tokens: torch.Tensor | Sequence[int]) -> list[str]:
-        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
-        return [self.tokenizer.decode([i]) for i in ids]
 
-    def unembed(self, final_resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits from the final residual (..., d_model), only for `columns` when given."""
-        norm = self.final_norm()
-        x = apply_final_norm(final_resid, norm)
-        W_U, b_U = self.unembed_matrix()
-        if columns is not None:
-            W_U = W_U[:, columns]
-            b_U = b_U[columns] if b_U is not None else None
-        out = x @ W_U
-        return out + b_U if b_U is not None else out
+KV_COMPONENTS = (Component.K, Component.V, Component.K_ROT)
 
 
 def apply_final_norm(x: torch.Tensor, norm: FinalNorm) -> torch.Tensor:

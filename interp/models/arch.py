@@ -22,6 +22,7 @@ everything else (norms through `interp.core.norms.probe_norm`, attention through
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -95,12 +96,12 @@ class ArchFacts:
         }
 
 
-def _num(config, attr: str) -> float | None:
+def _num(config: Any, attr: str) -> float | None:
     v = getattr(config, attr, None)
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
-def _windows(config, n_layers: int) -> tuple[int | None, ...]:
+def _windows(config: Any, n_layers: int) -> tuple[int | None, ...]:
     window = getattr(config, "sliding_window", None) or getattr(config, "window_size", None)
     types = getattr(config, "layer_types", None)
     if types is None and getattr(config, "attention_layers", None) is not None:  # GPT-Neo
@@ -137,7 +138,7 @@ def arch_facts(hf_model: torch.nn.Module) -> ArchFacts:
     )
 
 
-def attention_scale_from_config(config, layer: int, d_head: int) -> float:
+def attention_scale_from_config(config: Any, layer: int, d_head: int) -> float:
     """The factor on q.k where the attention module does not store it (GPT-2, GPT-Neo)."""
     if getattr(config, "model_type", None) in UNSCALED:
         return 1.0

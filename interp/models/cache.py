@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from interp.core.errors import ModelLoadError
-from interp.core.paths import cache_root
+from interp.core.paths import cache_root as cache_root
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -41,7 +41,7 @@ def memoised_sha256(path: Path, stamp: Path) -> str:
     if stamp.is_file():
         data = json.loads(stamp.read_text())
         if data.get("key") == key:
-            return data["sha256"]
+            return str(data["sha256"])
     digest = sha256_file(path)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps({"key": key, "sha256": digest}))

@@ -60,7 +60,8 @@ class CT2Model:
         arr = self[name]
         if arr.ndim != 0:
             raise KeyError(f"{name!r} is an array of shape {arr.shape}, not a scalar option")
-        return arr.item()
+        value: int | float = arr.item()
+        return value
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self.arrays:
@@ -87,7 +88,7 @@ class _Reader:
 
     def u(self, fmt: str) -> int:
         size = struct.calcsize("<" + fmt)
-        return struct.unpack("<" + fmt, self.take(size))[0]
+        return int(struct.unpack("<" + fmt, self.take(size))[0])
 
     def string(self) -> str:
         n = self.u("H")
@@ -115,34 +116,45 @@ def read_ct2(path: str | Path) -> CT2Model:
     arrays: dict[str, np.ndarray] = {}
     bf16: set[str] = set()
     for _ in range(r.u("I")):
-        name = r.string()
-        shape = tuple(r.u("I") for _ in range(r.u("B")))
-        code = r.u("B")
-        if code not in DTYPES:
-            raise ModelLoadError(f"{path}: variable {name!r} has unknown dtype code {code}")
-        dtype = DTYPES[code]
-        n_bytes = r.u("I")
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if n_bytes != expected:
-            raise ModelLoadError(
-                f"{path}: variable {name!r} of shape {shape} and dtype {dtype} should hold "
-                f"{expected} bytes, the file says {n_bytes}"
-            )
-        # copy: the arrays must not keep the whole file's buffer alive or be read-only views
-        arrays[name] = np.frombuffer(r.take(n_bytes), dtype=dtype).reshape(shape).copy()
+        name, code, arr = _read_variable(r, path)
+        arrays[name] = arr
         if code == BFLOAT16:
             bf16.add(name)
-    aliases: dict[str, str] = {}
-    if r.pos < len(data):
-        for _ in range(r.u("I")):
-            alias, target = r.string(), r.string()
-            if target not in arrays:
-                raise ModelLoadError(f"{path}: alias {alias!r} points at unknown variable {target!r}")
-            aliases[alias] = target
-            arrays[alias] = arrays[target]
+    aliases = _read_aliases(r, arrays, path) if r.pos < len(data) else {}
     if r.pos != len(data):
         raise ModelLoadError(f"{path}: {len(data) - r.pos} trailing bytes after the aliases")
     return CT2Model(spec, revision, version, arrays, aliases, frozenset(bf16))
+
+
+def _read_variable(r: _Reader, path: Path) -> tuple[str, int, np.ndarray]:
+    """(name, dtype code, array) of the next variable."""
+    name = r.string()
+    shape = tuple(r.u("I") for _ in range(r.u("B")))
+    code = r.u("B")
+    if code not in DTYPES:
+        raise ModelLoadError(f"{path}: variable {name!r} has unknown dtype code {code}")
+    dtype = DTYPES[code]
+    n_bytes = r.u("I")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if n_bytes != expected:
+        raise ModelLoadError(
+            f"{path}: variable {name!r} of shape {shape} and dtype {dtype} should hold "
+            f"{expected} bytes, the file says {n_bytes}"
+        )
+    # copy: the arrays must not keep the whole file's buffer alive or be read-only views
+    return name, code, np.frombuffer(r.take(n_bytes), dtype=dtype).reshape(shape).copy()
+
+
+def _read_aliases(r: _Reader, arrays: dict[str, np.ndarray], path: Path) -> dict[str, str]:
+    """The alias table (alias -> variable); each alias is added to `arrays` too."""
+    aliases: dict[str, str] = {}
+    for _ in range(r.u("I")):
+        alias, target = r.string(), r.string()
+        if target not in arrays:
+            raise ModelLoadError(f"{path}: alias {alias!r} points at unknown variable {target!r}")
+        aliases[alias] = target
+        arrays[alias] = arrays[target]
+    return aliases
 
 
 def to_float32(model: CT2Model, name: str) -> np.ndarray:

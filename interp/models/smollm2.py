@@ -12,6 +12,7 @@ through the distribution's file list.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from interp.core.errors import ModelLoadError
 from interp.models.cache import (
@@ -45,7 +46,7 @@ def cached_dir() -> tuple[Path, str]:
     return fp32_dir_from_gguf(gguf_path(), NAME)
 
 
-def load_tokenizer():
+def load_tokenizer() -> Any:
     """The SmolLM2 tokenizer alone (also used by the tiny test models), cached on its own so
     that tests on tiny models never pay for dequantising the weights."""
     from transformers import AutoTokenizer

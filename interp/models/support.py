@@ -19,6 +19,7 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 MATRIX_FILE = Path(__file__).with_name("support_matrix.json")
 
@@ -37,10 +38,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "DLA": ("dla_logit_diff", "dla_heads", "dla_mlp", "dla_parts_sum"),
     "retrieval patterns": ("retrieval_argmax_keys",),
     "nnsight reads": ("nnsight_reads",),
+    "nnsight head patching": ("nnsight_head_patching/denoising", "nnsight_head_patching/noising"),
+    "nnsight residual patching": ("nnsight_residual_patching/denoising", "nnsight_residual_patching/noising"),
 }
 
 
-def condense(raw: dict) -> dict:
+def condense(raw: dict[str, Any]) -> dict[str, Any]:
     """The suite's per-test rows (INTERP_SUPPORT_OUT) -> {family: {column: cell}}."""
     by_key = {(r["family"], r["analysis"]): r for r in raw["rows"]}
     cells: dict[str, dict[str, dict[str, str]]] = {}
@@ -62,18 +65,19 @@ def condense(raw: dict) -> dict:
             "families": list(raw["families"]), "columns": list(COLUMNS), "cells": cells}
 
 
-def load_matrix(path: Path = MATRIX_FILE) -> dict:
+def load_matrix(path: Path = MATRIX_FILE) -> dict[str, Any]:
     from interp.core.errors import InterpError
 
     if not path.is_file():
         raise InterpError(f"no support matrix at {path}; generate it with `python -m interp.models.support --write`")
-    return json.loads(path.read_text())
+    matrix: dict[str, Any] = json.loads(path.read_text())
+    return matrix
 
 
 _MARK = {"exact": "exact", "refused": "refused", "failed": "FAILED", "skipped": "skipped"}
 
 
-def format_matrix(matrix: dict, *, markdown: bool = False) -> str:
+def format_matrix(matrix: dict[str, Any], *, markdown: bool = False) -> str:
     """The matrix as a text table (or a Markdown table) followed by the refusal reasons."""
     cols = [c for c in matrix["columns"] if any(c in matrix["cells"][f] for f in matrix["families"])]
     header = ["family", *cols]
@@ -95,7 +99,7 @@ def format_matrix(matrix: dict, *, markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
-def write_matrix(path: Path = MATRIX_FILE) -> dict:
+def write_matrix(path: Path = MATRIX_FILE) -> dict[str, Any]:
     """Run the conformance suite and write the condensed matrix; returns it."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "support.json"

@@ -39,4 +39,5 @@ def build_tiny(name: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
         model = model_cls(config)
     finally:
         torch.random.set_rng_state(gen_state)
-    return model.eval()
+    out: torch.nn.Module = model.eval()
+    return out

@@ -18,6 +18,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from interp.models import llava
 
 
 @torch.no_grad()
-def vision_features(hf, pixel_values: torch.Tensor, batch: int = 64) -> torch.Tensor:
+def vision_features(hf: Any, pixel_values: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """The frozen tower's selected feature per image: (n, n_patches, d_vision)."""
     out = []
     for i in range(0, len(pixel_values), batch):
@@ -38,7 +39,7 @@ def vision_features(hf, pixel_values: torch.Tensor, batch: int = 64) -> torch.Te
     return torch.cat(out)
 
 
-def _examples(vlm, ds) -> list[tuple[list[int], int]]:
+def _examples(vlm: Any, ds: Any) -> list[tuple[list[int], int]]:
     """(prompt + answer + end ids, number of target tokens at the end) per item."""
     end = vlm.tokenizer.convert_tokens_to_ids("<|im_end|>")
     out = []
@@ -48,7 +49,7 @@ def _examples(vlm, ds) -> list[tuple[list[int], int]]:
     return out
 
 
-def _batch_loss(vlm, projector, feats: torch.Tensor, examples, bf16: bool = True) -> torch.Tensor:
+def _batch_loss(vlm: Any, projector: Any, feats: torch.Tensor, examples: Any, bf16: bool = True) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens of a right-padded batch."""
     emb_fn = vlm.module("embed_tokens")
     img = projector(feats)  # (batch, n_img, d_model)
@@ -73,7 +74,7 @@ def _batch_loss(vlm, projector, feats: torch.Tensor, examples, bf16: bool = True
     return F.cross_entropy(logits.float(), torch.tensor(tgt_ids))
 
 
-def accuracy(vlm, ds, *, with_image: bool, batch: int = 16, max_new_tokens: int = 10) -> tuple[float, list[str]]:
+def accuracy(vlm: Any, ds: Any, *, with_image: bool, batch: int = 16, max_new_tokens: int = 10) -> tuple[float, list[str]]:
     texts = []
     for i in range(0, len(ds), batch):
         items = ds.items[i:i + batch]
@@ -85,7 +86,7 @@ def accuracy(vlm, ds, *, with_image: bool, batch: int = 16, max_new_tokens: int 
 
 
 
-def _portable(value):
+def _portable(value: Any) -> Any:
     """Paths as written relative to the current directory when inside it (no machine's absolute path)."""
     if not isinstance(value, Path):
         return value
@@ -94,7 +95,7 @@ def _portable(value):
     except ValueError:
         return str(value)
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=240)
     ap.add_argument("--batch", type=int, default=16)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         idx = rng.choice(len(examples), size=args.batch, replace=False)
         loss = _batch_loss(vlm, projector, feats[idx], [examples[i] for i in idx], bf16=not args.fp32)
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
         opt.step()
         sched.step()

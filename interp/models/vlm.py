@@ -4,10 +4,10 @@ TransformerLens has no LLaVA adapter, so a vision-language model is wrapped dire
 preprocessing, the image features (vision tower + projector, through HF's own
 `get_image_features`), prompts with the image placeholder expanded to one token per image
 feature, the language model run on embeddings (left-padded batches, KV cache), greedy
-generation, and `head_hooks`: a context manager of forward pre-hooks on each layer's attention
-output projection (W_O) that see, and may replace, the per-head attention output
-(batch, pos, head, d_head), removed in `finally`. Module paths come from the family table
-`interp.models.families.llava`.
+generation, and the one hook mechanism of every model (`add_hook`, `hooks`) on the sites of the
+family table (``[llava]`` in `interp/models/families/families.toml`): ``z.L<layer>``, the
+per-head attention output (batch, pos, head, d_head) entering each layer's W_O, which a hook may
+replace, and the vision tower's residual stream (``vision.resid_post.L<layer>``, DINOv2 towers).
 
     model = load_model("shapes-llava")
     pv = model.pixel_values([image])                        # (1, 3, 84, 84)
@@ -17,8 +17,8 @@ output projection (W_O) that see, and may replace, the per-head attention output
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,24 +27,24 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from interp.models.families import llava as family
+from interp.core.errors import SiteError
+from interp.core.hooks import Handle, HookFn, temporary_hooks
+from interp.core.model import KV_COMPONENTS, ModelSpec, check_site_range
+from interp.core.sites import Component, Site, Stack
+from interp.models.backends.modules import add_module_hook
+from interp.models.families import family
 
+FAMILY = family("llava")
 IMAGE_MARK = "\x00IMAGE\x00"
-HeadFn = Callable[[int, Tensor], Tensor | None]  # (layer, z (batch, pos, head, d_head)) -> new z
 
 
 @dataclass(frozen=True)
-class VisionLanguageSpec:
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_model: int
-    d_head: int
-    d_vocab: int
-    n_image_tokens: int
-    image_size: int
-    architecture: str
-    vision_architecture: str
+class VisionLanguageSpec(ModelSpec):
+    """The language model's shape (`ModelSpec`) and the image side's."""
+
+    n_image_tokens: int = 0
+    image_size: int = 0
+    vision_architecture: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class VisionLanguageModel:
     backend = "hf"
     modality = "vision"
 
-    def __init__(self, name: str, hf_model: nn.Module, tokenizer: Any, *, weights_sha256: str | None,
+    def __init__(self, name: str, hf_model: Any, tokenizer: Any, *, weights_sha256: str | None,
                  image_size: int, image_mean: Sequence[float], image_std: Sequence[float],
                  system_prompt: str | None = None, prompt_template: str | None = None,
                  image_processor: Any = None):
@@ -87,7 +87,8 @@ class VisionLanguageModel:
 
     # -- modules ------------------------------------------------------------------------------
     def module(self, key: str, **fmt: int) -> nn.Module:
-        return self.hf_model.get_submodule(family.MODULES[key].format(**fmt))
+        mod: nn.Module = self.hf_model.get_submodule(FAMILY.modules[key].format(**fmt))
+        return mod
 
     def attn_out_proj(self, layer: int) -> nn.Module:
         return self.module("attn_out_proj", layer=layer)
@@ -123,7 +124,9 @@ class VisionLanguageModel:
             msgs = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + \
                 [{"role": "user", "content": content}]
             text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        enc = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        def enc(s: str) -> list[int]:
+            return list(self.tokenizer(s, add_special_tokens=False)["input_ids"])
+
         if not with_image:
             return enc(text)
         pre, post = text.split(IMAGE_MARK)
@@ -168,36 +171,50 @@ class VisionLanguageModel:
         new_cache = out.cache if key == "cache" else out.past_key_values
         return self.module("lm_head")(out.last_hidden_state[:, -1]), new_cache
 
-    @contextmanager
-    def head_hooks(self, fn: HeadFn, layers: Sequence[int] | None = None) -> Iterator[None]:
-        """Pre-hooks on W_O of each layer: `fn(layer, z)` sees the per-head attention output
-        z (batch, pos, head, d_head) and may return a replacement. Removed in `finally`."""
-        H, dh = self.spec.n_heads, self.spec.d_head
-        handles = []
-
-        def make(layer: int):
-            def pre(_m, args):
-                x = args[0]
-                new = fn(layer, x.view(*x.shape[:-1], H, dh))
-                if new is not None:
-                    return (new.reshape(x.shape), *args[1:])
-                return None
-
-            return pre
-
+    # -- sites and hooks (the one mechanism of every model) -------------------------------------
+    def validate_site(self, site: Site) -> None:
+        """`SiteError` unless `site` is in the family table and in range for this model."""
+        if site.stack not in FAMILY.stacks:
+            check_site_range(site, n_layers=0, n_heads=0, n_ctx=None, stacks=FAMILY.stacks, what=self.name)
+        row = FAMILY.sites.get((site.stack, site.component))
+        if row is None:
+            allowed = ", ".join(str(Site(c, layer=0, stack=st)).removesuffix(".L0") for st, c in FAMILY.sites)
+            raise SiteError(f"site {site}: {self.name} offers no {site.component.value!r} in its "
+                            f"{site.stack.value} stack; allowed: {allowed}")
+        if site.stack is Stack.VISION:
+            vc = self.hf_model.config.vision_config
+            check_site_range(site, n_layers=vc.num_hidden_layers, n_heads=vc.num_attention_heads, n_ctx=None,
+                             stacks=FAMILY.stacks, what=self.name)
+        else:
+            heads = self.spec.n_kv_heads if site.component in KV_COMPONENTS else self.spec.n_heads
+            n_ctx = getattr(self.hf_model.config.text_config, "max_position_embeddings", None)
+            check_site_range(site, n_layers=self.spec.n_layers, n_heads=heads, n_ctx=n_ctx,
+                             stacks=FAMILY.stacks, what=self.name)
         try:
-            for layer in range(self.spec.n_layers) if layers is None else layers:
-                handles.append(self.attn_out_proj(layer).register_forward_pre_hook(make(layer)))
-            yield
-        finally:
-            for h in reversed(handles):
-                h.remove()
+            self.hf_model.get_submodule(row[0].format(layer=site.layer or 0))
+        except AttributeError:
+            raise SiteError(f"site {site}: {self.name}'s {self.spec.vision_architecture} tower has no "
+                            f"module {row[0]}") from None
+
+    def add_hook(self, site: Site, fn: HookFn) -> Handle:
+        """A torch hook on the module carrying `site`: `fn(z, site)` with z (batch, pos, head,
+        d_head) for ``z`` sites; a returned tensor replaces the value."""
+        self.validate_site(site)
+        d_head = self.spec.d_head if site.component is Component.Z else None
+        return add_module_hook(self.hf_model, FAMILY.sites[(site.stack, site.component)], site, fn, d_head=d_head)
+
+    def hooks(self, hooks: Sequence[tuple[Site, HookFn]]) -> AbstractContextManager[None]:
+        return temporary_hooks(self, hooks)
+
+    def forward(self, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Float[Tensor, "batch vocab"]:
+        """Last-position logits of the language model on embeddings (see `forward_embeds`)."""
+        return self.forward_embeds(embeds, attention_mask, position_ids)[0]
 
     @torch.no_grad()
     def generate(self, images: Sequence[np.ndarray] | None, questions: Sequence[str], *,
                  max_new_tokens: int = 12, with_image: bool = True) -> list[Generation]:
         """Greedy answers, one per question (batched, left-padded, KV cache)."""
-        feats = self.image_features(self.pixel_values(images)) if with_image else [None] * len(questions)
+        feats = self.image_features(self.pixel_values(images or [])) if with_image else [None] * len(questions)
         rows = [self.embed(self.prompt(q, with_image=with_image), f) for q, f in zip(questions, feats, strict=True)]
         emb, mask, pos = self.pack(rows)
         done = torch.zeros(len(rows), dtype=torch.bool)

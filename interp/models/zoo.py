@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from interp.core.model import HookedModel
+
 # Shared shape: 3 layers, d_model 64, 4 query heads of 16, 2 KV heads where the family has GQA.
 _BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
              max_position_embeddings=512)
@@ -89,7 +91,8 @@ def build_family(model_type: str, vocab_size: int, seed: int = 0) -> torch.nn.Mo
         _perturb(model)
     finally:
         torch.random.set_rng_state(state)
-    return model.eval()
+    out: torch.nn.Module = model.eval()
+    return out
 
 
 @torch.no_grad()
@@ -105,7 +108,7 @@ def _perturb(model: torch.nn.Module) -> None:
             p.normal_(0, 0.08)
 
 
-def load_family(model_type: str, *, backend: str = "transformer_lens", seed: int = 0):
+def load_family(model_type: str, *, backend: str = "transformer_lens", seed: int = 0) -> HookedModel:
     """The zoo model of `model_type` as a hooked model (SmolLM2 tokenizer). A second
     `build_family(model_type, vocab, seed)` gives an identical, independent HF model."""
     from interp.models import smollm2

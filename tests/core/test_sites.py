@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from interp.core.errors import InterpError, SiteError
-from interp.core.sites import Component, Site, head_sites, layer_sites
+from interp.core.sites import Component, Site, Stack, head_sites, layer_sites
 
-NO_LAYER = {Component.EMBED, Component.RESID_FINAL}
-HEADED = {Component.Z, Component.Q, Component.K, Component.V, Component.PATTERN}
+NO_LAYER = {Component.EMBED, Component.RESID_FINAL, Component.OUT}
+HEADED = {Component.Z, Component.Q, Component.K, Component.V, Component.PATTERN, Component.CROSS_PATTERN}
 
 
 def all_sites() -> list[Site]:
@@ -19,6 +19,7 @@ def all_sites() -> list[Site]:
         sites += [Site(comp, layer), Site(comp, layer, position=7), Site(comp, layer, position=-1)]
         if comp in HEADED:
             sites += [Site(comp, layer, head=5), Site(comp, layer, head=0, position=2)]
+        sites += [Site(comp, layer, stack="encoder"), Site(comp, layer, position=1, stack="vision")]
     return sites
 
 
@@ -166,3 +167,31 @@ def test_sites_with_and_without_head_sort():
         Site("resid_pre", 0),
     ]
     assert sorted(sites)[0].component in (Component.RESID_PRE, Component.Z)
+
+
+def test_stacks_default_to_the_decoder_and_prefix_the_others():
+    assert Site("z", layer=1) == Site("z", layer=1, stack=Stack.DECODER)
+    assert str(Site("resid_post", layer=0, stack="encoder")) == "encoder.resid_post.L0"
+    assert Site.parse("decoder.cross_pattern.L1.H0") == Site("cross_pattern", layer=1, head=0)
+    assert str(Site.parse("decoder.cross_pattern.L1.H0")) == "cross_pattern.L1.H0"
+    assert Site.parse("encoder.out").stack is Stack.ENCODER
+    assert Site("resid_pre", layer=2, stack="encoder").hook_site.stack is Stack.ENCODER
+    with pytest.raises(SiteError, match="unknown stack 'audio'; allowed: decoder, encoder, vision"):
+        Site("resid_pre", layer=0, stack="audio")
+
+
+@pytest.mark.parametrize("field", ["layer", "head", "position"])
+def test_non_integer_fields_are_site_errors_naming_the_field(field):
+    kwargs = {"layer": 1, "head": 0, "position": 0, field: "1"}
+    with pytest.raises(SiteError, match=f"{field} must be an integer or None, got '1'"):
+        Site("z", **kwargs)
+    with pytest.raises(SiteError, match=f"{field} must be an integer"):
+        Site("z", **{**kwargs, field: True})
+
+
+def test_position_outside_the_tensor_is_a_site_error_with_the_range():
+    resid = torch.randn(2, 5, 16)
+    with pytest.raises(SiteError, match=r"position 999 out of range -5\.\.4"):
+        Site("resid_pre", 1, position=999).select(resid)
+    with pytest.raises(SiteError, match=r"head 7 out of range -4\.\.3"):
+        Site("z", 0, head=7).assign(torch.zeros(1, 5, 4, 8), torch.ones(1, 5, 4, 8))

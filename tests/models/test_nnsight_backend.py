@@ -113,12 +113,30 @@ def test_weights_match(pair, tokens):
     assert _max_diff(nn_.unembed(cache[Site("resid_final")]), logits) < 1e-4
 
 
-def test_add_hook_not_implemented(pair, tokens):
-    _, _, nn_ = pair
-    with pytest.raises(NotImplementedError, match="transformer_lens"):
-        nn_.add_hook(Site("z", layer=1), lambda t, s: None)
-    with pytest.raises(NotImplementedError, match="transformer_lens"):
-        nn_.run_with_hooks(tokens, [(Site("z", layer=1), lambda t, s: None)])
+def _zero_head(t, _site):
+    t = t.clone()
+    t[:, :, 1] = 0
+    return t
+
+
+def test_hooks_write_like_the_bridge(pair, tokens):
+    """A hook returning a replacement writes it: same logits as the bridge's hook."""
+    _, tl, nn_ = pair
+    hooks = [(Site("z", layer=1), _zero_head), (Site("resid_pre", layer=2), lambda t, s: t * 0.5)]
+    ours, ref = nn_.run_with_hooks(tokens, hooks), tl.run_with_hooks(tokens, hooks)
+    assert _max_diff(ours, ref) < 1e-5 and _max_diff(ours, nn_.forward(tokens)) > 1e-3
+    logits, cache = nn_.run_with_cache(tokens, [Site("resid_post", layer=2)], hooks=hooks)
+    ref_logits, ref_cache = tl.run_with_cache(tokens, [Site("resid_post", layer=2)], hooks=hooks)
+    assert _max_diff(logits, ref_logits) < 1e-5
+    assert _max_diff(cache[Site("resid_post", layer=2)], ref_cache[Site("resid_post", layer=2)]) < 1e-5
+
+
+def test_resumes_at_a_block(pair, tokens):
+    _, tl, nn_ = pair
+    inputs = nn_.capture_block_inputs(tokens)
+    assert not inputs.resumes_at_position
+    final = nn_.forward_from(1, inputs.resid_pre[1].repeat(2, 1, 1), inputs)
+    assert _max_diff(nn_.unembed(final), tl.forward(tokens).repeat(2, 1, 1)) < 1e-4
 
 
 def test_bad_sites(pair, tokens):

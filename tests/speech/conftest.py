@@ -42,8 +42,8 @@ def build_tiny_whisper(seed: int = 0):
 def wrap_tiny(hf):
     from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 
-    return HookedSeq2SeqModel("tiny-whisper", hf, StubTokenizer(), weights_sha256=None,
-                              prompt_ids=TINY_PROMPT, eos_id=TINY_EOS)
+    return HookedSeq2SeqModel("tiny-whisper", hf, StubTokenizer(), weights_sha256=None, family=whisper.FAMILY,
+                              prompt_ids=TINY_PROMPT, eos_id=TINY_EOS, feature_extractor=whisper.feature_extractor)
 
 
 @pytest.fixture(scope="session")

@@ -8,27 +8,54 @@ import pytest
 import torch
 
 from interp.core.errors import ModelLoadError, SiteError
-from interp.models.backends.nnsight_seq2seq import Seq2SeqSite
+from interp.core.sites import Site
 from interp.models.registry import bundled_status, describe_model_name
 
 
-@pytest.mark.parametrize("text", ["decoder.cross_pattern.L1.H0", "encoder.resid_post.L0", "decoder.embed",
-                                  "encoder.out", "decoder.pattern.L1"])
-def test_site_round_trip(text):
-    assert str(Seq2SeqSite.parse(text)) == text
+@pytest.mark.parametrize(("text", "canonical"), [
+    ("decoder.cross_pattern.L1.H0", "cross_pattern.L1.H0"), ("encoder.resid_post.L0", "encoder.resid_post.L0"),
+    ("decoder.embed", "embed"), ("encoder.out", "encoder.out"), ("pattern.L1", "pattern.L1"),
+])
+def test_site_round_trip(text, canonical):
+    """Speech sites are ordinary `Site`s with a stack (the decoder is the default)."""
+    assert str(Site.parse(text)) == canonical
+    assert Site.parse(canonical) == Site.parse(text)
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("middle.resid_pre.L0", "unknown stack 'middle'; allowed: encoder, decoder"),
-    ("encoder.cross_pattern.L0", "the encoder has no component 'cross_pattern'; allowed: "),
-    ("decoder.resid_pre", "needs a layer"),
-    ("decoder.embed.L0", "takes no layer"),
-    ("decoder.mlp_out.L0.H1", "has no heads"),
-    ("cross_pattern", "cannot parse site"),
+    ("vision.resid_pre.L0", "tiny-whisper has no vision stack; its stacks: encoder, decoder"),
+    ("encoder.cross_pattern.L0", "the encoder of tiny-whisper has no component 'cross_pattern'; allowed: "),
+    ("z.L0", "the decoder of tiny-whisper has no component 'z'"),
+    ("cross_pattern.L0.H5", "head 5 out of range 0..1"),
+    ("encoder.resid_pre.L0.P25", "position 25 out of range -20..19"),
 ])
-def test_site_errors(text, message):
+def test_site_errors(tiny_speech, text, message):
     with pytest.raises(SiteError, match=message):
-        Seq2SeqSite.parse(text)
+        tiny_speech.validate_site(Site.parse(text))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("decoder.resid_pre", "needs a layer"), ("decoder.embed.L0", "takes no layer"),
+    ("decoder.mlp_out.L0.H1", "has no heads"), ("middle.cross_pattern", "cannot parse site"),
+])
+def test_malformed_sites(text, message):
+    with pytest.raises(SiteError, match=message):
+        Site.parse(text)
+
+
+def test_hooks_write_through_the_one_mechanism(tiny_speech, tiny_features):
+    """`model.hooks` on Whisper: zeroing the encoder output equals the raw decoder on zeros."""
+    m, hf = tiny_speech, tiny_speech.hf_model
+    ids = m.decoder_input([5, 9])
+    with m.hooks([(Site("out", stack="encoder"), lambda t, s: torch.zeros_like(t))]):
+        patched = m.forward(tiny_features, ids)
+        _, cache = m.run_with_cache(tiny_features, ids, ["encoder.out", "cross_pattern.L0"])
+    with torch.no_grad():
+        enc = torch.zeros_like(hf.model.encoder(tiny_features).last_hidden_state)
+        ref = hf.proj_out(hf.model.decoder(input_ids=ids, encoder_hidden_states=enc).last_hidden_state)
+    torch.testing.assert_close(patched, ref)
+    assert float(cache[Site("out", stack="encoder")].abs().max()) == 0.0
+    assert m._live_hooks == 0
 
 
 def test_registry_knows_the_speech_model():
@@ -55,12 +82,12 @@ def test_sites_match_the_raw_model(tiny_speech, tiny_features):
         ref = hf(input_features=tiny_features, decoder_input_ids=ids, output_attentions=True,
                  output_hidden_states=True)
     torch.testing.assert_close(logits, ref.logits)
-    torch.testing.assert_close(cache[Seq2SeqSite.parse("decoder.cross_pattern.L1")], ref.cross_attentions[1])
-    torch.testing.assert_close(cache[Seq2SeqSite.parse("decoder.cross_pattern.L0.H1")], ref.cross_attentions[0][:, 1])
-    torch.testing.assert_close(cache[Seq2SeqSite.parse("decoder.pattern.L0")], ref.decoder_attentions[0])
-    torch.testing.assert_close(cache[Seq2SeqSite.parse("encoder.out")], ref.encoder_last_hidden_state)
-    torch.testing.assert_close(cache[Seq2SeqSite.parse("encoder.resid_post.L0")], ref.encoder_hidden_states[1])
-    torch.testing.assert_close(cache[Seq2SeqSite.parse("decoder.resid_pre.L1")], ref.decoder_hidden_states[1])
+    torch.testing.assert_close(cache[Site.parse("decoder.cross_pattern.L1")], ref.cross_attentions[1])
+    torch.testing.assert_close(cache[Site.parse("decoder.cross_pattern.L0.H1")], ref.cross_attentions[0][:, 1])
+    torch.testing.assert_close(cache[Site.parse("decoder.pattern.L0")], ref.decoder_attentions[0])
+    torch.testing.assert_close(cache[Site.parse("encoder.out")], ref.encoder_last_hidden_state)
+    torch.testing.assert_close(cache[Site.parse("encoder.resid_post.L0")], ref.encoder_hidden_states[1])
+    torch.testing.assert_close(cache[Site.parse("decoder.resid_pre.L1")], ref.decoder_hidden_states[1])
 
 
 def test_site_range_and_feature_errors(tiny_speech, tiny_features):
@@ -128,3 +155,11 @@ def test_transcript_equals_hf_greedy_generate(whisper_model, known_clip):
     ca = whisper_model.cross_attention(feats, ours.token_ids)
     want = torch.stack([a[:, :, 1 : 1 + n] for a in out.cross_attentions])
     torch.testing.assert_close(ca, want, atol=1e-5, rtol=1e-4)
+
+
+def test_speech_model_is_a_hooked_model_with_audio_input(tiny_speech):
+    from interp.core.capabilities import AudioInput, Resumable, TextInput, has
+    from interp.core.model import HookedModel
+
+    assert isinstance(tiny_speech, HookedModel) and has(tiny_speech, AudioInput)
+    assert not has(tiny_speech, TextInput) and not has(tiny_speech, Resumable)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from interp.analyses.vhd import head_divergence, paper_layers, reinforce_heads, token_vhd
+from interp.core.sites import Site
 
 
 class RawLlava:
@@ -142,13 +143,31 @@ def test_vhr_with_alpha_one_changes_nothing(tiny_llava, tiny_items):
 
 
 def test_hooks_are_removed_after_an_error(tiny_llava, tiny_items):
-    def boom(layer, z):
+    def boom(z, site):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError), tiny_llava.head_hooks(boom):
+    L = tiny_llava.spec.n_layers
+    with pytest.raises(RuntimeError), tiny_llava.hooks([(Site("z", layer=layer), boom) for layer in range(L)]):
         tiny_llava.generate([tiny_items[0].image], [tiny_items[0].question], max_new_tokens=1)
-    for layer in range(tiny_llava.spec.n_layers):
+    for layer in range(L):
         assert not tiny_llava.attn_out_proj(layer)._forward_pre_hooks
+
+
+def test_llava_sites_and_hooks(tiny_llava, tiny_items):
+    """LLaVA's sites are ordinary `Site`s: z in the language model, the vision tower's residual."""
+    from interp.core.errors import SiteError
+
+    pv = tiny_llava.pixel_values([tiny_items[0].image])
+    seen = {}
+    with tiny_llava.hooks([(Site("resid_post", layer=1, stack="vision"), lambda t, s: seen.setdefault(s, t))]):
+        tiny_llava.image_features(pv)
+    assert seen[Site("resid_post", layer=1, stack="vision")].shape[-1] == 32
+    with pytest.raises(SiteError, match="layer 2 out of range 0..1"):
+        tiny_llava.validate_site(Site("z", layer=2))
+    with pytest.raises(SiteError, match="offers no 'resid_pre' in its decoder stack"):
+        tiny_llava.validate_site(Site("resid_pre", layer=0))
+    with pytest.raises(SiteError, match="has no encoder stack"):
+        tiny_llava.validate_site(Site("resid_pre", layer=0, stack="encoder"))
 
 
 def test_paper_layers_and_bad_layers(tiny_llava, tiny_items):
@@ -157,3 +176,11 @@ def test_paper_layers_and_bad_layers(tiny_llava, tiny_items):
     assert paper_layers(2) == [0, 1]
     with pytest.raises(ValueError, match="layers 0..1"):
         reinforce_heads(tiny_llava, [tiny_items[0].image], [tiny_items[0].question], layers=[5])
+
+
+def test_vision_model_is_a_hooked_model_with_image_input(tiny_llava):
+    from interp.core.capabilities import Generates, ImageInput, Resumable, has
+    from interp.core.model import HookedModel
+
+    assert isinstance(tiny_llava, HookedModel) and has(tiny_llava, ImageInput) and has(tiny_llava, Generates)
+    assert not has(tiny_llava, Resumable)

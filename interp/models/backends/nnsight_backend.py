@@ -10,8 +10,12 @@ sites are (batch, pos, d_model); the pattern is (batch, head, query, key). Each 
 copied when the module returns, so a later in-place update by the model (Falcon adds the
 attention output into the MLP's output tensor) does not reach the cache.
 
-Reading only. Interventions (`add_hook`, and so patching sweeps) are not implemented on this
-backend yet; use ``backend="transformer_lens"`` for them.
+Writing too: `add_hook` puts a torch (pre-)hook on the module the family table names
+(`interp.models.backends.modules`), so a hook function that returns a replacement writes it;
+`run_with_cache` with hooks attached runs through them. The model is `Resumable`:
+`capture_block_inputs` / `forward_from` call the HF decoder layers directly with the arguments
+captured from one real forward (`interp.models.backends.resume`), so patching sweeps run here as
+on the TransformerLens backend (always from position 0: no key/value prefix reuse).
 
     model = load_model("tiny-llama", backend="nnsight")
     logits, cache = model.run_with_cache(tokens, [Site("z", layer=1, head=2)])
@@ -27,11 +31,14 @@ import torch
 from torch import nn
 
 from interp.core.errors import SiteError
-from interp.core.hooks import HookFn
-from interp.core.model import FinalNorm, HookedModel, ModelSpec, apply_final_norm
+from interp.core.hooks import Handle, HookFn
+from interp.core.model import BlockInputs, FinalNorm, ModelSpec, apply_final_norm
 from interp.core.sites import Component, Site
 from interp.models.arch import arch_facts
-from interp.models.families import ModuleSite, family_of
+from interp.models.backends.base import HookedLM
+from interp.models.backends.modules import CountedHandle, ModuleSite, add_module_hook
+from interp.models.backends.resume import capture, resume
+from interp.models.families import family_of
 
 _HEAD_COMPONENTS = (Component.Z, Component.Q, Component.K, Component.V)
 
@@ -39,10 +46,10 @@ _HEAD_COMPONENTS = (Component.Z, Component.Q, Component.K, Component.V)
 _Access = tuple[str, str]
 
 
-class NNsightModel(HookedModel):
+class NNsightModel(HookedLM):
     backend = "nnsight"
 
-    def __init__(self, name: str, hf_model: nn.Module, tokenizer: Any, *, weights_sha256: str | None,
+    def __init__(self, name: str, hf_model: Any, tokenizer: Any, *, weights_sha256: str | None,
                  prepend_bos: bool = False):
         from nnsight.modeling.transformers import TransformersModel
 
@@ -64,6 +71,7 @@ class NNsightModel(HookedModel):
         self._before_blocks = {c for c, i in self._rank.items() if i < first_layered}
         self._final_norm: FinalNorm | None = None
         self.facts = arch_facts(hf_model)
+        self._live_hooks = 0  # hooks attached now: reads then go through them, not a trace
 
     # -- sites -------------------------------------------------------------------------------
     def _access(self, site: Site) -> tuple[tuple[int, int], _Access, int | None]:
@@ -75,11 +83,7 @@ class NNsightModel(HookedModel):
                 f"site {site}: component {comp.value!r} is not readable through nnsight for "
                 f"{self.spec.architecture}; allowed: {allowed}"
             )
-        if site.layer is not None and not 0 <= site.layer < self.spec.n_layers:
-            raise SiteError(f"site {site}: layer {site.layer} out of range 0..{self.spec.n_layers - 1}")
-        n_heads = self.spec.n_kv_heads if comp in (Component.K, Component.V) else self.spec.n_heads
-        if site.head is not None and not 0 <= site.head < n_heads:
-            raise SiteError(f"site {site}: head {site.head} out of range 0..{n_heads - 1}")
+        self.check_range(site)
         path, io, index = self.sites_table[comp]
         if site.layer is not None:
             layer_key = site.layer
@@ -90,8 +94,8 @@ class NNsightModel(HookedModel):
     def validate_site(self, site: Site) -> None:
         self._access(site)
 
-    def _envoy(self, path: str):
-        env = self.lm
+    def _envoy(self, path: str) -> Any:
+        env: Any = self.lm
         for part in path.split("."):
             env = env[int(part)] if part.isdigit() else getattr(env, part)
         return env
@@ -106,12 +110,13 @@ class NNsightModel(HookedModel):
             raise RuntimeError(f"site {site}: the module value is a {type(value).__name__}, not a tensor")
         if site.component in _HEAD_COMPONENTS:  # (batch, pos, heads * d_head) -> (batch, pos, head, d_head)
             value = value.view(*value.shape[:-1], -1, self.spec.d_head)
-        return value
+        out: torch.Tensor = value
+        return out
 
     # -- forwards ----------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         with self.lm.trace(tokens.to(self.device), use_cache=False):
-            logits = self.lm.output.logits.save()
+            logits: torch.Tensor = self.lm.output.logits.save()
         return logits
 
     def run_with_cache(
@@ -120,8 +125,8 @@ class NNsightModel(HookedModel):
         """Logits and the asked-for sites, all read in one nnsight trace."""
         import nnsight
 
-        if hooks:
-            raise NotImplementedError(_NO_HOOKS)
+        if hooks or self._live_hooks:
+            return super().run_with_cache(tokens, sites, hooks=hooks)
         wanted = {s: self._access(s) for s in sites}
         # nnsight 0.8 reads module values in execution order: request them sorted, each module
         # value once (attn_out and pattern are two elements of one attention output).
@@ -145,12 +150,34 @@ class NNsightModel(HookedModel):
             cache[site] = site.select(whole).detach()
         return logits, cache
 
-    def add_hook(self, site: Site, fn: HookFn):
-        raise NotImplementedError(_NO_HOOKS)
+    def add_hook(self, site: Site, fn: HookFn) -> Handle:
+        """A torch hook on the module carrying `site` (`interp.models.backends.modules`)."""
+        self._access(site)
+        row = self.sites_table[site.component]
+        d_head = self.spec.d_head if site.component in _HEAD_COMPONENTS else None
+        handle = add_module_hook(self.hf_model, row, site, fn, d_head=d_head)
+        return CountedHandle(self, handle)
+
+    # -- resuming at a block -----------------------------------------------------------------
+    def _blocks(self) -> list[nn.Module]:
+        path = self.sites_table[Component.RESID_PRE][0]
+        return [self.hf_model.get_submodule(path.format(layer=i)) for i in range(self.spec.n_layers)]
+
+    def capture_block_inputs(self, tokens: torch.Tensor) -> BlockInputs:
+        """One plain forward recording each decoder layer's input and extra arguments."""
+        return capture(self._blocks(), lambda: self.hf_model(tokens.to(self.device), use_cache=False),
+                       tokens.shape[0], record_kv=False)
+
+    def forward_from(self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs,
+                     start_pos: int = 0, end_layer: int | None = None) -> torch.Tensor:
+        """Decoder layers `layer..` on `resid_pre` (k stacked copies of the captured batch): the
+        final residual, or the residual entering `end_layer`. Only from position 0."""
+        return resume(self._blocks(), layer, resid_pre, block_inputs, start_pos, end_layer)
 
     # -- weights -----------------------------------------------------------------------------
     def final_norm_module(self) -> nn.Module:
-        return self.hf_model.get_submodule(self.sites_table[Component.RESID_FINAL][0])
+        mod: nn.Module = self.hf_model.get_submodule(self.sites_table[Component.RESID_FINAL][0])
+        return mod
 
     def final_norm(self) -> FinalNorm:
         """The final norm as LayerNorm / RMSNorm parameters, checked against the module itself:
@@ -178,7 +205,8 @@ class NNsightModel(HookedModel):
             W_U = W_U[:, columns]
             b_U = b_U[columns] if b_U is not None else None
         out = x @ W_U
-        return self.facts.tail.apply(out + b_U if b_U is not None else out)
+        logits: torch.Tensor = self.facts.tail.apply(out + b_U if b_U is not None else out)
+        return logits
 
     def post_norm_module(self, layer: int, which: str) -> nn.Module | None:
         path = self.facts.attn_post_norm if which == "attn" else self.facts.mlp_post_norm
@@ -208,12 +236,6 @@ class NNsightModel(HookedModel):
         return w.reshape(H, d, D)
 
 
-_NO_HOOKS = (
-    "the nnsight backend reads activations only; interventions (hooks, patching) through nnsight "
-    "are not implemented yet. Load the model with backend='transformer_lens' for them."
-)
-
-
 def _element(value: Any, index: int | None) -> Any:
     # Index only into a tuple/list: decoder layers return a tensor in transformers 5, a tuple before.
     return value[index] if index is not None and isinstance(value, tuple | list) else value
@@ -223,7 +245,7 @@ def _copy(value: Any) -> Any:
     return value.clone() if isinstance(value, torch.Tensor) else value
 
 
-def _spec_from_config(hf_model: nn.Module) -> ModelSpec:
+def _spec_from_config(hf_model: Any) -> ModelSpec:
     # HF attribute maps give GPT-2/GPT-J's n_layer/n_head/n_embd and GPT-Neo's num_layers/num_heads
     # these names.
     cfg = hf_model.config
@@ -238,17 +260,18 @@ def _spec_from_config(hf_model: nn.Module) -> ModelSpec:
         d_head=getattr(cfg, "head_dim", None) or d_model // n_heads,
         d_vocab=cfg.vocab_size,
         architecture=archs[0] if archs else type(hf_model).__name__,
+        n_ctx=getattr(cfg, "max_position_embeddings", None),
     )
 
 
-def _n_kv_heads(cfg) -> int:
+def _n_kv_heads(cfg: Any) -> int:
     if getattr(cfg, "model_type", None) == "falcon":
         # Falcon: the new decoder architecture has `num_kv_heads` groups; otherwise multi-query
         # means one key/value head and plain multi-head attention one per query head.
         if getattr(cfg, "new_decoder_architecture", False):
-            return cfg.num_kv_heads
+            return int(cfg.num_kv_heads)
         return 1 if getattr(cfg, "multi_query", False) else cfg.num_attention_heads
-    return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    return int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
 
 
 @torch.no_grad()

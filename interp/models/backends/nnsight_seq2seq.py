@@ -1,44 +1,45 @@
 """nnsight backend for encoder-decoder speech models: `HookedSeq2SeqModel`.
 
 TransformerLens has no Whisper adapter, so a speech model is wrapped with nnsight's generic
-`NNsight` envoy and its activations are read inside one trace. Sites are typed
-(`Seq2SeqSite`): a stack (encoder | decoder), a component, a layer and optionally a head, with
-one canonical string form ``<stack>.<component>[.L<layer>][.H<head>]``; which module carries
-each comes from the family's table (`interp.models.families.whisper`).
+`NNsight` envoy and its activations are read inside one trace. Sites are ordinary `Site`s with a
+stack: ``encoder.resid_post.L1``, ``cross_pattern.L3.H2`` (the decoder is the default stack);
+which module carries each, the model's constants (sample rate, hop length, prompt and end token
+ids) and its module paths come from the family (`interp.models.families`, ``[whisper]`` in
+``families.toml``): this backend holds no model's numbers. Hooks are the one mechanism of every
+model (`add_hook`, `hooks`): a hook function that returns a replacement writes it.
 
-Besides reading sites, the model offers what speech analyses need: log-mel `features` of 16 kHz
-audio, greedy `transcribe` (Whisper's English-only prompt, suppressed tokens, KV cache),
-`forced_logits` (teacher forcing of a given transcript), `cross_attention` (all decoder layers'
-cross-attention weights, (layer, batch, head, out_token, frame)), and split `encode` /
-`decode_logits` so that encoder outputs can be reused or edited.
+Besides sites, the model offers what speech analyses need (`AudioInput`): log-mel `features` of
+audio, greedy `transcribe` (the family's prompt, suppressed tokens, KV cache), `forced_logits`
+(teacher forcing of a given transcript), `cross_attention` (all decoder layers' cross-attention
+weights, (layer, batch, head, out_token, frame)), and split `encode` / `decode_logits` so that
+encoder outputs can be reused or edited.
 
     model = load_model("whisper-tiny.en")
     feats = model.features(audio)                       # (1, 80, 3000)
     t = model.transcribe(feats)[0]                      # Transcript(token_ids, text)
     ca = model.cross_attention(feats, t.token_ids)      # (4, 1, 6, n_tokens, 1500)
-    _, cache = model.run_with_cache(feats, model.decoder_input(t.token_ids),
-                                    [Seq2SeqSite.parse("decoder.cross_pattern.L3.H2")])
-
-Reading only (no interventions through nnsight yet), as for the causal nnsight backend.
+    _, cache = model.run_with_cache(feats, model.decoder_input(t.token_ids), ["cross_pattern.L3.H2"])
 """
 
 from __future__ import annotations
 
 import inspect
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
 from interp.core.errors import SiteError
-from interp.models.families import whisper as family
-
-_SITE = re.compile(r"^(?P<stack>[a-z]+)\.(?P<comp>[a-z_]+)(?:\.L(?P<layer>\d+))?(?:\.H(?P<head>\d+))?$")
+from interp.core.hooks import Handle, HookFn, temporary_hooks
+from interp.core.model import check_site_range
+from interp.core.sites import Component, Site, Stack
+from interp.models.backends.modules import CountedHandle, add_module_hook
+from interp.models.families import Family, ModuleSite
 
 
 @dataclass(frozen=True)
@@ -61,56 +62,6 @@ class Seq2SeqSpec:
         return self.n_mel_frames // self.n_audio_frames
 
 
-@dataclass(frozen=True, order=True)
-class Seq2SeqSite:
-    """A typed address in an encoder-decoder: ``decoder.cross_pattern.L3.H2``."""
-
-    stack: str
-    component: str
-    layer: int | None = None
-    head: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.stack not in family.STACKS:
-            raise SiteError(f"unknown stack {self.stack!r}; allowed: {', '.join(family.STACKS)}")
-        allowed = sorted(c for s, c in family.MODULE_SITES if s == self.stack)
-        if self.component not in allowed:
-            raise SiteError(
-                f"site {self}: the {self.stack} has no component {self.component!r}; allowed: {', '.join(allowed)}"
-            )
-        layerless = self.component in family.LAYERLESS
-        if layerless and self.layer is not None:
-            raise SiteError(f"site {self}: component {self.component!r} takes no layer")
-        if not layerless and self.layer is None:
-            raise SiteError(f"site {self}: component {self.component!r} needs a layer (.L<n>)")
-        if self.head is not None and self.component not in family.HEAD_AXIS:
-            raise SiteError(f"site {self}: component {self.component!r} has no heads")
-
-    def __str__(self) -> str:
-        s = f"{self.stack}.{self.component}"
-        if self.layer is not None:
-            s += f".L{self.layer}"
-        if self.head is not None:
-            s += f".H{self.head}"
-        return s
-
-    @classmethod
-    def parse(cls, text: str) -> Seq2SeqSite:
-        m = _SITE.match(text.strip())
-        if not m:
-            raise SiteError(
-                f"cannot parse site {text!r}; expected '<stack>.<component>[.L<layer>][.H<head>]', "
-                "e.g. 'decoder.cross_pattern.L3.H2' or 'encoder.resid_post.L1'"
-            )
-        g = m.groupdict()
-        return cls(g["stack"], g["comp"], None if g["layer"] is None else int(g["layer"]),
-                   None if g["head"] is None else int(g["head"]))
-
-    @property
-    def whole(self) -> Seq2SeqSite:
-        return Seq2SeqSite(self.stack, self.component, self.layer)
-
-
 @dataclass(frozen=True)
 class Transcript:
     """A greedy transcript: the generated token ids (no prompt, no end token) and their text."""
@@ -120,11 +71,14 @@ class Transcript:
 
 
 class HookedSeq2SeqModel:
+    """An encoder-decoder speech model: the `HookedModel` port plus `AudioInput`."""
+
     backend = "nnsight"
 
-    def __init__(self, name: str, hf_model: nn.Module, tokenizer: Any, *, weights_sha256: str | None,
-                 suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = (),
-                 prompt_ids: Sequence[int] = (50257, 50362), eos_id: int = 50256):
+    def __init__(self, name: str, hf_model: Any, tokenizer: Any, *, weights_sha256: str | None,
+                 family: Family, suppress_tokens: Sequence[int] = (), begin_suppress_tokens: Sequence[int] = (),
+                 prompt_ids: Sequence[int] | None = None, eos_id: int | None = None,
+                 feature_extractor: Callable[[], Any] | None = None):
         from nnsight import NNsight
 
         hf_model.eval()
@@ -133,10 +87,13 @@ class HookedSeq2SeqModel:
         self.name = name
         self.tokenizer = tokenizer
         self.weights_sha256 = weights_sha256
+        self.family = family
+        consts = family.constants
         self.suppress_tokens = list(suppress_tokens)
         self.begin_suppress_tokens = list(begin_suppress_tokens)
-        self.prompt_ids = list(prompt_ids)
-        self.eos_id = int(eos_id)
+        self.prompt_ids = list(consts["prompt_ids"] if prompt_ids is None else prompt_ids)
+        self.eos_id = int(consts["eos_id"] if eos_id is None else eos_id)
+        self._make_fe = feature_extractor
         p = next(hf_model.parameters())
         self.device, self.dtype = p.device, p.dtype
         cfg = hf_model.config
@@ -151,21 +108,22 @@ class HookedSeq2SeqModel:
             n_mels=cfg.num_mel_bins,
             n_mel_frames=n_mel_frames,
             n_audio_frames=cfg.max_source_positions,
-            sample_rate=16_000,
-            hop_length=160,
+            sample_rate=int(consts["sample_rate"]),
+            hop_length=int(consts["hop_length"]),
             architecture=(cfg.architectures or [type(hf_model).__name__])[0],
         )
-        self._fe = None
+        self._fe: Any = None
+        self._live_hooks = 0
         params = inspect.signature(hf_model.model.decoder.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     # -- audio -> features -------------------------------------------------------------------
     @property
-    def feature_extractor(self):
+    def feature_extractor(self) -> Any:
         if self._fe is None:
-            from interp.models.whisper import feature_extractor
-
-            self._fe = feature_extractor()
+            if self._make_fe is None:
+                raise NotImplementedError(f"{self.name}: no feature extractor was given; pass log-mel features")
+            self._fe = self._make_fe()
         return self._fe
 
     def features(self, audio: np.ndarray | Sequence[np.ndarray]) -> Float[Tensor, "batch mel frame"]:
@@ -206,7 +164,7 @@ class HookedSeq2SeqModel:
         return torch.tensor([row] * batch, dtype=torch.long, device=self.device)
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
     def str_tokens(self, token_ids: Sequence[int]) -> list[str]:
         return [self.tokenizer.decode([int(i)]) for i in token_ids]
@@ -267,42 +225,69 @@ class HookedSeq2SeqModel:
             step = nxt[:, None]
         return [Transcript(ids, self.decode(ids)) for ids in out]
 
-    # -- sites through nnsight --------------------------------------------------------------
-    def validate_site(self, site: Seq2SeqSite) -> None:
-        n_layers = self.spec.n_encoder_layers if site.stack == "encoder" else self.spec.n_decoder_layers
-        if site.layer is not None and not 0 <= site.layer < n_layers:
-            raise SiteError(f"site {site}: layer {site.layer} out of range 0..{n_layers - 1}")
-        if site.head is not None and not 0 <= site.head < self.spec.n_heads:
-            raise SiteError(f"site {site}: head {site.head} out of range 0..{self.spec.n_heads - 1}")
+    # -- sites and hooks ---------------------------------------------------------------------
+    def _row(self, site: Site) -> ModuleSite:
+        row = self.family.sites.get((site.stack, site.component))
+        if row is None:
+            allowed = ", ".join(c.value for st, c in self.family.sites if st is site.stack)
+            raise SiteError(f"site {site}: the {site.stack.value} of {self.name} has no component "
+                            f"{site.component.value!r}; allowed: {allowed}")
+        return row
 
-    def _envoy(self, path: str):
-        env = self.nn
+    def validate_site(self, site: Site) -> None:
+        """`SiteError` unless `site` exists here (stack, component, layer, head, position)."""
+        stacks = self.family.stacks
+        if site.stack not in stacks:
+            check_site_range(site, n_layers=0, n_heads=0, n_ctx=None, stacks=stacks, what=self.name)
+        self._row(site)
+        encoder = site.stack is Stack.ENCODER
+        n_layers = self.spec.n_encoder_layers if encoder else self.spec.n_decoder_layers
+        n_ctx = self.spec.n_audio_frames if encoder else self.hf_model.config.max_target_positions
+        check_site_range(site, n_layers=n_layers, n_heads=self.spec.n_heads, n_ctx=n_ctx, stacks=stacks,
+                         what=self.name)
+
+    def add_hook(self, site: Site, fn: HookFn) -> Handle:
+        """A torch hook on the module carrying `site`; a returned tensor replaces its value."""
+        self.validate_site(site)
+        handle = add_module_hook(self.hf_model, self._row(site), site, fn, d_head=None)
+        return CountedHandle(self, handle)
+
+    def hooks(self, hooks: Sequence[tuple[Site, HookFn]]) -> AbstractContextManager[None]:
+        return temporary_hooks(self, hooks)
+
+    def _envoy(self, path: str) -> Any:
+        env: Any = self.nn
         for part in path.split("."):
             env = env[int(part)] if part.isdigit() else getattr(env, part)
         return env
 
-    def _order(self, site: Seq2SeqSite) -> tuple:
-        rows = list(family.MODULE_SITES)
-        stack_rank = family.STACKS.index(site.stack)
-        n = self.spec.n_encoder_layers if site.stack == "encoder" else self.spec.n_decoder_layers
-        layer = site.layer if site.layer is not None else (-1 if site.component == "embed" else n)
+    def _order(self, site: Site) -> tuple[int, int, int]:
+        rows = list(self.family.sites)
+        stack_rank = self.family.stacks.index(site.stack)
+        encoder = site.stack is Stack.ENCODER
+        n = self.spec.n_encoder_layers if encoder else self.spec.n_decoder_layers
+        layer = site.layer if site.layer is not None else (-1 if site.component is Component.EMBED else n)
         return (stack_rank, layer, rows.index((site.stack, site.component)))
 
     def run_with_cache(
-        self, features: Tensor, decoder_ids: Tensor, sites: Sequence[Seq2SeqSite | str]
-    ) -> tuple[Tensor, dict[Seq2SeqSite, Tensor]]:
-        """Logits (batch, pos, vocab) and the asked-for sites, read in one nnsight trace.
+        self, features: Tensor, decoder_ids: Tensor, sites: Sequence[Site | str], *,
+        hooks: Sequence[tuple[Site, HookFn]] = (),
+    ) -> tuple[Tensor, dict[Site, Tensor]]:
+        """Logits (batch, pos, vocab) and the asked-for sites, read in one nnsight trace (through
+        hooks when any are attached).
 
         Patterns come out as (batch, head, query, key), a head site as (batch, query, key);
         everything else as (batch, pos, d_model)."""
         feats = self._check_features(features)
-        parsed = [Seq2SeqSite.parse(s) if isinstance(s, str) else s for s in sites]
+        parsed = [Site.parse(s) if isinstance(s, str) else s for s in sites]
         for s in parsed:
             self.validate_site(s)
-        wholes = sorted({s.whole for s in parsed}, key=self._order)
-        access_of: dict[Seq2SeqSite, tuple[str, str, int | None]] = {}
+        if hooks or self._live_hooks:
+            return self._cache_through_hooks(feats, decoder_ids, parsed, hooks)
+        wholes = sorted({s.hook_site for s in parsed}, key=self._order)
+        access_of: dict[Site, tuple[str, str, int | None]] = {}
         for w in wholes:
-            path, io, index = family.MODULE_SITES[(w.stack, w.component)]
+            path, io, index = self._row(w)
             access_of[w] = (path.format(layer=w.layer), io, index)
         # One read per module value, in execution order (two sites may share a module value).
         reads = list(dict.fromkeys((path, io) for path, io, _ in access_of.values()))
@@ -312,29 +297,40 @@ class HookedSeq2SeqModel:
             for path, io in reads:
                 saved[(path, io)] = getattr(self._envoy(path), io).save()
             out["logits"] = self.nn.output.logits.save()
-        cache: dict[Seq2SeqSite, Tensor] = {}
+        cache: dict[Site, Tensor] = {}
         for s in parsed:
-            path, io, index = access_of[s.whole]
+            path, io, index = access_of[s.hook_site]
             value = saved[(path, io)]
             if index is not None and isinstance(value, tuple | list):
                 value = value[index]
             if not isinstance(value, Tensor):
                 raise SiteError(f"site {s}: the module gave {type(value).__name__}, not a tensor "
                                 "(a pattern needs the eager attention path)")
-            if s.head is not None:
-                value = value.select(family.HEAD_AXIS[s.component], s.head)
-            cache[s] = value.detach()
+            cache[s] = s.select(value).detach()
         return out["logits"], cache
+
+    def _cache_through_hooks(self, feats: Tensor, decoder_ids: Tensor, sites: list[Site],
+                             hooks: Sequence[tuple[Site, HookFn]]) -> tuple[Tensor, dict[Site, Tensor]]:
+        from interp.core.hooks import caching_hooks
+
+        store: dict[Site, Tensor] = {}
+        with self.hooks([*hooks, *caching_hooks(sites, store)]):
+            logits = self.forward(feats, decoder_ids.to(self.device))
+        missing = [str(s) for s in sites if s not in store]
+        if missing:
+            raise SiteError(f"sites not reached in the forward pass: {', '.join(missing)} "
+                            "(a pattern needs the eager attention path)")
+        return logits, store
 
     def cross_attention(self, features: Tensor, token_ids: Sequence[int]) -> Float[Tensor, "layer batch head token frame"]:
         """Cross-attention weights of every decoder layer while teacher-forcing `token_ids`:
         row t is the query that predicts token t (the prompt's queries are dropped)."""
         feats = self._check_features(features)
-        sites = [Seq2SeqSite("decoder", "cross_pattern", layer=l) for l in range(self.spec.n_decoder_layers)]  # noqa: E741
+        sites = [Site(Component.CROSS_PATTERN, layer=li) for li in range(self.spec.n_decoder_layers)]
         with torch.no_grad():
             _, cache = self.run_with_cache(feats, self.decoder_input(token_ids, feats.shape[0]), sites)
         start = len(self.prompt_ids) - 1
         return torch.stack([cache[s][:, :, start : start + len(token_ids)] for s in sites])
 
 
-__all__ = ["HookedSeq2SeqModel", "Seq2SeqSite", "Seq2SeqSpec", "Transcript"]
+__all__ = ["HookedSeq2SeqModel", "Seq2SeqSpec", "Transcript"]

@@ -13,6 +13,7 @@ unpatched prefix; the bridge's own `start_at_layer` still executes blocks 0..L-1
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,10 +21,12 @@ import torch
 from torch import nn
 
 from interp.core.errors import SiteError, UnsupportedError
-from interp.core.hooks import HookFn
-from interp.core.model import BlockInputs, FinalNorm, HookedModel, ModelSpec
+from interp.core.hooks import Handle, HookFn
+from interp.core.model import BlockInputs, FinalNorm, ModelSpec
 from interp.core.sites import Component, Site
 from interp.models.arch import SCALE_ATTRS, arch_facts, attention_scale_from_config
+from interp.models.backends.base import HookedLM
+from interp.models.backends.resume import capture, resume
 
 HOOK_NAMES: dict[Component, str] = {
     Component.EMBED: "embed.hook_out",
@@ -46,14 +49,10 @@ HOOK_NAMES: dict[Component, str] = {
 # Where a model has no rotary embeddings, the rotated queries/keys are the plain ones.
 HOOK_FALLBACKS: dict[Component, Component] = {Component.Q_ROT: Component.Q, Component.K_ROT: Component.K}
 
-# Block keyword arguments that must not be replayed (per-call state).
-_DROP_KWARGS = {"past_key_value", "past_key_values", "cache", "layer_past"}
-
-
-class TLBridgeModel(HookedModel):
+class TLBridgeModel(HookedLM):
     backend = "transformer_lens"
 
-    def __init__(self, name: str, hf_model: nn.Module, tokenizer: Any, *, weights_sha256: str | None,
+    def __init__(self, name: str, hf_model: Any, tokenizer: Any, *, weights_sha256: str | None,
                  prepend_bos: bool = False):
         from transformer_lens.model_bridge import TransformerBridge
 
@@ -80,6 +79,7 @@ class TLBridgeModel(HookedModel):
             d_head=cfg.d_head,
             d_vocab=cfg.d_vocab,
             architecture=cfg.architecture or type(hf_model).__name__,
+            n_ctx=getattr(cfg, "n_ctx", None),
         )
         self._hook_dict = self.bridge.hook_dict
         self._W_U: torch.Tensor | None = None
@@ -94,13 +94,13 @@ class TLBridgeModel(HookedModel):
 
     # -- hooks -------------------------------------------------------------------------------
     def hook_name(self, site: Site) -> str:
+        self.check_range(site)
+        if site.component not in HOOK_NAMES:
+            raise SiteError(f"site {site}: component {site.component.value!r} does not exist in "
+                            f"{self.spec.architecture}; allowed: {', '.join(c.value for c in HOOK_NAMES)}")
         name = HOOK_NAMES[site.component].format(layer=site.layer)
         if name not in self._hook_dict and site.component in HOOK_FALLBACKS:
             name = HOOK_NAMES[HOOK_FALLBACKS[site.component]].format(layer=site.layer)
-        if site.layer is not None and not 0 <= site.layer < self.spec.n_layers:
-            raise SiteError(f"site {site}: layer {site.layer} out of range 0..{self.spec.n_layers - 1}")
-        if site.head is not None and not 0 <= site.head < self._n_heads_of(site.component):
-            raise SiteError(f"site {site}: head {site.head} out of range 0..{self._n_heads_of(site.component) - 1}")
         if name not in self._hook_dict:
             raise SiteError(f"site {site} ({name}) does not exist in {self.spec.architecture}")
         return name
@@ -138,9 +138,12 @@ class TLBridgeModel(HookedModel):
             except SiteError as e:
                 return str(e)
         tokens = self._probe_tokens()
-        fired: set = set()
-        handles = [self.add_hook(Site(comp, layer=layer), lambda t, s, fired=fired: fired.add(s.layer))
-                   for layer in layers]
+        fired: set[int | None] = set()
+
+        def mark(_t: torch.Tensor, s: Site) -> None:
+            fired.add(s.layer)
+
+        handles = [self.add_hook(Site(comp, layer=layer), mark) for layer in layers]
         try:
             base = self.forward(tokens)
         finally:
@@ -178,7 +181,7 @@ class TLBridgeModel(HookedModel):
         """Max |unembed(final residual) - logits| on a short input: the tail (norm, lm_head,
         scaling, softcap) must reproduce the model's own output head."""
         tokens = self._probe_tokens()
-        store: dict = {}
+        store: dict[str, torch.Tensor] = {}
         h = self.add_hook(Site("resid_final"), lambda t, s: store.__setitem__("x", t.detach()))
         try:
             logits = self.forward(tokens)
@@ -189,11 +192,7 @@ class TLBridgeModel(HookedModel):
         ours = self._unembed_unchecked(store["x"])
         return float((ours - logits).abs().max() / logits.abs().max().clamp_min(1e-6))
 
-    def _n_heads_of(self, comp: Component) -> int:
-        kv = (Component.K, Component.V, Component.K_ROT)
-        return self.spec.n_kv_heads if comp in kv else self.spec.n_heads
-
-    def add_hook(self, site: Site, fn: HookFn):
+    def add_hook(self, site: Site, fn: HookFn) -> Handle:
         """Through the HookPoint's own `add_hook`, so TransformerLens knows the point is
         hooked (some bridges fire a point only then, e.g. Granite's scaled hook_attn_out) and
         applies its layout conversion both ways (hook_z holds the flat o_proj input)."""
@@ -202,7 +201,7 @@ class TLBridgeModel(HookedModel):
             self.check_component(site.component)
         whole = site.hook_site
 
-        def tl_hook(t: torch.Tensor, hook: Any = None):
+        def tl_hook(t: torch.Tensor, hook: Any = None) -> torch.Tensor | None:
             return fn(t, whole)
 
         handle = point.add_hook(tl_hook, dir="fwd")
@@ -210,7 +209,8 @@ class TLBridgeModel(HookedModel):
 
     # -- forwards ----------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.bridge(tokens.to(self.device), return_type="logits")
+        logits: torch.Tensor = self.bridge(tokens.to(self.device), return_type="logits")
+        return logits
 
     def forward_incremental(self, tokens: torch.Tensor, past: Any = None, *,
                             last_logits: int | None = None) -> tuple[torch.Tensor, Any]:
@@ -229,78 +229,25 @@ class TLBridgeModel(HookedModel):
         """One forward recording each block's extra arguments, its input residual and its
         attention keys/values (through a recording `layer_past` cache the bridge's attention
         calls `update` on; the values pass through unchanged)."""
-        n = self.spec.n_layers
-        per_layer: list[tuple[tuple, dict[str, Any]] | None] = [None] * n
-        resid: list[torch.Tensor | None] = [None] * n
-        recorder = _KVRecorder()
-        handles = []
-        for i, block in enumerate(self.bridge.blocks):
-            names = _positional_names(block)
-
-            def pre(_mod, args, kwargs, i=i, names=names):
-                hidden = args[0] if args else kwargs["hidden_states"]
-                resid[i] = hidden.detach()
-                # Name the extra positional arguments so they can be cut by position later.
-                extra = dict(zip(names, args[1:], strict=False)) if names is not None else {}
-                rest = () if names is not None else tuple(args[1:])
-                kw = {k: v for k, v in {**extra, **kwargs}.items() if k != "hidden_states"}
-                kw = {k: (None if _is_cache(v) else v) for k, v in kw.items() if k not in _DROP_KWARGS}
-                if "use_cache" in kw:
-                    kw["use_cache"] = False
-                per_layer[i] = (tuple(None if _is_cache(a) else a for a in rest), kw)
-                # The live call records keys/values: HF's own cache object is dropped and the
-                # bridge's attention gets ours as `layer_past` (the name it calls `update` on).
-                live_args = tuple(None if _is_cache(a) else a for a in args)
-                live_kw = {k: (None if _is_cache(v) else v) for k, v in kwargs.items()}
-                live_kw["layer_past"] = recorder
-                return live_args, live_kw
-
-            handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
-        try:
-            with torch.no_grad():
-                self.bridge(tokens.to(self.device), return_type=None)
-        finally:
-            for h in handles:
-                h.remove()
-        if any(p is None for p in per_layer):
-            raise RuntimeError("could not capture the inputs of every block")
-        kv = [recorder.kv.get(i) for i in range(n)]
-        sliceable = all(kv_i is not None for kv_i in kv) and all(
-            _sliceable(args, kw) for args, kw in per_layer  # type: ignore[misc]
-        )
-        return BlockInputs(batch=tokens.shape[0], per_layer=per_layer, resid_pre=resid,  # type: ignore[arg-type]
-                           kv=kv if sliceable else None)  # type: ignore[arg-type]
+        return capture(list(self.bridge.blocks), lambda: self.bridge(tokens.to(self.device), return_type=None),
+                       tokens.shape[0], record_kv=True)
 
     def forward_from(self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs,
                      start_pos: int = 0, end_layer: int | None = None) -> torch.Tensor:
-        batch = block_inputs.batch
-        copies, rem = divmod(resid_pre.shape[0], batch)
-        if rem:
-            raise ValueError(f"resid_pre batch {resid_pre.shape[0]} is not a multiple of the captured batch {batch}")
-        if start_pos and not block_inputs.resumes_at_position:
-            raise NotImplementedError("these block inputs cannot resume at a later position")
-        x = resid_pre
-        for i in range(layer, self.spec.n_layers if end_layer is None else end_layer):
-            args, kwargs = block_inputs.per_layer[i]
-            args = tuple(_repeat_batch(a, batch, copies) for a in args)
-            kwargs = {k: _repeat_batch(v, batch, copies) for k, v in kwargs.items()}
-            if start_pos:
-                kwargs = {k: _slice_positions(k, v, start_pos) for k, v in kwargs.items()}
-                k_pre, v_pre = block_inputs.kv[i]  # type: ignore[index]
-                # Always an explicit copy per stacked variant (even for a one-prompt batch,
-                # where broadcasting would not apply to the concatenation).
-                kwargs["layer_past"] = _PrefixKV(
-                    k_pre[:, :, :start_pos].repeat(copies, 1, 1, 1),
-                    v_pre[:, :, :start_pos].repeat(copies, 1, 1, 1),
-                )
-            out = self.bridge.blocks[i](x, *args, **kwargs)
-            x = out[0] if isinstance(out, tuple) else out
-        return x
+        """Run blocks `layer..` on `resid_pre` (batch = k * block_inputs.batch, copies stacked
+        block-major) and return the final residual (the final norm's input).
+
+        With `start_pos` > 0, `resid_pre` holds only positions `start_pos..` and the earlier
+        positions' keys/values come from the captured forward: exact when nothing before
+        `start_pos` was changed, and about (T - start_pos) / T of the cost. With `end_layer`,
+        stop before that block and return the residual entering it."""
+        return resume(list(self.bridge.blocks), layer, resid_pre, block_inputs, start_pos, end_layer)
 
     # -- weights -----------------------------------------------------------------------------
     def _final_norm_module(self) -> nn.Module:
         ln = self.bridge.ln_final
-        return getattr(ln, "original_component", None) or ln._original_component
+        mod: nn.Module = getattr(ln, "original_component", None) or ln._original_component
+        return mod
 
     def final_norm(self) -> FinalNorm:
         mod = self._final_norm_module()
@@ -309,9 +256,10 @@ class TLBridgeModel(HookedModel):
         eps = getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", None)
         if eps is None or getattr(mod, "bias", None) is not None:
             raise NotImplementedError(f"final norm {type(mod).__name__} is neither LayerNorm nor a plain RMSNorm")
-        return FinalNorm("rms", mod.weight.detach(), None, float(eps))
+        weight: Any = mod.weight
+        return FinalNorm("rms", weight.detach(), None, float(eps))
 
-    def unembed_matrix(self):
+    def unembed_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._W_U is None:
             self._W_U = self.bridge.W_U.detach()
         b_U = getattr(self.bridge.unembed, "b_U", None)
@@ -341,7 +289,8 @@ class TLBridgeModel(HookedModel):
             b_U = b_U[columns] if b_U is not None else None
         out = x @ W_U
         out = out + b_U if b_U is not None else out
-        return self.facts.tail.apply(out)
+        logits: torch.Tensor = self.facts.tail.apply(out)
+        return logits
 
     def final_norm_module(self) -> nn.Module:
         return self._final_norm_module()
@@ -360,7 +309,8 @@ class TLBridgeModel(HookedModel):
         return b.detach() if isinstance(b, torch.Tensor) else None
 
     def attention_softcap(self, layer: int) -> float | None:
-        return self.facts.attn_softcap
+        cap: float | None = self.facts.attn_softcap
+        return cap
 
     def attention_scale(self, layer: int) -> float:
         attn = self.bridge.blocks[layer].attn
@@ -378,12 +328,12 @@ class TLBridgeModel(HookedModel):
 
 
 @contextmanager
-def _cache_kwarg_renamed(bridge: nn.Module):
+def _cache_kwarg_renamed(bridge: Any) -> Iterator[None]:
     """Transformers 5 hands each attention its cache as `cache=`; the bridge's attention reads
     `past_key_values` / `layer_past` and otherwise silently attends to the new tokens only.
     Rename it for the duration of a cached forward (pre-hooks removed in `finally`)."""
 
-    def pre(_mod, args, kwargs):
+    def pre(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
             # Both names: bridges that re-implement attention read `past_key_values`, bridges
             # that delegate to the HF module (GPT-J) pass `cache` on to it.
@@ -408,80 +358,3 @@ class _LensRemoval:
         self.handle.hook.remove()
         if self.handle in self.point.fwd_hooks:
             self.point.fwd_hooks.remove(self.handle)
-
-
-class _KVRecorder:
-    """Duck-typed cache: records each layer's keys/values and returns them unchanged."""
-
-    def __init__(self) -> None:
-        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        self.kv[layer_idx] = (k.detach(), v.detach())
-        return k, v
-
-
-class _PrefixKV:
-    """Duck-typed cache holding one layer's keys/values for the positions before the resume
-    point; the attention prepends them to the new positions' keys/values."""
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k, self.v = k, v
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        return torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2)
-
-
-# How each block keyword argument is cut to the positions from `start` on. An argument not in
-# this table that carries tensors makes the block inputs non-resumable (correctness first).
-_POSITION_SLICERS = {
-    "attention_mask": lambda v, s: v[..., s:, :] if v.ndim >= 3 else v,  # query rows only
-    "position_embeddings": lambda v, s: tuple(t[..., s:, :] for t in v),  # (cos, sin) (.., pos, d)
-    "position_ids": lambda v, s: v[..., s:],
-    "cache_position": lambda v, s: v[s:],
-}
-
-
-def _is_cache(v: Any) -> bool:
-    from transformers.cache_utils import Cache
-
-    return isinstance(v, Cache | _KVRecorder)
-
-
-def _positional_names(block: nn.Module) -> list[str] | None:
-    """Names of the wrapped HF block's parameters after `hidden_states`, or None."""
-    import inspect
-
-    target = getattr(block, "original_component", None) or getattr(block, "_original_component", None)
-    try:
-        params = list(inspect.signature(target.forward).parameters.values())
-    except (TypeError, ValueError, AttributeError):
-        return None
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return names[1:] if names else None
-
-
-def _sliceable(args: tuple, kwargs: dict[str, Any]) -> bool:
-    def has_tensor(v: Any) -> bool:
-        return isinstance(v, torch.Tensor) or (isinstance(v, tuple) and any(has_tensor(t) for t in v))
-
-    if any(has_tensor(a) for a in args):
-        return False
-    return all(k in _POSITION_SLICERS or not has_tensor(v) for k, v in kwargs.items())
-
-
-def _slice_positions(name: str, v: Any, start: int) -> Any:
-    if v is None or name not in _POSITION_SLICERS:
-        return v
-    return _POSITION_SLICERS[name](v, start)
-
-
-def _repeat_batch(v: Any, batch: int, copies: int) -> Any:
-    """Stack `copies` copies along dim 0 of tensors whose dim 0 is the captured batch."""
-    if copies == 1:
-        return v
-    if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == batch and batch > 1:
-        return v.repeat(copies, *([1] * (v.ndim - 1)))
-    if isinstance(v, tuple):
-        return tuple(_repeat_batch(t, batch, copies) for t in v)
-    return v
