@@ -46,7 +46,7 @@ test-unit: $(STAMP)
 
 # Every family x analysis against independent raw computations (~3 min); `support` rewrites the matrix.
 test-conformance: $(STAMP)
-	$(PY) -m pytest -q -m conformance tests/conformance
+	$(PY) -m pytest -q -m conformance
 
 support: $(STAMP)
 	$(PY) -m interp.models.support --write

@@ -33,7 +33,7 @@ from interp.models.registry import describe_model_name
 __all__ = [
     "Section", "FieldError", "ModelConfig", "OutputConfig", "BaseExperimentConfig", "Enabled",
     "PositiveInt", "NonNegativeInt", "MetricName", "ChatSetting", "allowed_metrics",
-    "resolve_config_path", "unique_items", "non_empty", "has_chat_template", "resolve_chat",
+    "resolve_config_path", "unique_items", "non_empty", "Unique", "ConfigPath", "has_chat_template", "resolve_chat", "chat_setting",
     "resolve_prepend_bos", "resolve_for_model",
 ]
 
@@ -97,6 +97,26 @@ def unique_items(values: tuple, what: str) -> tuple:
     return values
 
 
+def Unique(what: str | None = None) -> AfterValidator:
+    """For `Annotated[tuple[...], Unique("ranks")]`: the list unchanged (or null), or an error
+    naming the repeated entries (`what` defaults to the field's name)."""
+
+    def check(values: tuple | None, info: ValidationInfo) -> tuple | None:
+        return None if values is None else unique_items(values, what or str(info.field_name))
+
+    return AfterValidator(check)
+
+
+def ConfigPath(what: str, must: str | None = "file") -> AfterValidator:
+    """For `Annotated[Path | None, ConfigPath("items file")]`: a relative path resolved against
+    the config file's folder and checked to be an existing `must` ("file" or "dir")."""
+
+    def check(path: Path | None, info: ValidationInfo) -> Path | None:
+        return resolve_config_path(path, info, must=must, what=what)
+
+    return AfterValidator(check)
+
+
 def non_empty(value: tuple) -> tuple:
     """`value` unchanged, or a ValueError (a validator, not min_length: pydantic adds a
     misleading "too short" after a bad item)."""
@@ -113,11 +133,16 @@ def resolve_chat(chat: bool | None, model: Any) -> bool:
     """`data.chat` of the mcq, retrieval and knowledge kinds for a loaded `model`: unset (None)
     follows the model (true when its tokenizer has a chat template); true on a model without
     one is a one-line `ConfigError` instead of a transformers error deep in the run."""
-    has = has_chat_template(model.tokenizer)
+    return chat_setting(chat, model.tokenizer, model.name)
+
+
+def chat_setting(chat: bool | None, tokenizer: Any, model_name: str) -> bool:
+    """`resolve_chat` with the tokenizer alone (the checks that run before weights load)."""
+    has = has_chat_template(tokenizer)
     if chat is None:
         return has
     if chat and not has:
-        raise ConfigError(f"model {model.name} has no chat template; set data.chat: false "
+        raise ConfigError(f"model {model_name} has no chat template; set data.chat: false "
                           "(or leave data.chat unset to follow the model)", path="data.chat")
     return chat
 

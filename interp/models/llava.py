@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +24,7 @@ import torch
 
 from interp.core.errors import ModelLoadError
 from interp.models import dinov2_onnx, smollm2
-from interp.models.cache import cache_root, sha256_file
+from interp.models.cache import atomic_dir, cache_root, sha256_file
 
 if TYPE_CHECKING:
     from interp.models.vlm import VisionLanguageModel
@@ -100,20 +98,12 @@ def cached_dir() -> tuple[Path, str]:
     from safetensors.torch import load_file
 
     hf, tok = assemble(load_file(str(PROJECTOR_FILE)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with atomic_dir(target) as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "interp_llava.json").write_text(json.dumps(
             {"image_size": IMAGE_SIZE, "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD,
              "prompt_template": PROMPT_TEMPLATE}))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a half-written cache is never used
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target, digest
 
 

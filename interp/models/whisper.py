@@ -36,7 +36,6 @@ import copy
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 
 from interp.core.errors import ModelLoadError
-from interp.models.cache import cache_root, install_hint, memoised_sha256, wheel_files
+from interp.models.cache import atomic_dir, cache_root, install_hint, memoised_sha256, wheel_files
 from interp.models.ct2 import CT2Model, read_ct2, to_float32
 from interp.models.families import family
 
@@ -158,6 +157,22 @@ def _attention(sd: dict[str, Any], ct2: CT2Model, src: str, dst: str, *, cross: 
     _linear(sd, ct2, out, f"{dst}.out_proj")
 
 
+# Attention sublayers of a block: (CTranslate2 scope, HF module, cross-attention?).
+_ENCODER_ATTENTION = (("self_attention", "self_attn", False),)
+_DECODER_ATTENTION = (*_ENCODER_ATTENTION, ("attention", "encoder_attn", True))
+
+
+def _block(sd: dict[str, np.ndarray], ct2: CT2Model, src: str, dst: str,
+           attention: tuple[tuple[str, str, bool], ...]) -> None:
+    """One pre-norm block: each attention sublayer with its norm, then the MLP with its norm."""
+    for scope, module, cross in attention:
+        _norm(sd, ct2, f"{src}/{scope}/layer_norm", f"{dst}.{module}_layer_norm")
+        _attention(sd, ct2, f"{src}/{scope}", f"{dst}.{module}", cross=cross)
+    _norm(sd, ct2, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
+    _linear(sd, ct2, f"{src}/ffn/linear_0", f"{dst}.fc1")
+    _linear(sd, ct2, f"{src}/ffn/linear_1", f"{dst}.fc2")
+
+
 def hf_state_dict(ct2: CT2Model, n_enc: int, n_dec: int) -> dict[str, torch.Tensor]:
     """The `WhisperForConditionalGeneration` state dict (fp32) from a CTranslate2 WhisperSpec."""
     sd: dict[str, np.ndarray] = {}
@@ -166,24 +181,12 @@ def hf_state_dict(ct2: CT2Model, n_enc: int, n_dec: int) -> dict[str, torch.Tens
     _linear(sd, ct2, "encoder/conv2", f"{e}.conv2")
     sd[f"{e}.embed_positions.weight"] = to_float32(ct2, "encoder/position_encodings/encodings")
     for i in range(n_enc):
-        src, dst = f"encoder/layer_{i}", f"{e}.layers.{i}"
-        _norm(sd, ct2, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
-        _attention(sd, ct2, f"{src}/self_attention", f"{dst}.self_attn", cross=False)
-        _norm(sd, ct2, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
-        _linear(sd, ct2, f"{src}/ffn/linear_0", f"{dst}.fc1")
-        _linear(sd, ct2, f"{src}/ffn/linear_1", f"{dst}.fc2")
+        _block(sd, ct2, f"encoder/layer_{i}", f"{e}.layers.{i}", _ENCODER_ATTENTION)
     _norm(sd, ct2, "encoder/layer_norm", f"{e}.layer_norm")
     sd[f"{d}.embed_tokens.weight"] = to_float32(ct2, "decoder/embeddings/weight")
     sd[f"{d}.embed_positions.weight"] = to_float32(ct2, "decoder/position_encodings/encodings")
     for i in range(n_dec):
-        src, dst = f"decoder/layer_{i}", f"{d}.layers.{i}"
-        _norm(sd, ct2, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
-        _attention(sd, ct2, f"{src}/self_attention", f"{dst}.self_attn", cross=False)
-        _norm(sd, ct2, f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm")
-        _attention(sd, ct2, f"{src}/attention", f"{dst}.encoder_attn", cross=True)
-        _norm(sd, ct2, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
-        _linear(sd, ct2, f"{src}/ffn/linear_0", f"{dst}.fc1")
-        _linear(sd, ct2, f"{src}/ffn/linear_1", f"{dst}.fc2")
+        _block(sd, ct2, f"decoder/layer_{i}", f"{d}.layers.{i}", _DECODER_ATTENTION)
     _norm(sd, ct2, "decoder/layer_norm", f"{d}.layer_norm")
     # The output projection is tied to the token embedding (a CTranslate2 alias).
     sd["proj_out.weight"] = to_float32(ct2, "decoder/projection/weight")
@@ -241,18 +244,10 @@ def cached_dir() -> tuple[Path, str]:
         return target, digest
     extra = json.loads(files["config.json"].read_text())
     model = build_from_ct2(files["model.bin"], extra)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         shutil.copyfile(files["tokenizer.json"], tmp / "tokenizer.json")
         shutil.copyfile(files["config.json"], tmp / "wheel_config.json")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a half-written cache is never used
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target, digest
 
 

@@ -49,6 +49,7 @@ def test_a_wrong_output_tail_is_caught():
     assert status["head patching"] == "refused"
 
 
+@pytest.mark.integration  # every check on a model end to end: about a minute on this CPU
 def test_cli_exit_codes_and_support_matrix(capsys):
     assert main(["check", "tiny-llama"]) == 0
     out = capsys.readouterr().out

@@ -128,7 +128,7 @@ def test_hooks_removed_when_the_block_raises(tiny_model, assert_clean):
             dict(heads=[(0, 0)], mode="mean", means=torch.zeros(1, 2, 3)),
             "expected (layer, head, d_head)",
         ),
-        (dict(heads=[(0, 0)], means=torch.zeros(1)), "only used by mode 'mean'"),
+        (dict(heads=[(0, 0)], means=torch.zeros(4, 4, 16)), "only used by mode 'mean'"),
     ],
 )
 def test_bad_arguments(tiny_models, kwargs, message):

@@ -21,6 +21,9 @@ from interp.core.sites import Component, Site
 from interp.models.families import FAMILIES
 from interp.models.zoo import FAMILY_CONFIGS, load_family
 
+# 22 families x two loads each: the per-family tier (`make test-conformance`), not the fast one.
+pytestmark = pytest.mark.conformance
+
 LAYERLESS = (Component.EMBED, Component.RESID_FINAL)
 
 # What each family offers through nnsight: every component a module carries, except

@@ -10,7 +10,6 @@ from pydantic import (
     Field,
     StrictBool,
     StrictStr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -18,12 +17,13 @@ from pydantic import (
 from interp.io.schema import (
     BaseExperimentConfig,
     ChatSetting,
+    ConfigPath,
     Enabled,
     FieldError,
     NonNegativeInt,
     PositiveInt,
     Section,
-    resolve_config_path,
+    Unique,
     unique_items,
 )
 
@@ -31,14 +31,14 @@ RelationName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_]+$")]
 
 
 class KnowledgeDataConfig(Section):
-    facts: Path | None = Field(
+    facts: Annotated[Path | None, ConfigPath("fact table")] = Field(
         None, description="null (the bundled data/facts.jsonl) or a path to a fact table JSONL file"
     )
     chat: ChatSetting = None
     relations: tuple[RelationName, ...] | None = Field(
         None, description="null (every relation of the table) or a list of relation names"
     )
-    heldout_relations: tuple[RelationName, ...] = Field(
+    heldout_relations: Annotated[tuple[RelationName, ...], Unique("relations")] = Field(
         ("official_language", "landmark_country", "antonym"),
         min_length=1,
         description="a non-empty list of relation names: PH3 is evaluated on these, heads are found on the others",
@@ -57,11 +57,6 @@ class KnowledgeDataConfig(Section):
         """What `interp validate` prints as the data source."""
         return f"fact table {self.facts or 'data/facts.jsonl'} (held out: {', '.join(self.heldout_relations)})"
 
-    @field_validator("facts")
-    @classmethod
-    def _resolve_facts(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        return resolve_config_path(path, info, must="file", what="fact table")
-
     @field_validator("relations")
     @classmethod
     def _relations(cls, relations: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -70,11 +65,6 @@ class KnowledgeDataConfig(Section):
                 "empty list; give relation names, or null for every relation of the table"
             )
         return None if relations is None else unique_items(relations, "relations")
-
-    @field_validator("heldout_relations")
-    @classmethod
-    def _heldout(cls, relations: tuple[str, ...]) -> tuple[str, ...]:
-        return unique_items(relations, "relations")
 
     @model_validator(mode="after")
     def _heldout_in_relations(self) -> KnowledgeDataConfig:
@@ -100,7 +90,7 @@ class HeadsConfig(Enabled):
 
 
 class PH3Config(Enabled):
-    ks: tuple[PositiveInt, ...] = Field(
+    ks: Annotated[tuple[PositiveInt, ...], Unique()] = Field(
         (3, 10), min_length=1, description="a non-empty list of integers >= 1 (heads pruned)"
     )
     n_random: NonNegativeInt = Field(
@@ -112,10 +102,6 @@ class PH3Config(Enabled):
         description="true or false: also measure closed-book accuracy on held-out facts per condition",
     )
 
-    @field_validator("ks")
-    @classmethod
-    def _unique_ks(cls, ks: tuple[int, ...]) -> tuple[int, ...]:
-        return unique_items(ks, "ks")
 
 
 class KnowledgeAnalysesConfig(Section):

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pandas as pd
 from pydantic import (
     Field,
     StrictBool,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -45,14 +44,15 @@ from interp.io.report import ReportSection
 from interp.io.schema import (
     BaseExperimentConfig,
     ChatSetting,
+    ConfigPath,
     Enabled,
     FieldError,
     MetricName,
     NonNegativeInt,
     PositiveInt,
     Section,
-    has_chat_template,
-    resolve_config_path,
+    Unique,
+    chat_setting,
     unique_items,
 )
 from interp.io.shared_steps import DlaWording, dla_step, head_patching_step
@@ -62,7 +62,7 @@ from interp.viz.mcq import rank_curves, rank_label
 
 class MCQDataConfig(Section):
     n_prompts: PositiveInt = Field(64, description="an integer >= 1 (questions; items cycle past the file's count)")
-    items: Path | None = Field(None, description="null (the bundled data/mcq_items.jsonl) or a path to an items JSONL file")
+    items: Annotated[Path | None, ConfigPath("items file")] = Field(None, description="null (the bundled data/mcq_items.jsonl) or a path to an items JSONL file")
     format: Literal["content_letter", "letter"] = "content_letter"
     chat: ChatSetting = None
     random_labels: StrictBool = Field(True, description="true or false: also build the randomised-labels control set")
@@ -73,11 +73,6 @@ class MCQDataConfig(Section):
     def source(self) -> str:
         """What `interp validate` prints as the data source."""
         return f"mcq items ({self.format}, {self.n_prompts} prompts)"
-
-    @field_validator("items")
-    @classmethod
-    def _resolve_items(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        return resolve_config_path(path, info, must="file", what="items file")
 
 
 class MCQPatchingConfig(Enabled):
@@ -94,22 +89,12 @@ class CompressionConfig(Enabled):
     select_by: Literal["dla", "patching"] = "dla"
     heads: tuple[tuple[NonNegativeInt, NonNegativeInt], ...] | None = Field(
         None, description="null (the top heads by select_by) or a list of [layer, head] pairs")
-    ranks: tuple[NonNegativeInt, ...] = Field(
+    ranks: Annotated[tuple[NonNegativeInt, ...], Unique()] = Field(
         (0, 1, 2, 3, 4, 8, 16, 64), min_length=1,
         description="a non-empty list of integers >= 0 (0 = the mean only; >= d_head = full rank)")
-    variants: tuple[Literal["q", "k", "qk"], ...] = Field(
+    variants: Annotated[tuple[Literal["q", "k", "qk"], ...], Unique()] = Field(
         ("q", "k", "qk"), min_length=1, description="a non-empty list of: q, k, qk")
     key_positions: Literal["labels", "all"] = "labels"
-
-    @field_validator("ranks")
-    @classmethod
-    def _unique_ranks(cls, ranks: tuple[int, ...]) -> tuple[int, ...]:
-        return unique_items(ranks, "ranks")
-
-    @field_validator("variants")
-    @classmethod
-    def _unique_variants(cls, variants: tuple[str, ...]) -> tuple[str, ...]:
-        return unique_items(variants, "variants")
 
     @field_validator("heads")
     @classmethod
@@ -184,7 +169,7 @@ def _fmt_curve(frame: pd.DataFrame, d_head: int) -> str:
 def check(cfg: MCQLettersConfig, tokenizer) -> list[str]:
     """The items file and the answer letters, with the tokenizer only (no weights)."""
     d = cfg.data
-    chat = has_chat_template(tokenizer) if d.chat is None else d.chat
+    chat = chat_setting(d.chat, tokenizer, cfg.model.name)
     ds = generate_mcq(d.n_prompts, tokenizer, seed=cfg.seed, fmt=d.format, chat=chat, items=d.items)
     return [f"data: {len(ds)} MCQ pairs from {d.items or 'the bundled items'}, all valid"]
 

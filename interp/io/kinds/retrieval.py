@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, StrictBool, ValidationInfo, field_validator
+from pydantic import Field, StrictBool, field_validator
 
 from interp.analyses.ablation import ABLATION_MODES, head_means
 from interp.analyses.retrieval import RETRIEVAL_THRESHOLD, retrieval_scores
@@ -40,11 +40,11 @@ from interp.io.report import ReportSection
 from interp.io.schema import (
     BaseExperimentConfig,
     ChatSetting,
+    ConfigPath,
     NonNegativeInt,
     PositiveInt,
     Section,
-    resolve_config_path,
-    unique_items,
+    Unique,
 )
 from interp.io.step import StepContext, StepResult
 from interp.viz.heatmaps import head_heatmap
@@ -54,13 +54,13 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class NeedleDataConfig(Section):
-    needles: Path | None = Field(None, description="null (the bundled data/haystack/needles.jsonl) or a JSONL path")
-    haystack: Path | None = Field(None, description="null (the bundled data/haystack prose) or a directory of *.txt")
+    needles: Annotated[Path | None, ConfigPath("needles file")] = Field(None, description="null (the bundled data/haystack/needles.jsonl) or a JSONL path")
+    haystack: Annotated[Path | None, ConfigPath("haystack directory", "dir")] = Field(None, description="null (the bundled data/haystack prose) or a directory of *.txt")
     n_needles: PositiveInt | None = Field(None, description="null (all needles) or an integer >= 1 (the first n)")
-    lengths: tuple[PositiveInt, ...] = Field(
+    lengths: Annotated[tuple[PositiveInt, ...], Unique()] = Field(
         (500, 1000, 2000), min_length=1,
         description="a non-empty list of haystack lengths in tokens (>= 1; long contexts want a GPU)")
-    depths: tuple[Fraction, ...] = Field(
+    depths: Annotated[tuple[Fraction, ...], Unique()] = Field(
         (0.2, 0.5, 0.8), min_length=1, description="a non-empty list of needle depths in [0, 1]")
     chat: ChatSetting = None
     max_new_tokens: PositiveInt = Field(32, description="an integer >= 1 (greedy answer length cap)")
@@ -71,20 +71,6 @@ class NeedleDataConfig(Section):
         return (f"needle-in-a-haystack ({len(self.lengths)} lengths x {len(self.depths)} depths x "
                 f"{self.n_needles or 'all'} needles)")
 
-    @field_validator("needles")
-    @classmethod
-    def _needles_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        return resolve_config_path(path, info, must="file", what="needles file")
-
-    @field_validator("haystack")
-    @classmethod
-    def _haystack_dir(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        return resolve_config_path(path, info, must="dir", what="haystack directory")
-
-    @field_validator("lengths", "depths")
-    @classmethod
-    def _no_repeats(cls, values: tuple, info: ValidationInfo) -> tuple:
-        return unique_items(values, info.field_name)
 
 
 class DetectionConfig(Section):
@@ -98,17 +84,12 @@ class MaskingConfig(Section):
     enabled: StrictBool = True
     k: int | str = Field(
         10, description="an integer >= 1 (the top-k heads by score) or 'retrieval' (every head above the threshold)")
-    modes: tuple[Literal["uniform", "zero", "mean"], ...] = Field(
+    modes: Annotated[tuple[Literal["uniform", "zero", "mean"], ...], Unique()] = Field(
         ("uniform", "zero", "mean"), min_length=1, description=f"a non-empty list of: {', '.join(ABLATION_MODES)}")
-    seeds: tuple[NonNegativeInt, ...] = Field((0, 1, 2), min_length=1, description="a non-empty list of integers >= 0")
+    seeds: Annotated[tuple[NonNegativeInt, ...], Unique()] = Field((0, 1, 2), min_length=1, description="a non-empty list of integers >= 0")
     n_needles: PositiveInt | None = Field(None, description="null (data.n_needles) or an integer >= 1 (the first n needles)")
     lengths: tuple[PositiveInt, ...] | None = Field(None, description="null (the detection lengths) or a list of lengths")
     depths: tuple[Fraction, ...] | None = Field(None, description="null (the detection depths) or a list of depths")
-
-    @field_validator("modes", "seeds")
-    @classmethod
-    def _no_repeats(cls, values: tuple, info: ValidationInfo) -> tuple:
-        return unique_items(values, info.field_name)
 
     @field_validator("k", mode="before")
     @classmethod

@@ -49,13 +49,13 @@ from interp.analyses.speech_compare import (
     utterance_scores,
     wer,
 )
+from interp.core.capabilities import AudioInput, has
 from interp.core.errors import ConfigError
 from interp.data.speech import SpeechDataset, generate_speech, load_speech_files
 from interp.io.kinds.speech_config import SpeechSaliencyConfig
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.step import StepContext, StepResult
-from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 from interp.viz.heatmaps import head_heatmap
 from interp.viz.speech import correlation_by_layer, deletion_curves_figure, maps_over_spectrogram
 
@@ -70,7 +70,7 @@ class _Prepared:
 
 
 def prepare(cfg: SpeechSaliencyConfig, model, log) -> _Prepared:
-    if not isinstance(model, HookedSeq2SeqModel):
+    if not has(model, AudioInput):
         raise ConfigError(f"{model.name!r} is not a speech encoder-decoder model", path="model.name")
     spec, a = model.spec, cfg.analyses
     if a.cross_attention.last_layers > spec.n_decoder_layers:

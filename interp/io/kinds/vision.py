@@ -27,6 +27,7 @@ from pydantic import Field, StrictBool, StrictStr, field_validator
 
 from interp.analyses.hallucination import attribute_spans, score_answers, summarise
 from interp.analyses.vhd import head_divergence, label_tokens, paper_layers, reinforce_heads
+from interp.core.capabilities import Generates, ImageInput, has
 from interp.core.errors import ConfigError
 from interp.data.shapes import QTYPES, ShapeItem, generate_prior_probe, generate_shapes
 from interp.io.registry import register_kind
@@ -37,6 +38,7 @@ from interp.io.schema import (
     NonNegativeInt,
     PositiveInt,
     Section,
+    Unique,
     unique_items,
 )
 from interp.io.step import StepContext, StepResult
@@ -85,7 +87,7 @@ class VHRConfig(Section):
         "outputs (one VHR run and its random controls per value)")
     layers: tuple[NonNegativeInt, ...] | None = Field(
         None, description="null (layer 1 and the last 14 layers, as the reference) or a list of layer indices")
-    random_seeds: tuple[NonNegativeInt, ...] = Field(
+    random_seeds: Annotated[tuple[NonNegativeInt, ...], Unique("random seeds")] = Field(
         (0,), description="a list of integers >= 0: one random-head control per seed (empty: no control)")
 
     @field_validator("layers")
@@ -102,10 +104,6 @@ class VHRConfig(Section):
             raise ValueError("must not be empty; give at least one factor, e.g. [2.0]")
         return unique_items(value, "alphas")
 
-    @field_validator("random_seeds")
-    @classmethod
-    def _seeds(cls, value: tuple) -> tuple:
-        return unique_items(value, "random seeds")
 
 
 class VisionAnalysesConfig(Section):
@@ -126,7 +124,7 @@ class VisionHeadsConfig(BaseExperimentConfig):
 
 
 def prepare(cfg: VisionHeadsConfig, model, log) -> list[tuple[str, ShapeItem]]:
-    if getattr(model, "modality", None) != "vision":
+    if not (has(model, ImageInput) and has(model, Generates)):
         raise ConfigError(f"{model.name} is not a vision-language model", path="model.name")
     d, size = cfg.data, model.spec.image_size
     items: list[tuple[str, ShapeItem]] = []

@@ -40,6 +40,17 @@ class HookedLM:
     prepend_bos: bool = False
     facts: Any = None  # the family's `interp.models.arch.ArchFacts` (None: unknown)
 
+    def _identify(self, name: str, hf_model: Any, tokenizer: Any, weights_sha256: str | None,
+                  prepend_bos: bool) -> None:
+        """The fields every backend sets from its wrapped HF model (device and dtype from its
+        parameters)."""
+        self.name = name
+        self.tokenizer = tokenizer
+        self.weights_sha256 = weights_sha256
+        self.prepend_bos = prepend_bos
+        p = next(hf_model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+
     # -- primitives each backend defines ---------------------------------------------------------
     def add_hook(self, site: Site, fn: HookFn) -> Handle:
         raise NotImplementedError

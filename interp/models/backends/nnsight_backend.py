@@ -58,12 +58,7 @@ class NNsightModel(HookedLM):
         hf_model.eval()
         self.hf_model = hf_model
         self.lm = TransformersModel(hf_model, task="text-generation", tokenizer=tokenizer)
-        self.name = name
-        self.tokenizer = tokenizer
-        self.weights_sha256 = weights_sha256
-        self.prepend_bos = prepend_bos
-        p = next(hf_model.parameters())
-        self.device, self.dtype = p.device, p.dtype
+        self._identify(name, hf_model, tokenizer, weights_sha256, prepend_bos)
         self.spec = _spec_from_config(hf_model)
         # Layerless rows listed before the first per-layer row run before every block.
         first_layered = next(i for i, (path, _, _) in enumerate(self.sites_table.values()) if "{layer}" in path)

@@ -64,12 +64,7 @@ class TLBridgeModel(HookedLM):
         # analyses never train weights, so freeze them all after wrapping.
         for p in self.bridge.parameters():
             p.requires_grad_(False)
-        self.name = name
-        self.tokenizer = tokenizer
-        self.weights_sha256 = weights_sha256
-        self.prepend_bos = prepend_bos
-        p = next(hf_model.parameters())
-        self.device, self.dtype = p.device, p.dtype
+        self._identify(name, hf_model, tokenizer, weights_sha256, prepend_bos)
         cfg = self.bridge.cfg
         self.spec = ModelSpec(
             n_layers=cfg.n_layers,
