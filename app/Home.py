@@ -36,10 +36,14 @@ def main() -> None:
     st.subheader("Pages")
     pages = [
         ("pages/1_Runs.py", "Runs", ":material/list_alt:", "every run: config, manifest, figures, tables, report"),
-        ("pages/2_Head_maps.py", "Head maps", ":material/grid_on:", "per-head results as layer x head maps; click a head for its details"),
-        ("pages/3_Circuits.py", "Circuits", ":material/hub:", "circuit graphs from circuit analyses; compare two circuits"),
-        ("pages/4_Atlas.py", "Atlas", ":material/menu_book:", "every per-head score of a model in one table, with correlations"),
-        ("pages/5_Live_analysis.py", "Live analysis", ":material/bolt:", "head patching and DLA on your own prompt pair"),
+        ("pages/2_Head_maps.py", "Head maps", ":material/grid_on:",
+         "per-head results as layer x head maps; click a head for its details"),
+        ("pages/3_Circuits.py", "Circuits", ":material/hub:",
+         "circuit graphs from circuit analyses; compare two circuits"),
+        ("pages/4_Atlas.py", "Atlas", ":material/menu_book:",
+         "every per-head score of a model in one table, with correlations"),
+        ("pages/5_Live_analysis.py", "Live analysis", ":material/bolt:",
+         "head patching and DLA on your own prompt pair"),
     ]
     for path, label, icon, what in pages:
         col1, col2 = st.columns([1, 4])

@@ -164,12 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     mib = 2**20
     print(f"model {args.model}, prompt {base['n_tokens']} tokens, {args.threads} thread(s)")
     print(f"baseline (eager, output_attentions): {base['seconds']:.2f} s, peak +{base['peak_bytes'] / mib:.0f} MiB")
-    print(f"ours (chunked prefill, per-layer argmax): {fast['seconds']:.2f} s, peak +{fast['peak_bytes'] / mib:.0f} MiB")
+    print(f"ours (chunked prefill, per-layer argmax): {fast['seconds']:.2f} s, "
+          f"peak +{fast['peak_bytes'] / mib:.0f} MiB")
     print(f"memory ratio (ours / baseline): {mem_ratio:.3f}  target <= {TARGET_MEMORY_RATIO}: "
           f"{'met' if mem_ratio <= TARGET_MEMORY_RATIO else 'NOT met'}")
     print(f"speed ratio (baseline time / ours): {speed:.2f}x  target >= 1: {'met' if speed >= 1 else 'NOT met'}")
     print(f"max abs difference of the per-head scores: {diff:.2e}")
-    numbers = {"model": args.model, "n_tokens": base["n_tokens"], "baseline_s": base["seconds"], "ours_s": fast["seconds"],
+    numbers = {"model": args.model, "n_tokens": base["n_tokens"],
+               "baseline_s": base["seconds"], "ours_s": fast["seconds"],
                "baseline_peak_bytes": base["peak_bytes"], "ours_peak_bytes": fast["peak_bytes"],
                "memory_ratio": mem_ratio, "speed_ratio": speed, "max_abs_diff": diff}
     if args.json:

@@ -81,7 +81,8 @@ def _saved_figures(run) -> None:
     for i, name in enumerate(saved):
         cols[i % len(cols)].download_button(
             f"{name}.html", common.figure_bytes(run, name), on_click="ignore",
-            file_name=f"{run.run_id}-{name}.html", mime="text/html", icon=":material/download:", key=f"runs_dl_fig_{name}")
+            file_name=f"{run.run_id}-{name}.html", mime="text/html", icon=":material/download:",
+            key=f"runs_dl_fig_{name}")
 
 
 def show_summary(run) -> None:
@@ -156,12 +157,15 @@ def show_run(run_id: str) -> None:
     links = st.columns([1, 1, 1, 3])
     report = run.path / REPORT_FILE
     if report.is_file():
-        links[0].download_button("report.html", common.file_bytes(report), on_click="ignore", file_name=f"{run.run_id}-report.html",
+        links[0].download_button("report.html", common.file_bytes(report), on_click="ignore",
+                                 file_name=f"{run.run_id}-report.html",
                                  mime="text/html", icon=":material/download:", key="runs_dl_report")
-    links[1].page_link("pages/2_Head_maps.py", label="Head maps", icon=":material/grid_on:", query_params={"run": run.run_id})
+    links[1].page_link("pages/2_Head_maps.py", label="Head maps", icon=":material/grid_on:",
+                       query_params={"run": run.run_id})
     links[2].download_button("manifest.json", json.dumps(manifest, indent=2), file_name=f"{run.run_id}-manifest.json",
                              mime="application/json", icon=":material/download:", key="runs_dl_manifest")
-    st.caption(f"Directory: `{run.path}`" + (f" · experiment `{manifest['experiment']}`" if manifest.get("experiment") else ""))
+    st.caption(f"Directory: `{run.path}`"
+               + (f" · experiment `{manifest['experiment']}`" if manifest.get("experiment") else ""))
 
     tab_sum, tab_tables, tab_cfg, tab_man, tab_rep = st.tabs(["Summary", "Tables", "Config", "Manifest", "Report"])
     with tab_sum, common.guard("Showing the summary"):

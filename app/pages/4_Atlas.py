@@ -43,7 +43,8 @@ def main() -> None:
             layer_range = f[0].slider("Layers", lo, hi, (lo, hi), key=f"atlas_layers_{model}")
         sort_by = f[1].selectbox("Sort by |score|", [*chosen, "(layer, head)"], key=f"atlas_sort_{model}",
                                  help="Largest |value| first; or click a column header of the table")
-        top = f[2].number_input("Show top", 1, max(1, len(sub.table)), min(50, len(sub.table)), key=f"atlas_top_{model}")
+        top = f[2].number_input("Show top", 1, max(1, len(sub.table)), min(50, len(sub.table)),
+                                key=f"atlas_top_{model}")
         view = atlas.select(model, scores=chosen, layers=tuple(layer_range),
                             sort_by=None if sort_by == "(layer, head)" else sort_by, top=int(top))
         st.dataframe(view, hide_index=True, width="stretch", height=420,

@@ -75,7 +75,8 @@ def _save_row(result, res_model) -> None:
     saved = st.session_state.get("live_saved")
     if saved:
         s[2].success(f"Saved as run **{saved}** in `{common.runs_dir()}`")
-        s[2].page_link("pages/1_Runs.py", label="Open it in Runs", icon=":material/list_alt:", query_params={"run": saved})
+        s[2].page_link("pages/1_Runs.py", label="Open it in Runs", icon=":material/list_alt:",
+                       query_params={"run": saved})
 
 
 def _results(result, res_model) -> None:
@@ -108,7 +109,8 @@ def _results(result, res_model) -> None:
     with map_col, common.guard("Drawing the patching map"):
         st.plotly_chart(clickable_head_map(frame, "normalised", title=f"Head patching ({pr.direction}, normalised)",
                                            selected=(layer, head)),
-                        key="live_chart", on_select=common.on_head_click("live_chart", picker_key, options), selection_mode=("points", "box"), width="stretch")
+                        key="live_chart", on_select=common.on_head_click("live_chart", picker_key, options),
+                        selection_mode=("points", "box"), width="stretch")
 
     d1, d2 = st.columns(2)
     with d1, common.guard("Drawing the DLA"):
@@ -132,11 +134,13 @@ def main() -> None:
 
     # --- prompts -----------------------------------------------------------------------------------------
     p = st.columns(2)
-    clean = p[0].text_input("Clean prompt", "When Mary and John went to the store, John gave a drink to", key="live_clean")
+    clean = p[0].text_input("Clean prompt", "When Mary and John went to the store, John gave a drink to",
+                            key="live_clean")
     corrupt = p[1].text_input("Corrupt prompt (same number of tokens)",
                               "When Alice and Bob went to the store, Carl gave a drink to", key="live_corrupt")
     q = st.columns(3)
-    answer = q[0].text_input("Answer token", " Mary", key="live_answer", help="one token; a leading space usually matters")
+    answer = q[0].text_input("Answer token", " Mary", key="live_answer",
+                             help="one token; a leading space usually matters")
     distractor = q[1].text_input("Distractor token", " John", key="live_distractor")
     metrics = allowed_metrics()
     metric = q[2].selectbox("Metric", metrics, index=metrics.index("logit_diff") if "logit_diff" in metrics else 0,

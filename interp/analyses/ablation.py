@@ -162,8 +162,8 @@ def head_means(
     return total / count
 
 
-def matched_random_heads(n_layers: int, n_heads: int, selected: Sequence[tuple[int, int]], exclude: set[tuple[int, int]],
-                         seed: int) -> list[tuple[int, int]]:
+def matched_random_heads(n_layers: int, n_heads: int, selected: Sequence[tuple[int, int]],
+                         exclude: set[tuple[int, int]], seed: int) -> list[tuple[int, int]]:
     """One random head per selected head, from the same layer when possible (else the nearest
     layer with a free head), never in `exclude` or `selected`, without repeats."""
     rng = random.Random(seed)

@@ -91,12 +91,19 @@ def _batch_estimates(model: HookedModel, pb: PairBatch, metric: Metric, *, posit
         "corrupt_metric": corrupt_metric,
     }
     # (prompt, layer, head): sum over positions and d_head
-    out["z"] = torch.stack([((clean_acts[Site("z", layer=l)] - acts[Site("z", layer=l)]) * grads[Site("z", layer=l)]).sum((1, 3)) for l in range(L)], 1)  # noqa: E741
-    out["mlp"] = torch.stack([((clean_acts[Site("mlp_out", layer=l)] - acts[Site("mlp_out", layer=l)]) * grads[Site("mlp_out", layer=l)]).sum((1, 2)) for l in range(L)], 1)  # noqa: E741
+    out["z"] = torch.stack([
+        ((clean_acts[Site("z", layer=l)] - acts[Site("z", layer=l)]) * grads[Site("z", layer=l)]).sum((1, 3))
+        for l in range(L)], 1)  # noqa: E741
+    out["mlp"] = torch.stack([
+        ((clean_acts[Site("mlp_out", layer=l)] - acts[Site("mlp_out", layer=l)])
+         * grads[Site("mlp_out", layer=l)]).sum((1, 2))
+        for l in range(L)], 1)  # noqa: E741
     if positions:
         # (prompt, component, layer, position)
         out["residual"] = torch.stack([
-            torch.stack([((clean_acts[Site(c, layer=l)] - acts[Site(c, layer=l)]) * grads[Site(c, layer=l)]).sum(-1) for l in range(L)], 1)  # noqa: E741
+            torch.stack([
+                ((clean_acts[Site(c, layer=l)] - acts[Site(c, layer=l)]) * grads[Site(c, layer=l)]).sum(-1)
+                for l in range(L)], 1)  # noqa: E741
             for c in POSITION_COMPONENTS], 1)
     if qk_fix:
         out["q"], out["k"] = _qk_fix(model, clean_acts, acts, grads)
@@ -184,7 +191,8 @@ def agreement(estimate: PatchingResult, exact: PatchingResult, k: int = 10) -> d
     """How well an estimate ranks sites like exact patching: Spearman and Pearson correlation
     of the effects, and the overlap of the top-k sites by |effect|."""
     if estimate.values.shape != exact.values.shape:
-        raise InterpError(f"shapes differ: estimate {tuple(estimate.values.shape)} vs exact {tuple(exact.values.shape)}")
+        raise InterpError(f"shapes differ: estimate {tuple(estimate.values.shape)} "
+                          f"vs exact {tuple(exact.values.shape)}")
     e = (estimate.values - estimate.corrupt_metric).flatten().numpy()
     x = (exact.values - exact.corrupt_metric).flatten().numpy()
     if exact.direction == "noising":

@@ -120,7 +120,8 @@ class CrossAttentionResult:
 
 
 def cross_attention_maps(
-    model: HookedSeq2SeqModel, features: Tensor, token_ids: Sequence[int], *, n_frames: int | None = None, utterance: str = ""
+    model: HookedSeq2SeqModel, features: Tensor, token_ids: Sequence[int], *,
+    n_frames: int | None = None, utterance: str = "",
 ) -> CrossAttentionResult:
     """Cross-attention of every decoder layer and head while teacher-forcing `token_ids` on one
     utterance's features (1, n_mels, frames), cut to the first `n_frames` encoder frames."""

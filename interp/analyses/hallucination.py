@@ -55,5 +55,6 @@ def attribute_spans(texts: Sequence[str], items: Sequence[tuple[str, ShapeItem]]
     out = []
     for text, (_, it) in zip(texts, items, strict=True):
         truth = it.scene.attributes()
-        out.append([(s, e, "correct" if v in truth[k] else "hallucinated") for _, k, v, s, e in attribute_mentions(text)])
+        out.append([(s, e, "correct" if v in truth[k] else "hallucinated")
+                    for _, k, v, s, e in attribute_mentions(text)])
     return out

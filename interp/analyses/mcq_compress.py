@@ -304,7 +304,8 @@ def compress_qk(
         for hi, head in enumerate(heads):
             for vi, v in enumerate(variants):
                 for ri, r in enumerate(ranks):
-                    ld_sum[hi, vi, ri, ci], acc_sum[hi, vi, ri, ci] = _compressed_sums(model, batches, fits[fit][head], v, r)
+                    ld_sum[hi, vi, ri, ci], acc_sum[hi, vi, ri, ci] = _compressed_sums(
+                        model, batches, fits[fit][head], v, r)
                     done += 1
                     if progress:
                         progress(done, total)

@@ -92,7 +92,8 @@ def _check(model: HookedModel, receivers: Sequence[Receiver]) -> None:
         raise InterpError("mix of logits and head receivers; path-patch them in separate calls")
     for r in receivers:
         if r.layer is not None and not (0 <= r.layer < model.spec.n_layers and 0 <= r.head < model.spec.n_heads):  # type: ignore[operator]
-            raise InterpError(f"receiver {r} is outside the model ({model.spec.n_layers} layers, {model.spec.n_heads} heads)")
+            raise InterpError(f"receiver {r} is outside the model "
+                              f"({model.spec.n_layers} layers, {model.spec.n_heads} heads)")
 
 
 @torch.no_grad()
@@ -258,7 +259,8 @@ def _grouped_value_hooks(model: HookedModel, layer: int, v_heads: list[int], rec
                 f"its values here (max deviation {err:.2e}), so recorded values cannot be substituted")
         t = t.clone()
         for h in v_heads:
-            t[:, :, h] = torch.einsum("bqk,bkd->bqd", pattern[:, h], rec_v[:, :, h // group].to(pattern.dtype)).to(t.dtype)
+            t[:, :, h] = torch.einsum(
+                "bqk,bkd->bqd", pattern[:, h], rec_v[:, :, h // group].to(pattern.dtype)).to(t.dtype)
         return t
 
     return [(Site("v", layer=layer), keep("v")), (Site("pattern", layer=layer), keep("pattern")),

@@ -136,7 +136,8 @@ def masking_test(
     for condition, mode, seed, chosen in plan:
         if chosen:
             with ablated_heads(model, chosen, mode=mode, means=means if mode == "mean" else None):
-                answers = niah_answers(model, trials, max_new_tokens=max_new_tokens, chunk_size=chunk_size, progress=tick)
+                answers = niah_answers(model, trials, max_new_tokens=max_new_tokens, chunk_size=chunk_size,
+                                       progress=tick)
         else:
             answers = niah_answers(model, trials, max_new_tokens=max_new_tokens, chunk_size=chunk_size, progress=tick)
         correct = [r > KEEP_RECALL for _, r in answers]

@@ -102,7 +102,9 @@ def pool_to_frames(fine: Tensor, ratio: int, pooling: str) -> Float[Tensor, "tok
     return x.reshape(T, M, frames, ratio).sum(dim=(1, 3)) / counts
 
 
-def _gold_log_probs(model: HookedSeq2SeqModel, feats: Tensor, token_ids: Sequence[int]) -> Float[Tensor, "batch token vocab"]:
+def _gold_log_probs(
+    model: HookedSeq2SeqModel, feats: Tensor, token_ids: Sequence[int],
+) -> Float[Tensor, "batch token vocab"]:
     return torch.log_softmax(model.forced_logits(feats, token_ids).float(), dim=-1)
 
 
@@ -119,7 +121,8 @@ def _grid(n_frames: int, n_mels: int, patch_frames: int, patch_mels: int) -> lis
     ]
 
 
-def _check_common(model: HookedSeq2SeqModel, features: Tensor, token_ids: Sequence[int], n_mel_frames: int, pooling: str) -> None:
+def _check_common(model: HookedSeq2SeqModel, features: Tensor, token_ids: Sequence[int], n_mel_frames: int,
+                  pooling: str) -> None:
     if features.ndim != 3 or features.shape[0] != 1:
         raise ValueError(f"features must hold one utterance, shape (1, mels, frames); got {tuple(features.shape)}")
     if not token_ids:

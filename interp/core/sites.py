@@ -81,7 +81,8 @@ _LAYOUT: dict[Component, tuple[int | None, int | None, bool]] = {
 }
 
 _STACKS = "|".join(st.value for st in Stack)
-_PATTERN = re.compile(rf"^(?:(?P<stack>{_STACKS})\.)?(?P<comp>[a-z_]+)(?:\.L(?P<layer>\d+))?(?:\.H(?P<head>\d+))?(?:\.P(?P<pos>-?\d+))?$")
+_PATTERN = re.compile(rf"^(?:(?P<stack>{_STACKS})\.)?(?P<comp>[a-z_]+)"
+                      rf"(?:\.L(?P<layer>\d+))?(?:\.H(?P<head>\d+))?(?:\.P(?P<pos>-?\d+))?$")
 
 
 E = TypeVar("E", Component, Stack)

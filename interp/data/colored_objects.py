@@ -71,7 +71,8 @@ def generate_colored_objects(n: int, tokenizer, *, seed: int = 0, n_objects: int
             "option_ids": [_single(tokenizer, c) for c in colours],
             "colour_positions": [pos[c] for c in colours],
             # the answer colour's position, under the role name the copy score uses
-            "positions": {"IO": pos[colours[q]], "END": len(tokenizer(clean, add_special_tokens=False)["input_ids"]) - 1},
+            "positions": {"IO": pos[colours[q]],
+                          "END": len(tokenizer(clean, add_special_tokens=False)["input_ids"]) - 1},
         }
         pairs.append(PromptPair(clean, corrupt, " " + colours[q], " " + colours[q2], meta))
     return PairDataset(tuple(pairs), f"colored-objects-n{n}-seed{seed}",

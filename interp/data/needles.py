@@ -81,7 +81,8 @@ def load_needles(path: str | Path | None = None) -> list[Needle]:
         if not isinstance(row, dict):
             raise DatasetError("each line must be a JSON object with needle, question, answer",
                                line=i, file=str(path))
-        check_keys(row, NEEDLE_KEYS, NEEDLE_KEYS, line=i, file=str(path), needs=f"a needle needs {', '.join(NEEDLE_KEYS)}")
+        check_keys(row, NEEDLE_KEYS, NEEDLE_KEYS, line=i, file=str(path),
+                   needs=f"a needle needs {', '.join(NEEDLE_KEYS)}")
         for key in NEEDLE_KEYS:
             if not isinstance(row[key], str) or not row[key].strip():
                 raise DatasetError(f"field {key!r} must be a non-empty string", line=i, file=str(path))

@@ -249,7 +249,8 @@ def read_wav(path: str | Path, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 def _check_clip(audio: np.ndarray, where: str) -> None:
     seconds = len(audio) / SAMPLE_RATE
     if seconds > MAX_SECONDS:
-        raise DatasetError(f"{where}: clip is {seconds:.1f} s long; at most {MAX_SECONDS:.0f} s (one Whisper window) is allowed")
+        raise DatasetError(f"{where}: clip is {seconds:.1f} s long; "
+                           f"at most {MAX_SECONDS:.0f} s (one Whisper window) is allowed")
 
 
 def load_speech_files(path: str | Path) -> SpeechDataset:

@@ -219,7 +219,8 @@ class Atlas:
         rows = [{"a": a, "b": b, "spearman": rho.loc[a, b], "top_k_overlap": overlap.loc[a, b]}
                 for i, a in enumerate(cols) for b in cols[i + 1:]]
         df = pd.DataFrame(rows)
-        return df.reindex(df["spearman"].abs().sort_values(ascending=False, na_position="last").index).reset_index(drop=True)
+        order = df["spearman"].abs().sort_values(ascending=False, na_position="last").index
+        return df.reindex(order).reset_index(drop=True)
 
 
 def _usable_manifest(row: Any, model: str | None, notes: list[str]) -> dict[str, Any] | None:

@@ -168,7 +168,8 @@ def _check_output_head(x: _Inputs) -> Verdict:
         logits, cache = model.run_with_cache(x.pb.clean.to(model.device), [Site("resid_final")])
         ours = model.unembed(cache[Site("resid_final")])
         err = float((ours - logits).abs().max() / logits.abs().max())
-    return _verdict("output head", err, TOL, f"unembed(final residual) vs logits ({facts.tail.describe() if facts else ''})")
+    return _verdict("output head", err, TOL,
+                    f"unembed(final residual) vs logits ({facts.tail.describe() if facts else ''})")
 
 
 def _check_parity(x: _Inputs) -> Verdict:
@@ -190,7 +191,8 @@ def _check_heads(x: _Inputs) -> Verdict:
     res = patching.patch_heads(x.model, x.same)
     err = _gap(res.values, res.clean_metric)
     # real corruptions: the resumed, batched sweep equals a plain forward with one patch
-    sites = [Site("z", layer=L - 1, head=0), Site("z", layer=0, head=H - 1), Site("z", layer=L // 2, head=0, position=-1)]
+    sites = [Site("z", layer=L - 1, head=0), Site("z", layer=0, head=H - 1),
+             Site("z", layer=L // 2, head=0, position=-1)]
     swept = patching.sweep_sites(x.model, x.pb, sites).mean(1)
     err2 = _plain_patch_gap(x.model, x.pb, sites, swept)
     return _verdict("head patching", max(err, err2), x.bound, "identity and resumed-vs-full sweeps")
@@ -233,7 +235,8 @@ def _check_dla(x: _Inputs) -> Verdict:
     from interp.analyses.dla import direct_logit_attribution
 
     d = direct_logit_attribution(x.model, x.pairs)
-    detail = f"parts sum within {d.max_abs_error:.1e}; attention remainder {d.max_remainder:.1e} of the largest head term"
+    detail = (f"parts sum within {d.max_abs_error:.1e}; "
+              f"attention remainder {d.max_remainder:.1e} of the largest head term")
     if d.verdict == "exact":
         return Verdict("DLA", "exact", detail)
     return Verdict("DLA", "approximate", detail + "; " + "; ".join(d.approximations[1:]))

@@ -177,7 +177,8 @@ def _summary(result: LiveResult) -> list[str]:
     top = result.patching.top(5)
     heads = ", ".join(f"L{r.layer}H{r.head} ({r.normalised:+.2f})" for r in top.itertuples())
     return [
-        f"{result.patching.metric}: clean {result.patching.clean_metric:.3f}, corrupt {result.patching.corrupt_metric:.3f}",
+        f"{result.patching.metric}: clean {result.patching.clean_metric:.3f}, "
+        f"corrupt {result.patching.corrupt_metric:.3f}",
         f"top heads by patching: {heads}",
         f"DLA parts sum to the logit difference within {result.dla.max_abs_error:.2e}",
     ]

@@ -89,8 +89,9 @@ def manifest_lock(path: Path) -> threading.RLock:
 # plotly.js is 4.8 MB; report.html inlines it once (self-contained), so the figure files share
 # a gzip copy (1.9 MB as base64) that the browser unpacks (DecompressionStream: Chrome 80,
 # Firefox 113, Safari 16.4). Until it is unpacked, `Plotly.newPlot` calls are queued.
-_LOADER = """/* plotly.js (of the plotly %(version)s Python package), gzip + base64; unpacked in the browser, then run. */
-(function () {
+_LOADER = ("/* plotly.js (of the plotly %(version)s Python package), gzip + base64; "
+           "unpacked in the browser, then run. */\n"
+           """(function () {
   var queue = [];
   window.Plotly = {newPlot: function () {
     var args = arguments;
@@ -105,7 +106,7 @@ _LOADER = """/* plotly.js (of the plotly %(version)s Python package), gzip + bas
     queue.forEach(function (q) { q[1](window.Plotly.newPlot.apply(window.Plotly, q[0])); });
   });
 })();
-"""
+""")
 
 
 @functools.cache

@@ -290,7 +290,8 @@ def build_manifest(
         "git_dirty": dirty,
         "hostname": socket.gethostname(),
         "pid": os.getpid(),  # with hostname: a run whose process is gone shows as interrupted
-        "created_at": _now().isoformat(timespec="microseconds"),  # microseconds: runs made within one second still sort newest first
+        # microseconds: runs made within one second still sort newest first
+        "created_at": _now().isoformat(timespec="microseconds"),
         "finished_at": None,
         "status": "running",
     }

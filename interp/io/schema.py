@@ -33,7 +33,8 @@ from interp.models.registry import describe_model_name
 __all__ = [
     "Section", "FieldError", "ModelConfig", "OutputConfig", "BaseExperimentConfig", "Enabled",
     "PositiveInt", "NonNegativeInt", "MetricName", "ChatSetting", "allowed_metrics",
-    "resolve_config_path", "unique_items", "non_empty", "Unique", "ConfigPath", "has_chat_template", "resolve_chat", "chat_setting",
+    "resolve_config_path", "unique_items", "non_empty", "Unique", "ConfigPath", "has_chat_template", "resolve_chat",
+    "chat_setting",
     "resolve_prepend_bos", "resolve_for_model",
 ]
 

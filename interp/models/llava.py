@@ -128,7 +128,8 @@ def load_llava(name: str, *, local_only: bool = True, device: torch.device | str
             from transformers import AutoImageProcessor
 
             processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=local_only)
-            size = processor.crop_size["height"] if hasattr(processor, "crop_size") else hf.config.vision_config.image_size
+            size = (processor.crop_size["height"] if hasattr(processor, "crop_size")
+                    else hf.config.vision_config.image_size)
             meta = {"image_size": int(size), "image_mean": processor.image_mean, "image_std": processor.image_std}
             sha = getattr(hf.config, "_commit_hash", None)
     except OSError as e:

@@ -74,7 +74,9 @@ def _batch_loss(vlm: Any, projector: Any, feats: torch.Tensor, examples: Any, bf
     return F.cross_entropy(logits.float(), torch.tensor(tgt_ids))
 
 
-def accuracy(vlm: Any, ds: Any, *, with_image: bool, batch: int = 16, max_new_tokens: int = 10) -> tuple[float, list[str]]:
+def accuracy(
+    vlm: Any, ds: Any, *, with_image: bool, batch: int = 16, max_new_tokens: int = 10,
+) -> tuple[float, list[str]]:
     texts = []
     for i in range(0, len(ds), batch):
         items = ds.items[i:i + batch]

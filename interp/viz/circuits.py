@@ -37,10 +37,13 @@ def circuit_graph(nodes: pd.DataFrame, edges: pd.DataFrame, *, threshold: float 
             dst = (logits_x, -1.0)
         else:
             dst = pos.get((int(e.receiver_layer), int(e.receiver_head)), (int(e.receiver_layer), int(e.receiver_head)))
+        receiver = (e.receiver_input if e.receiver_input == "logits"
+                    else f"L{int(e.receiver_layer)}H{int(e.receiver_head)}.{e.receiver_input}")
         fig.add_trace(go.Scatter(
             x=[src[0], dst[0]], y=[src[1], dst[1]], mode="lines", showlegend=False, hoverinfo="text",
-            text=f"L{e.sender_layer}H{e.sender_head} -> {e.receiver_input if e.receiver_input == 'logits' else f'L{int(e.receiver_layer)}H{int(e.receiver_head)}.{e.receiver_input}'}: {e.strength:+.3f}",
-            line={"width": 1 + 6 * abs(e.strength) / max_s, "color": "rgba(60,60,60,0.5)" if e.strength >= 0 else "rgba(214,39,40,0.5)"},
+            text=f"L{e.sender_layer}H{e.sender_head} -> {receiver}: {e.strength:+.3f}",
+            line={"width": 1 + 6 * abs(e.strength) / max_s,
+                  "color": "rgba(60,60,60,0.5)" if e.strength >= 0 else "rgba(214,39,40,0.5)"},
         ))
     for cls, group in nodes.groupby("class"):
         fig.add_trace(go.Scatter(

@@ -31,7 +31,8 @@ def rank_curves(frame: pd.DataFrame, condition: str, d_head: int, title: str = "
             fig.add_trace(go.Scatter(
                 x=x, y=g[value], mode="lines+markers", name=f"{label} {variant}", legendgroup=f"{label} {variant}",
                 showlegend=col == 1, line={"dash": dash.get(variant, "solid")},
-                hovertemplate=f"{label} {variant}<br>rank %{{x}}<br>{value} = %{{y:.3f}}<extra></extra>"), row=1, col=col)
+                hovertemplate=f"{label} {variant}<br>rank %{{x}}<br>{value} = %{{y:.3f}}<extra></extra>"),
+            row=1, col=col)
     for col in (1, 2):
         fig.update_xaxes(title_text="rank", type="category", categoryorder="array", categoryarray=ticks, row=1, col=col)
     fig.update_yaxes(title_text="share of the unablated model", row=1, col=1)

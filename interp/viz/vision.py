@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 LABEL_ORDER = ("correct", "hallucinated", "other")
-METRICS = (("accuracy", "accuracy"), ("chair_i", "CHAIR_i"), ("chair_s", "CHAIR_s"), ("prior_rate", "prior colour rate"))
+METRICS = (("accuracy", "accuracy"), ("chair_i", "CHAIR_i"), ("chair_s", "CHAIR_s"),
+           ("prior_rate", "prior colour rate"))
 
 
 def tvhd_box(tokens: pd.DataFrame, title: str = "") -> go.Figure:
@@ -44,7 +45,8 @@ def alpha_curves(summary: pd.DataFrame, title: str = "") -> go.Figure:
             if method == "random" and part["seed"].nunique() > 1:
                 fig.add_trace(go.Scatter(x=part["alpha"], y=part[key], mode="markers", showlegend=False,
                                          marker={"color": colour, "size": 5, "opacity": 0.5},
-                                         hovertemplate=f"random seed<br>alpha %{{x}}<br>{label} = %{{y:.3f}}<extra></extra>"),
+                                         hovertemplate=f"random seed<br>alpha %{{x}}<br>{label} = "
+                                                       "%{y:.3f}<extra></extra>"),
                               row=1, col=col)
         if len(base):
             fig.add_hline(y=float(base[key].iloc[0]), line_dash="dot", row=1, col=col)

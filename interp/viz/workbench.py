@@ -158,7 +158,8 @@ def circuit_graph(
             text=[f"L{lay}H{h}" for lay, h in heads], textposition="top center",
             marker={"size": 14 + 16 * part["score"].abs() / max_score,
                     "color": class_colour(str(cls)),
-                    "line": {"width": [4 if r else 1 for r in ring], "color": ["black" if r else "white" for r in ring]}},
+                    "line": {"width": [4 if r else 1 for r in ring],
+                             "color": ["black" if r else "white" for r in ring]}},
             customdata=part[["score"]].to_numpy(),
             hovertemplate=f"%{{text}}<br>class {cls}<br>score %{{customdata[0]:.3g}}<extra></extra>",
         ))

@@ -137,5 +137,6 @@ def test_empty_dataset_is_one_clear_error(tiny_model):
     from interp.core.errors import DatasetError
     from interp.data.pairs import TokenizedPairs
 
-    with pytest.raises(DatasetError, match="^direct logit attribution needs at least one prompt pair; the dataset is empty$"):
+    with pytest.raises(DatasetError,
+                       match="^direct logit attribution needs at least one prompt pair; the dataset is empty$"):
         direct_logit_attribution(tiny_model, TokenizedPairs([], 0))

@@ -49,7 +49,8 @@ def _raw_path_patch(raw, pb, sender, receivers, freeze_mlps=False):
                 h.remove()
 
     clean_z, clean_mlp, corrupt_z = {}, {}, {}
-    run(pb.clean, pre=lambda i, a: clean_z.__setitem__(i, a[0].clone()), post=lambda i, o: clean_mlp.__setitem__(i, o.clone()))
+    run(pb.clean, pre=lambda i, a: clean_z.__setitem__(i, a[0].clone()),
+        post=lambda i, o: clean_mlp.__setitem__(i, o.clone()))
     run(pb.corrupt, pre=lambda i, a: corrupt_z.__setitem__(i, a[0].clone()))
 
     def freeze(i, a):

@@ -40,7 +40,8 @@ CIRCUIT_A_NODES = pd.DataFrame(
 )
 CIRCUIT_A_EDGES = pd.DataFrame(
     {"sender_layer": [3, 2, 2, 1], "sender_head": [1, 0, 0, 2],
-     "receiver_layer": pd.array([None, 3, 3, 2], dtype="Int64"), "receiver_head": pd.array([None, 1, 3, 0], dtype="Int64"),
+     "receiver_layer": pd.array([None, 3, 3, 2], dtype="Int64"),
+     "receiver_head": pd.array([None, 1, 3, 0], dtype="Int64"),
      "receiver_input": ["logits", "q", "q", "k"], "strength": [0.9, 0.5, 0.25, -0.1]}
 )
 CIRCUIT_B_NODES = pd.DataFrame(

@@ -37,7 +37,8 @@ def test_live_result_is_consistent_with_the_model(tiny_llama, result, assert_cle
     assert float(res.dla.logit_diff[0]) == pytest.approx(res.patching.clean_metric, abs=1e-4)
     assert res.dla.max_abs_error < 1e-3
     tokens = res.token_frame()
-    assert tokens["differs"].sum() == 3 and tokens.loc[tokens["differs"], "clean"].str.strip().tolist() == ["Mary", "John", "John"]
+    assert (tokens["differs"].sum() == 3
+            and tokens.loc[tokens["differs"], "clean"].str.strip().tolist() == ["Mary", "John", "John"])
     assert len(res.head_dla_frame()) == 16
     assert_clean(tiny_llama)
 

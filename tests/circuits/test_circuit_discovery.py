@@ -59,7 +59,8 @@ def test_discover_circuit_tables_and_faithfulness(model):
     pairs = tokenize_pairs(ds, model.tokenizer)
     c = discover_circuit(model, pairs, ds, threshold=0.0)
     assert {"layer", "head", "class", "score", "copy_score"} <= set(c.nodes.columns)
-    assert {"sender_layer", "sender_head", "receiver_layer", "receiver_head", "receiver_input", "strength"} <= set(c.edges.columns)
+    assert ({"sender_layer", "sender_head", "receiver_layer", "receiver_head", "receiver_input", "strength"}
+            <= set(c.edges.columns))
     movers = c.nodes[c.nodes["class"] == "name_mover"]
     assert len(movers) >= 1
     eff = 1.0 - c.maps["to_logits"].normalised
@@ -112,7 +113,8 @@ def test_option_accuracy_and_intervention(model):
 
 def test_circuit_kind_end_to_end_and_errors(tmp_path, capsys):
     runs = tmp_path / "runs"
-    ioi = {"kind": "circuit", "name": "c_ioi", "model": {"name": "tiny-llama"}, "data": {"n_prompts": 2, "templates": [0]}}
+    ioi = {"kind": "circuit", "name": "c_ioi", "model": {"name": "tiny-llama"},
+           "data": {"n_prompts": 2, "templates": [0]}}
     p = tmp_path / "ioi.yaml"
     p.write_text(yaml.safe_dump(ioi))
     assert main(["run", str(p), "--runs-dir", str(runs), "--quiet"]) == 0

@@ -234,21 +234,26 @@ class RawModel:
                     keep(self.layers[i].register_forward_pre_hook(pre, with_kwargs=True))
                 if attn_out is not None:
                     keep(self.attn[i].register_forward_hook(
-                        lambda _m, _a, out, i=i: None if (new := attn_out(i, _first(out))) is None else _with_first(out, new)))
+                        lambda _m, _a, out, i=i: (
+                            None if (new := attn_out(i, _first(out))) is None else _with_first(out, new))))
                 if mlp_out is not None:
                     keep(self.mlp[i].register_forward_hook(
-                        lambda _m, _a, out, i=i: None if (new := mlp_out(i, _first(out))) is None else _with_first(out, new)))
+                        lambda _m, _a, out, i=i: (
+                            None if (new := mlp_out(i, _first(out))) is None else _with_first(out, new))))
                 for fn, post, mod in ((attn_write, self.post_attn_norm, self.attn[i]),
                                       (mlp_write, self.post_mlp_norm, self.mlp[i])):
                     if fn is not None:
                         keep((post[i] if post is not None else mod).register_forward_hook(
-                            lambda _m, _a, out, i=i, fn=fn: None if (new := fn(i, _first(out))) is None else _with_first(out, new)))
+                            lambda _m, _a, out, i=i, fn=fn: (
+                                None if (new := fn(i, _first(out))) is None else _with_first(out, new))))
                 if pattern is not None:
                     keep(self.core[i].register_forward_hook(lambda _m, _a, out, i=i: _observe(pattern, i, out[1])))
                 if norm_in is not None and self.post_attn_norm is not None:
-                    keep(self.post_attn_norm[i].register_forward_pre_hook(lambda _m, args, i=i: _observe(norm_in, i, args[0])))
+                    keep(self.post_attn_norm[i].register_forward_pre_hook(
+                        lambda _m, args, i=i: _observe(norm_in, i, args[0])))
                 if mlp_norm_in is not None and self.post_mlp_norm is not None:
-                    keep(self.post_mlp_norm[i].register_forward_pre_hook(lambda _m, args, i=i: _observe(mlp_norm_in, i, args[0])))
+                    keep(self.post_mlp_norm[i].register_forward_pre_hook(
+                        lambda _m, args, i=i: _observe(mlp_norm_in, i, args[0])))
             if final_in is not None:
                 keep(self.final_norm.register_forward_pre_hook(lambda _m, args: _observe(final_in, args[0])))
             if embed_leaf:
@@ -277,7 +282,8 @@ class RawModel:
                     return orig(module, q, k, v, *args, **kwargs)
                 k, v = _expand(k, H), _expand(v, H)
                 if not hasattr(module, "num_key_value_groups"):
-                    raise ReferenceSelfCheckError(f"{type(module).__name__} has grouped keys but no num_key_value_groups")
+                    raise ReferenceSelfCheckError(
+                        f"{type(module).__name__} has grouped keys but no num_key_value_groups")
                 saved = module.num_key_value_groups
                 module.num_key_value_groups = 1  # keys/values are already per query head
                 try:
@@ -487,9 +493,10 @@ class RawModel:
         """Denoising AtP, per prompt: effect = (a_clean - a_corrupt) . dM/da on the corrupt run
         (M = summed logit difference), from raw autograd.
         z: (prompt, layer, head) summed over positions; mlp: (prompt, layer); residual:
-        (prompt, component, layer, position) for resid_pre, attn_out, mlp_out; q / k (AtP* QK fix): (prompt, layer, head), the
-        head's exact pattern with its query (keys) from the clean run, computed by the model's
-        own attention in a corrupt forward, minus the corrupt pattern, dotted with dM/dpattern.
+        (prompt, component, layer, position) for resid_pre, attn_out, mlp_out; q / k (AtP* QK fix):
+        (prompt, layer, head), the head's exact pattern with its query (keys) from the clean run,
+        computed by the model's own attention in a corrupt forward, minus the corrupt pattern,
+        dotted with dM/dpattern.
 
         AtP depends on where a nonlinear per-position map sits: attn_out / mlp_out are taken at
         the write into the residual stream (`attn_write` / `mlp_write`: after the Gemma 2/3 and
@@ -520,7 +527,8 @@ class RawModel:
                     raise ReferenceSelfCheckError(f"no gradient reached {name} of layer {i}")
         b, T = corrupt.shape
         L, H, dh = self.L, self.H, self.d_head
-        out: dict[str, torch.Tensor] = {"corrupt_metric": m.detach(), "clean_metric": self.ld(clean, answer, distractor)}
+        out: dict[str, torch.Tensor] = {"corrupt_metric": m.detach(),
+                                        "clean_metric": self.ld(clean, answer, distractor)}
         out["z"] = torch.stack([((c["z"][i] - vals["z"][i]) * acts["z"][i].grad).view(b, T, H, dh).sum((1, 3))
                                 for i in range(L)], 1)
         out["mlp"] = torch.stack([((c["mlp_write"][i] - vals["mlp_write"][i]) * acts["mlp_write"][i].grad).sum((1, 2))
@@ -599,7 +607,8 @@ class RawModel:
             bias_part = rec["attn_out"][i] - torch.stack(outs).sum(0)
             total = total + heads[:, i].sum(-1) + to_logits(
                 through(self.post_attn_norm, p.post_norm_kind, "norm_in", i, bias_part) * rm)
-            mlp[:, i] = to_logits(through(self.post_mlp_norm, p.post_norm_kind, "mlp_norm_in", i, rec["mlp_out"][i]) * rm)
+            mlp[:, i] = to_logits(
+                through(self.post_mlp_norm, p.post_norm_kind, "mlp_norm_in", i, rec["mlp_out"][i]) * rm)
             total = total + mlp[:, i]
         total = total + (norm_bias(p.norm_kind, self.final_norm) * direction).sum(-1) * factor
         if self.hf.lm_head.bias is not None:
@@ -615,7 +624,8 @@ class RawModel:
         pre = last[rr, torch.searchsorted(cols, answer)] - last[rr, torch.searchsorted(cols, distractor)]
         err = float((total - pre).abs().max())
         if err > 1e-3 * max(1.0, float(pre.abs().max())):
-            raise ReferenceSelfCheckError(f"DLA parts sum to {total.tolist()}, model says {pre.tolist()} ({self.family})")
+            raise ReferenceSelfCheckError(
+                f"DLA parts sum to {total.tolist()}, model says {pre.tolist()} ({self.family})")
         return {"logit_diff": ld, "heads": heads, "mlp": mlp, "softcapped": torch.tensor(bool(cap)),
                 "pre_softcap_logit_diff": pre}
 

@@ -51,7 +51,8 @@ def make_pairs(vocab: int, n: int = N_PROMPTS, T: int = SEQ_LEN, seed: int = 0):
         early = int(torch.randint(0, 3, (1,), generator=g))
         later = (torch.randperm(T - 4, generator=g)[: 1 + i % 2] + 3).tolist()  # positions 3..T-2
         for p in [early, *later]:
-            corrupt[i, p] = 1000 + (clean[i, p] - 1000 + int(torch.randint(1, vocab - 1000, (1,), generator=g))) % (vocab - 1000)
+            shift = int(torch.randint(1, vocab - 1000, (1,), generator=g))
+            corrupt[i, p] = 1000 + (clean[i, p] - 1000 + shift) % (vocab - 1000)
     answer = torch.randint(1000, vocab, (n,), generator=g)
     distractor = 1000 + (answer - 1000 + torch.randint(1, vocab - 1000, (n,), generator=g)) % (vocab - 1000)
     pb = PairBatch(clean=clean, corrupt=corrupt, answer_ids=answer, distractor_ids=distractor,

@@ -130,7 +130,8 @@ def _references(raw: RawModel, tokens: torch.Tensor, with_qkv: bool) -> tuple[to
         "v": {i: t.transpose(1, 2) for i, t in c["v"].items()},  # (b, kv, T, d) -> (b, T, kv, d)
     }
     ref["resid_mid"] = {i: ref["resid_pre"][i] + ref["attn_out"][i] for i in range(raw.L)}
-    embed = c["embed"][None] * (float(getattr(cfg, EMBED_MULTIPLIER[raw.family])) if raw.family in EMBED_MULTIPLIER else 1.0)
+    embed = c["embed"][None] * (float(getattr(cfg, EMBED_MULTIPLIER[raw.family]))
+                                if raw.family in EMBED_MULTIPLIER else 1.0)
     if raw.family not in ABSOLUTE_POSITIONS:
         msg = isclose_report(embed, ref["resid_pre"][0], atol=ATOL, rtol=RTOL)
         if msg is not None:

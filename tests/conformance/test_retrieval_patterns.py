@@ -45,4 +45,5 @@ def test_retrieval_argmax_keys(family, model, raw, vocab):
         raise AssertionError(
             f"{family}: {int(wrong.sum())}/{wrong.numel()} argmax keys differ (layers/heads {where[:8]}); first at "
             f"layer {layer} head {head} query {q}: interp key {int(ours[layer, head, q])}, reference key "
-            f"{int(ref[layer, head, q])} (pattern {float(ours_val[layer, head, q]):.4f} vs {float(best[layer, head, q]):.4f})")
+            f"{int(ref[layer, head, q])} (pattern {float(ours_val[layer, head, q]):.4f} "
+            f"vs {float(best[layer, head, q]):.4f})")

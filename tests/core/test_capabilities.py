@@ -88,7 +88,8 @@ def test_loaded_models_declare_their_capabilities(tiny_model):
     nn_model = load_model("tiny-llama", backend="nnsight")
     assert has(nn_model, Resumable) and not has(nn_model, Incremental)
     assert has(tiny_model, LanguageModel) and has(nn_model, LanguageModel)
-    with pytest.raises(UnsupportedError, match="'tiny-llama' \\(backend 'nnsight'\\) does not: it lacks forward_incremental"):
+    with pytest.raises(UnsupportedError,
+                       match="'tiny-llama' \\(backend 'nnsight'\\) does not: it lacks forward_incremental"):
         require(nn_model, Incremental, "retrieval decoding")
 
 

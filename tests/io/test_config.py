@@ -36,7 +36,8 @@ def test_defaults() -> None:
     assert cfg.model.name == "smollm2-135m" and cfg.model.device == "auto"
     assert cfg.model.dtype == "float32" and cfg.seed == 0 and cfg.description == ""
     assert cfg.data.source == "ioi" and cfg.data.n_prompts == 20 and cfg.data.corruption == "abc"
-    assert cfg.data.templates is None and cfg.data.path is None and cfg.data.prepend_bos is None  # None: follow the model
+    # None: follow the model
+    assert cfg.data.templates is None and cfg.data.path is None and cfg.data.prepend_bos is None
     hp = cfg.analyses.head_patching
     assert (hp.enabled, hp.direction, hp.metric, hp.per_position, hp.batch_size) == (
         True,
@@ -88,7 +89,8 @@ def test_unknown_key_lists_allowed_keys() -> None:
     err = _error({"name": "x", "data": {"nprompts": 8}})
     assert err.path == "data.nprompts"
     assert "did you mean 'n_prompts'" in str(err)
-    assert "source, n_prompts, corruption, templates, path, position_template, position_n_prompts, prepend_bos" in str(err)
+    assert ("source, n_prompts, corruption, templates, path, position_template, position_n_prompts, prepend_bos"
+            in str(err))
     top = _error({"name": "x", "modle": {}})
     assert top.path == "modle" and "allowed keys: kind, name, description, seed, model" in str(top)
 

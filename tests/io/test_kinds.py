@@ -186,7 +186,8 @@ def test_validate_ok_prints_the_checks(tmp_path, capsys, no_weights):
 
 def test_validate_refuses_a_runs_dir_that_is_a_file(tmp_path, capsys, no_weights):
     (tmp_path / "runs").write_text("not a directory")
-    cfg = _yaml(tmp_path, {"name": "x", "model": {"name": "tiny-llama"}, "output": {"runs_dir": str(tmp_path / "runs")}})
+    cfg = _yaml(tmp_path, {"name": "x", "model": {"name": "tiny-llama"},
+                           "output": {"runs_dir": str(tmp_path / "runs")}})
     assert main(["validate", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "output.runs_dir" in err and "is a file" in err

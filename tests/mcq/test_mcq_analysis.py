@@ -47,7 +47,8 @@ def subspaces(request, model, data):
 
 
 def test_projection_matches_an_independent_svd():
-    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0)) @ torch.diag(torch.tensor([5.0, 3, 2, 1, 0.5, 0.1]))
+    x = (torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+         @ torch.diag(torch.tensor([5.0, 3, 2, 1, 0.5, 0.1])))
     sub = A.fit_subspace(x)
     xn = x.numpy().astype(np.float64)
     mu = xn.mean(0)

@@ -168,7 +168,8 @@ def test_weights_and_output_head(pair, read):
     W, b = nn_.unembed_matrix()
     W_tl, b_tl = tl.unembed_matrix()
     assert _max_diff(W, W_tl) < 1e-6
-    assert _max_diff(b if b is not None else torch.zeros_like(W[0]), b_tl if b_tl is not None else torch.zeros_like(W[0])) < 1e-6
+    assert _max_diff(b if b is not None else torch.zeros_like(W[0]),
+                     b_tl if b_tl is not None else torch.zeros_like(W[0])) < 1e-6
     x = cache[Site("resid_final")]
     assert _max_diff(nn_.unembed(x), logits) < 1e-4 * logits.abs().max().item()
     cols = torch.tensor([3, 1, 4])

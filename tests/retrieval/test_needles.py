@@ -25,7 +25,8 @@ def test_bundled_needles_and_haystack_load():
     ('{"needle": "x y", "question": "q"}', "missing key(s) 'answer'; a needle needs needle, question, answer"),
     ('{"needle": "x y", "question": "q", "answer": 3}', "'answer' must be a non-empty string"),
     ('{"needle": "x y", "question": "q", "answer": "z"}', "does not occur verbatim"),
-    ('{"needle": "x y", "question": "q", "answer": "y", "hint": 1}', "unknown key(s) 'hint'; allowed keys: needle, question, answer"),
+    ('{"needle": "x y", "question": "q", "answer": "y", "hint": 1}',
+     "unknown key(s) 'hint'; allowed keys: needle, question, answer"),
 ])
 def test_bad_needle_lines_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "n.jsonl"

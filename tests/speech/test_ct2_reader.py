@@ -32,7 +32,8 @@ def write_ct2(path, variables: dict, aliases: dict | None = None, *, version: in
     out += struct.pack("<I", len(items))
     for name, arr, code in items:
         out += _string(name) + struct.pack("<B", arr.ndim) + b"".join(struct.pack("<I", d) for d in arr.shape)
-        out += struct.pack("<B", code) + struct.pack("<I", arr.nbytes) + arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+        out += (struct.pack("<B", code) + struct.pack("<I", arr.nbytes)
+                + arr.astype(arr.dtype.newbyteorder("<")).tobytes())
     aliases = aliases or {}
     out += struct.pack("<I", len(aliases))
     for a, t in aliases.items():

@@ -126,7 +126,8 @@ def test_deletion_curves_known_answer():
     feats[0, 0, 39] = 3.0  # silence level = 1.0, in the padding after the 30 audio mel frames
     blocked = torch.arange(15)  # word by word
     interleaved = torch.tensor([0, 5, 10, 1, 6, 11, 2, 7, 12, 3, 8, 13, 4, 9, 14])  # round robin
-    res = deletion_curves(WordsInFrames(), feats, n_mel_frames=30, rankings={"blocked": blocked, "interleaved": interleaved},
+    res = deletion_curves(WordsInFrames(), feats, n_mel_frames=30,
+                          rankings={"blocked": blocked, "interleaved": interleaved},
                           transcript="alpha beta gamma", reference="alpha beta gamma delta",
                           fractions=fractions_grid(0.2, 0.6), batch_size=3)
     df = res.to_frame()

@@ -28,18 +28,23 @@ def test_defaults_and_shipped_yaml():
 
 
 @pytest.mark.parametrize(("data", "path", "message"), [
-    (_cfg(model={"name": "smollm2-135m"}), "model.name", "'smollm2-135m' is not a speech-to-text model; allowed: whisper-tiny.en"),
+    (_cfg(model={"name": "smollm2-135m"}), "model.name",
+     "'smollm2-135m' is not a speech-to-text model; allowed: whisper-tiny.en"),
     (_cfg(data={"source": "mic"}), "data.source", "allowed: 'espeak' or 'files'"),
     (_cfg(data={"source": "files"}), "data.path", "required when data.source is 'files'"),
-    (_cfg(data={"source": "files", "path": ".", "n_utterances": 3}), "data.n_utterances", "only used when data.source is 'espeak'"),
+    (_cfg(data={"source": "files", "path": ".", "n_utterances": 3}), "data.n_utterances",
+     "only used when data.source is 'espeak'"),
     (_cfg(data={"speeds": [40]}), "data.speeds[0]", "must be >= 80; got 40"),
     (_cfg(analyses={"spes": {"pooling": "median"}}), "analyses.spes.pooling", "allowed: 'max' or 'mean'"),
     (_cfg(analyses={"spes": {"mode": "random", "n_masks": 1}}), "analyses.spes.n_masks", "at least 2 masks"),
     (_cfg(analyses={"spes": {"mask_prob": 1.5}}), "analyses.spes.mask_prob", "less than 1"),
     (_cfg(analyses={"deletion": {"step": 0.5, "max_fraction": 0.2}}), "analyses.deletion.step", "exceeds max_fraction"),
-    (_cfg(analyses={"deletion": {"ca_aggregations": ["layer3"]}}), "analyses.deletion.ca_aggregations", "unknown aggregation 'layer3'; allowed: all, last<k>, L<layer>"),
-    (_cfg(analyses={"integrated_gradients": {"stepz": 4}}), "analyses.integrated_gradients.stepz", "did you mean 'steps'"),
-    (_cfg(analyses={"spes": {"enabled": False}, "integrated_gradients": {"enabled": False}}), "analyses", "enable spes or integrated_gradients"),
+    (_cfg(analyses={"deletion": {"ca_aggregations": ["layer3"]}}), "analyses.deletion.ca_aggregations",
+     "unknown aggregation 'layer3'; allowed: all, last<k>, L<layer>"),
+    (_cfg(analyses={"integrated_gradients": {"stepz": 4}}), "analyses.integrated_gradients.stepz",
+     "did you mean 'steps'"),
+    (_cfg(analyses={"spes": {"enabled": False}, "integrated_gradients": {"enabled": False}}), "analyses",
+     "enable spes or integrated_gradients"),
 ])
 def test_errors_name_the_field(data, path, message):
     with pytest.raises(ConfigError) as info:

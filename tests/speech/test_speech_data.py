@@ -15,7 +15,8 @@ from interp.data.speech import (
     synthesize,
 )
 
-needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
+needs_espeak = pytest.mark.skipif(not espeak_available(),
+                                  reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
 
 
 def _tone(path, seconds=0.5, sr=22050, freq=440.0, stereo=False):

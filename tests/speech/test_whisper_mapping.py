@@ -37,13 +37,15 @@ def to_ct2(hf) -> CT2Model:
             norm(f"{p}.self_attn_layer_norm", f"{q}/self_attention/layer_norm")
             s = f"{p}.self_attn"
             a[f"{q}/self_attention/linear_0/weight"] = _np(torch.cat([sd[f"{s}.{x}_proj.weight"] for x in "qkv"]))
-            a[f"{q}/self_attention/linear_0/bias"] = _np(torch.cat([sd[f"{s}.q_proj.bias"], zero, sd[f"{s}.v_proj.bias"]]))
+            a[f"{q}/self_attention/linear_0/bias"] = _np(
+                torch.cat([sd[f"{s}.q_proj.bias"], zero, sd[f"{s}.v_proj.bias"]]))
             lin(f"{s}.out_proj", f"{q}/self_attention/linear_1")
             if stack == "decoder":
                 c = f"{p}.encoder_attn"
                 norm(f"{p}.encoder_attn_layer_norm", f"{q}/attention/layer_norm")
                 lin(f"{c}.q_proj", f"{q}/attention/linear_0")
-                a[f"{q}/attention/linear_1/weight"] = _np(torch.cat([sd[f"{c}.k_proj.weight"], sd[f"{c}.v_proj.weight"]]))
+                a[f"{q}/attention/linear_1/weight"] = _np(
+                    torch.cat([sd[f"{c}.k_proj.weight"], sd[f"{c}.v_proj.weight"]]))
                 a[f"{q}/attention/linear_1/bias"] = _np(torch.cat([zero, sd[f"{c}.v_proj.bias"]]))
                 lin(f"{c}.out_proj", f"{q}/attention/linear_2")
             norm(f"{p}.final_layer_norm", f"{q}/ffn/layer_norm")

@@ -10,7 +10,8 @@ import torch
 from interp.models import llava
 
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not llava.weights_present(), reason=f"shapes-llava parts missing: {llava.INSTALL_HINT}")]
+              pytest.mark.skipif(not llava.weights_present(),
+                                 reason=f"shapes-llava parts missing: {llava.INSTALL_HINT}")]
 
 
 @pytest.fixture(scope="module")

@@ -30,11 +30,13 @@ def test_shipped_yaml_loads():
 @pytest.mark.parametrize(
     ("data", "path", "message"),
     [
-        (_cfg(model={"name": "smollm2-135m"}), "model.name", "not a vision-language (LLaVA) model; allowed: shapes-llava"),
+        (_cfg(model={"name": "smollm2-135m"}), "model.name",
+         "not a vision-language (LLaVA) model; allowed: shapes-llava"),
         (_cfg(model={"name": "no such model"}), "model.name", "vision-language models: shapes-llava"),
         (_cfg(data={"n_prob": 3}), "data.n_prob", "did you mean 'n_probe'"),
         (_cfg(data={"n_probe": -1}), "data.n_probe", ">= 0"),
-        (_cfg(data={"qtypes": ["colour", "size"]}), "data.qtypes[1]", "'colour', 'shape', 'position', 'count' or 'caption'"),
+        (_cfg(data={"qtypes": ["colour", "size"]}), "data.qtypes[1]",
+         "'colour', 'shape', 'position', 'count' or 'caption'"),
         (_cfg(data={"qtypes": []}), "data.qtypes", "must not be empty"),
         (_cfg(data={"qtypes": ["shape", "shape"]}), "data.qtypes", "more than once"),
         (_cfg(analyses={"vhr": {"alphas": [2.0, 0]}}), "analyses.vhr.alphas[1]", "greater than 0"),

@@ -102,7 +102,8 @@ def prepare(cfg: CircuitExperimentConfig, model, log):
 
 
 def _reference_tables(run) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
-    queries = run.read_table("path_patching_to_mover_queries") if "path_patching_to_mover_queries" in run.tables() else None
+    name = "path_patching_to_mover_queries"
+    queries = run.read_table(name) if name in run.tables() else None
     return run.run_id, run.read_table("circuit_nodes"), queries
 
 
@@ -176,8 +177,10 @@ def accuracy_step(ctx: StepContext) -> StepResult | None:
         return None
     ds, pairs, _ = ctx.data
     acc = option_accuracy(ctx.model, pairs, ds)
-    return StepResult("accuracy", tables={"accuracy": pd.DataFrame([{"accuracy": acc.accuracy, "n": acc.n, "chance": 1 / 3}])},
-                      summary=[f"colored objects accuracy (among the 3 options): {acc.accuracy:.0%} of {acc.n} (chance 33%)"])
+    table = pd.DataFrame([{"accuracy": acc.accuracy, "n": acc.n, "chance": 1 / 3}])
+    return StepResult("accuracy", tables={"accuracy": table},
+                      summary=[f"colored objects accuracy (among the 3 options): "
+                               f"{acc.accuracy:.0%} of {acc.n} (chance 33%)"])
 
 
 def circuit_step(ctx: StepContext) -> StepResult:
@@ -226,7 +229,8 @@ def _inhibition_heads(ref_nodes: pd.DataFrame, ref_queries, k: int) -> tuple[lis
     q = ref_queries.assign(effect=1.0 - ref_queries["normalised"]).dropna(subset=["effect"])
     top = q.sort_values("effect", ascending=False).head(max(k, 1))
     note = ("the IOI circuit has no inhibition head above the threshold; the intervention uses the strongest "
-            "senders into its movers' queries: " + ", ".join(f"L{r.layer}H{r.head} ({r.effect:+.3f})" for r in top.itertuples()))
+            "senders into its movers' queries: "
+            + ", ".join(f"L{r.layer}H{r.head} ({r.effect:+.3f})" for r in top.itertuples()))
     return [(int(r.layer), int(r.head)) for r in top.itertuples()], [note]
 
 

@@ -170,7 +170,8 @@ def rates_step(ctx: StepContext) -> StepResult | None:
     text = (line + ". Per relation (memory/context): " + per + ".\n\nThe context states the fact with another "
             "object of the same relation ('The capital of France is Rome.'), then the question follows; an answer "
             "counts by its first token.")
-    return StepResult("conflict_rates", tables={"conflict_rates": rates.to_frame(), "conflict_rates_by_relation": by_rel},
+    return StepResult("conflict_rates",
+                      tables={"conflict_rates": rates.to_frame(), "conflict_rates_by_relation": by_rel},
                       texts={"conflict_rates.json": json.dumps(s, indent=2)}, figures={"conflict_rates": fig},
                       summary=[line], sections=[ReportSection("Memory-rate and context-rate", text=text, figure=fig,
                                                               table=by_rel)])
@@ -196,7 +197,8 @@ def _heads_report(eff, ds, by_rel: pd.DataFrame, k_top: int, figs: dict) -> tupl
         f"Each head path-patched to the logits (MLPs recomputed, other heads frozen) from a corrupt prompt: the "
         f"conflict prompt of another fact of the same relation (different subject, o_m and o_c). Effect = "
         f"m(clean) - m(patched) with m = logit(o_m) - logit(o_c) at the last position: > 0 memory head, < 0 "
-        f"context head. {len(ds)} prompts from {n_rel} training relations; clean m {float(eff.clean_metric.mean()):+.2f}, "
+        f"context head. {len(ds)} prompts from {n_rel} training relations; "
+        f"clean m {float(eff.clean_metric.mean()):+.2f}, "
         f"corrupt m {float(eff.corrupt_metric.mean()):+.2f}.\n\nTop memory heads: {_heads_text(mem)}.\n\n"
         f"Top context heads: {_heads_text(ctx)}.\n\nSign consistency = share of prompts whose effect has the "
         f"sign of the mean (JUICE: many heads do both jobs). Relations where the top heads keep the overall "
@@ -256,15 +258,18 @@ def ph3_step(ctx: StepContext) -> StepResult | None:
     if not heldout:
         raise ConfigError("no known facts in the held-out relations; PH3 has nothing to evaluate",
                           path="data.heldout_relations")
-    means = head_means(ctx.model, [b.clean for b in ctx.state["pairs"].by_length().batches]) if p.ablation == "mean" else None
+    means = (head_means(ctx.model, [b.clean for b in ctx.state["pairs"].by_length().batches])
+             if p.ablation == "mean" else None)
     ph3 = ph3_pruning(ctx.model, heldout, ctx.state["effects"], table, ks=p.ks, n_random=p.n_random, seed=cfg.seed,
                       mode=p.ablation, means=means, chat=d.chat, closed_book_check=p.closed_book_check,
                       progress=ctx.progress("PH3 pruning"))
     summ = ph3.summary()
-    fig = ph3_bars(summ, title=f"PH3 on held-out relations ({', '.join(d.heldout_relations)}): {p.ablation}-ablating heads")
+    fig = ph3_bars(summ, title=f"PH3 on held-out relations ({', '.join(d.heldout_relations)}): "
+                               f"{p.ablation}-ablating heads")
     base = summ[summ["condition"] == "none"].iloc[0]
     lines = [f"PH3 on {len(heldout)} held-out prompts ({', '.join(d.heldout_relations)}): before pruning memory-rate "
-             f"{base.memory_rate:.1%}, context-rate {base.context_rate:.1%}, closed-book {base.closed_book_accuracy:.0%}"]
+             f"{base.memory_rate:.1%}, context-rate {base.context_rate:.1%}, "
+             f"closed-book {base.closed_book_accuracy:.0%}"]
     lines += [line for k in sorted(set(summ["k"]) - {0}) for kind in ("context", "memory")
               if (line := _ph3_line(summ, k, kind)) is not None]
     text = ("Heads ranked on the training relations; rates on the held-out relations. Pruning = "
@@ -274,7 +279,8 @@ def ph3_step(ctx: StepContext) -> StepResult | None:
             f"{', '.join(f'L{x}H{y}' for x, y in ph3.context_heads)}; memory heads pruned: "
             f"{', '.join(f'L{x}H{y}' for x, y in ph3.memory_heads)} (the first k of each list).")
     return StepResult("ph3", tables={"ph3": ph3.to_frame(), "ph3_summary": summ}, figures={"ph3": fig}, summary=lines,
-                      sections=[ReportSection("PH3: pruning memory or context heads", text=text, figure=fig, table=summ)])
+                      sections=[ReportSection("PH3: pruning memory or context heads", text=text, figure=fig,
+                                              table=summ)])
 
 
 register_kind("knowledge_conflicts", KnowledgeConflictsConfig, closed_book_step, conflicts_step, require_conflicts,

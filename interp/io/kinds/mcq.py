@@ -62,7 +62,8 @@ from interp.viz.mcq import rank_curves, rank_label
 
 class MCQDataConfig(Section):
     n_prompts: PositiveInt = Field(64, description="an integer >= 1 (questions; items cycle past the file's count)")
-    items: Annotated[Path | None, ConfigPath("items file")] = Field(None, description="null (the bundled data/mcq_items.jsonl) or a path to an items JSONL file")
+    items: Annotated[Path | None, ConfigPath("items file")] = Field(
+        None, description="null (the bundled data/mcq_items.jsonl) or a path to an items JSONL file")
     format: Literal["content_letter", "letter"] = "content_letter"
     chat: ChatSetting = None
     random_labels: StrictBool = Field(True, description="true or false: also build the randomised-labels control set")
@@ -187,7 +188,8 @@ def estimate(cfg: MCQLettersConfig, model, sets) -> dict[str, int]:
     c = a.compression
     if c.enabled:
         n_heads = len(c.heads) if c.heads is not None else c.n_heads
-        costs["analyses.compression.ranks"] = pairs.n * n_heads * len(c.variants) * len(c.ranks) * (3 if "random" in sets else 1)
+        costs["analyses.compression.ranks"] = (pairs.n * n_heads * len(c.variants) * len(c.ranks)
+                                               * (3 if "random" in sets else 1))
     return costs
 
 

@@ -98,7 +98,8 @@ class DataConfig(Section):
             raise FieldError("path", "required when data.source is 'jsonl'")
         # A field that the chosen source ignores must stay at its default: silently ignoring
         # `n_prompts: 8` on a jsonl source would hide a mistake.
-        only_for = {"ioi": ("path",), "jsonl": ("n_prompts", "corruption", "templates", "position_template", "position_n_prompts")}
+        only_for = {"ioi": ("path",),
+                    "jsonl": ("n_prompts", "corruption", "templates", "position_template", "position_n_prompts")}
         other = "jsonl" if self.source == "ioi" else "ioi"
         for name in only_for[self.source]:
             default = type(self).model_fields[name].default

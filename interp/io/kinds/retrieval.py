@@ -54,8 +54,10 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class NeedleDataConfig(Section):
-    needles: Annotated[Path | None, ConfigPath("needles file")] = Field(None, description="null (the bundled data/haystack/needles.jsonl) or a JSONL path")
-    haystack: Annotated[Path | None, ConfigPath("haystack directory", "dir")] = Field(None, description="null (the bundled data/haystack prose) or a directory of *.txt")
+    needles: Annotated[Path | None, ConfigPath("needles file")] = Field(
+        None, description="null (the bundled data/haystack/needles.jsonl) or a JSONL path")
+    haystack: Annotated[Path | None, ConfigPath("haystack directory", "dir")] = Field(
+        None, description="null (the bundled data/haystack prose) or a directory of *.txt")
     n_needles: PositiveInt | None = Field(None, description="null (all needles) or an integer >= 1 (the first n)")
     lengths: Annotated[tuple[PositiveInt, ...], Unique()] = Field(
         (500, 1000, 2000), min_length=1,
@@ -75,8 +77,10 @@ class NeedleDataConfig(Section):
 
 class DetectionConfig(Section):
     scorer: Literal["greedy", "teacher_forced"] = Field(
-        "greedy", description="'greedy' (the reference: score while decoding) or 'teacher_forced' (force the needle sentence)")
-    threshold: Annotated[float, Field(ge=0.0)] = Field(RETRIEVAL_THRESHOLD, description="a number >= 0 (retrieval head: score > threshold)")
+        "greedy",
+        description="'greedy' (the reference: score while decoding) or 'teacher_forced' (force the needle sentence)")
+    threshold: Annotated[float, Field(ge=0.0)] = Field(
+        RETRIEVAL_THRESHOLD, description="a number >= 0 (retrieval head: score > threshold)")
     query_chunk: PositiveInt = Field(64, description="an integer >= 1 (teacher-forced answer rows per forward)")
 
 
@@ -86,9 +90,12 @@ class MaskingConfig(Section):
         10, description="an integer >= 1 (the top-k heads by score) or 'retrieval' (every head above the threshold)")
     modes: Annotated[tuple[Literal["uniform", "zero", "mean"], ...], Unique()] = Field(
         ("uniform", "zero", "mean"), min_length=1, description=f"a non-empty list of: {', '.join(ABLATION_MODES)}")
-    seeds: Annotated[tuple[NonNegativeInt, ...], Unique()] = Field((0, 1, 2), min_length=1, description="a non-empty list of integers >= 0")
-    n_needles: PositiveInt | None = Field(None, description="null (data.n_needles) or an integer >= 1 (the first n needles)")
-    lengths: tuple[PositiveInt, ...] | None = Field(None, description="null (the detection lengths) or a list of lengths")
+    seeds: Annotated[tuple[NonNegativeInt, ...], Unique()] = Field(
+        (0, 1, 2), min_length=1, description="a non-empty list of integers >= 0")
+    n_needles: PositiveInt | None = Field(
+        None, description="null (data.n_needles) or an integer >= 1 (the first n needles)")
+    lengths: tuple[PositiveInt, ...] | None = Field(
+        None, description="null (the detection lengths) or a list of lengths")
     depths: tuple[Fraction, ...] | None = Field(None, description="null (the detection depths) or a list of depths")
 
     @field_validator("k", mode="before")
@@ -234,8 +241,10 @@ def dataset_step(ctx: StepContext) -> StepResult:
     d = ctx.cfg.data
     return StepResult(manifest={"task": "niah", "dataset": {
         "name": "niah", "n": len(ctx.data[0]),
-        "source": {"needles": str(d.needles or HAYSTACK_DIR / "needles.jsonl"), "haystack": str(d.haystack or HAYSTACK_DIR),
+        "source": {"needles": str(d.needles or HAYSTACK_DIR / "needles.jsonl"),
+                   "haystack": str(d.haystack or HAYSTACK_DIR),
                    "lengths": list(d.lengths), "depths": list(d.depths), "chat": d.chat}}})
 
 
-register_kind("retrieval_heads", RetrievalHeadsConfig, dataset_step, detect, mask, prepare=prepare, check=check, estimate=estimate)
+register_kind("retrieval_heads", RetrievalHeadsConfig, dataset_step, detect, mask,
+              prepare=prepare, check=check, estimate=estimate)

@@ -108,7 +108,8 @@ def prepare(cfg: SpeechSaliencyConfig, model, log) -> _Prepared:
 def dataset_step(ctx: StepContext) -> StepResult:
     ds = ctx.data.dataset
     ctx.state.update(timing={}, sal={})
-    return StepResult(tables={"dataset": ds.to_frame()}, manifest={"dataset": {"name": ds.name, "n": len(ds), **ds.source}})
+    return StepResult(tables={"dataset": ds.to_frame()},
+                      manifest={"dataset": {"name": ds.name, "n": len(ds), **ds.source}})
 
 
 def transcripts_step(ctx: StepContext) -> StepResult:
@@ -190,7 +191,8 @@ def correlation_step(ctx: StepContext) -> StepResult:
     summ = corr.summary()
     out = StepResult("correlation", tables={"correlation": corr.to_frame(), "correlation_summary": summ})
     fig_layers = correlation_by_layer(summ, title="Pearson r of cross-attention with saliency, per aggregation")
-    fig_share = correlation_by_layer(summ, "capture_share", title="Share of saliency held by cross-attention's top frames")
+    fig_share = correlation_by_layer(summ, "capture_share",
+                                     title="Share of saliency held by cross-attention's top frames")
     out.figures.update(correlation_by_layer=fig_layers, capture_share_by_layer=fig_share)
     view = summ[summ.kind != "head"][["saliency", "aggregation", "pearson", "r_squared", "capture_share",
                                       "random_share", "n_tokens"]]
@@ -213,7 +215,8 @@ def correlation_step(ctx: StepContext) -> StepResult:
 def _rankings(ctx: StepContext, i: int, random_names: list[str], gen: torch.Generator) -> dict:
     dl_cfg, st = ctx.cfg.analyses.deletion, ctx.state
     last = ctx.cfg.analyses.cross_attention.last_layers
-    ranks = {f"ca:{agg}": ranking(utterance_scores(st["cas"][i].aggregate(agg, last))) for agg in dl_cfg.ca_aggregations}
+    ranks = {f"ca:{agg}": ranking(utterance_scores(st["cas"][i].aggregate(agg, last)))
+             for agg in dl_cfg.ca_aggregations}
     ranks |= {method: ranking(utterance_scores(res[i].maps)) for method, res in st["sal"].items() if i in res}
     return ranks | {name: torch.randperm(ctx.data.frames[i][1], generator=gen) for name in random_names}
 

@@ -108,7 +108,8 @@ class SpesConfig(Section):
 class IntegratedGradientsConfig(Section):
     enabled: StrictBool = True
     steps: PositiveInt = Field(8, description="an integer >= 1: interpolation steps per output token")
-    method: Literal["gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"] = "gausslegendre"
+    method: Literal[
+        "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"] = "gausslegendre"
     pooling: Literal["max", "mean"] = "max"
     max_utterances: PositiveInt | None = Field(
         2, description="null (all) or an integer >= 1: IG costs tokens x steps backward passes per utterance"
@@ -171,5 +172,6 @@ class SpeechSaliencyConfig(BaseExperimentConfig):
     def _something_to_compare(self) -> SpeechSaliencyConfig:
         a = self.analyses
         if not (a.spes.enabled or a.integrated_gradients.enabled):
-            raise FieldError("analyses", "enable spes or integrated_gradients: cross-attention needs a saliency to compare with")
+            raise FieldError("analyses", "enable spes or integrated_gradients: "
+                                         "cross-attention needs a saliency to compare with")
         return self

@@ -153,7 +153,8 @@ def dataset_step(ctx: StepContext) -> StepResult:
     items = ctx.data
     return StepResult(manifest={"task": "vision_heads", "dataset": {"name": "shapes", "n": len(items)}}, tables={
         "dataset": pd.DataFrame([{"item": i, "set": s, "qtype": it.qtype, "question": it.question, "truth": it.answer,
-                                  "prior": it.prior, "caption": it.scene.caption()} for i, (s, it) in enumerate(items)])})
+                                  "prior": it.prior, "caption": it.scene.caption()}
+                                 for i, (s, it) in enumerate(items)])})
 
 
 def _inputs(ctx: StepContext) -> tuple[list, list]:
@@ -238,12 +239,14 @@ def _vhd_sections(cfg: VisionHeadsConfig, res, items) -> StepResult:
     fig2 = head_heatmap(every, "vhd", title="VHD per head over all generated tokens")
     out.figures.update(vhd_first_token=fig1, vhd_all_tokens=fig2)
     top = first.sort_values("vhd", ascending=False).head(k.n_heads_report)
-    z = (first["vhd"] - first.groupby("layer")["vhd"].transform("mean")) / first.groupby("layer")["vhd"].transform("std")
+    z = ((first["vhd"] - first.groupby("layer")["vhd"].transform("mean"))
+         / first.groupby("layer")["vhd"].transform("std"))
     zt = first.assign(z_in_layer=z).sort_values("z_in_layer", ascending=False).head(k.n_heads_report)
     by_layer = first.groupby("layer")["vhd"].mean()
     out.summary.append(f"vision-aware heads (largest mean first-token VHD): {_fmt_heads(top, 'vhd')}; "
                        f"largest within their layer (z-score): {_fmt_heads(zt, 'z_in_layer')}; mean VHD per layer "
-                       f"rises from {by_layer.iloc[0]:.2f} (layer 0) to {by_layer.max():.2f} (layer {by_layer.idxmax()})")
+                       f"rises from {by_layer.iloc[0]:.2f} (layer 0) to {by_layer.max():.2f} "
+                       f"(layer {by_layer.idxmax()})")
     out.sections.append(ReportSection("Vision-aware heads (VHD)", text=(
         "VHD[l,i] = ||A[l,i](image + question) - A[l,i](question, image tokens removed)||, A = the head's "
         f"output before W_O at the position predicting the token; mean over {len(res.texts)} questions. "
@@ -268,7 +271,8 @@ def _vhd_sections(cfg: VisionHeadsConfig, res, items) -> StepResult:
         line = (f"T-VHD (top-{k.top_k} per layer, summed): hallucinated attribute tokens {hal.tvhd.mean():.2f} "
                 f"(n={len(hal)}) vs correct {cor.tvhd.mean():.2f} (n={len(cor)}); hallucinated lower: "
                 f"{'yes' if hal.tvhd.mean() < cor.tvhd.mean() else 'no'} (one-sided Mann-Whitney p={p:.3g}); "
-                f"centred per answer position: {hal.tvhd_step_centred.mean():+.2f} vs {cor.tvhd_step_centred.mean():+.2f} "
+                f"centred per answer position: {hal.tvhd_step_centred.mean():+.2f} "
+                f"vs {cor.tvhd_step_centred.mean():+.2f} "
                 f"(p={pc:.3g})")
     else:
         line = (f"T-VHD: {len(hal)} hallucinated and {len(cor)} correct attribute tokens; "
@@ -296,7 +300,8 @@ def _vhr_sections(sel: pd.DataFrame, conditions: list[pd.DataFrame], meta: dict[
     n_items = max(1, int(base.n))
     n_sel = sel.groupby(["alpha", "item"]).size().mean() if len(sel) else 0.0
     lines = [f"VHR on layers {', '.join(map(str, layers))} ({n_sel:.1f} heads per answer; baseline accuracy "
-             f"{base.accuracy:.1%}, CHAIR_i {base.chair_i:.1%}, CHAIR_s {base.chair_s:.1%}, prior rate {base.prior_rate:.1%}):"]
+             f"{base.accuracy:.1%}, CHAIR_i {base.chair_i:.1%}, CHAIR_s {base.chair_s:.1%}, "
+             f"prior rate {base.prior_rate:.1%}):"]
     for alpha, g in allset[allset.method != "baseline"].groupby("alpha"):
         v, r = g[g.method == "vhr"].iloc[0], g[g.method == "random"]
         line = (f"  alpha {alpha}: VHR accuracy {v.accuracy:.1%}, CHAIR_i {v.chair_i:.1%}, CHAIR_s {v.chair_s:.1%}, "

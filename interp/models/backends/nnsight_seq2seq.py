@@ -152,7 +152,8 @@ class HookedSeq2SeqModel:
         want = (self.spec.n_mels, self.spec.n_mel_frames)
         if not isinstance(features, Tensor) or features.ndim != 3 or tuple(features.shape[1:]) != want:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-            raise ValueError(f"features must be a (batch, {want[0]}, {want[1]}) tensor (use model.features(audio)); got {shape}")
+            raise ValueError(f"features must be a (batch, {want[0]}, {want[1]}) tensor "
+                             f"(use model.features(audio)); got {shape}")
         return features.to(self.device, self.dtype)
 
     # -- tokens --------------------------------------------------------------------------------
@@ -160,7 +161,8 @@ class HookedSeq2SeqModel:
         """The decoder input for teacher forcing: prompt + `token_ids`, repeated `batch` times."""
         row = [*self.prompt_ids, *map(int, token_ids)]
         if len(row) > self.hf_model.config.max_target_positions:
-            raise ValueError(f"{len(row)} decoder tokens exceed the model's {self.hf_model.config.max_target_positions}")
+            raise ValueError(f"{len(row)} decoder tokens exceed the model's "
+                             f"{self.hf_model.config.max_target_positions}")
         return torch.tensor([row] * batch, dtype=torch.long, device=self.device)
 
     def decode(self, token_ids: Sequence[int]) -> str:
@@ -322,7 +324,9 @@ class HookedSeq2SeqModel:
                             "(a pattern needs the eager attention path)")
         return logits, store
 
-    def cross_attention(self, features: Tensor, token_ids: Sequence[int]) -> Float[Tensor, "layer batch head token frame"]:
+    def cross_attention(
+        self, features: Tensor, token_ids: Sequence[int],
+    ) -> Float[Tensor, "layer batch head token frame"]:
         """Cross-attention weights of every decoder layer while teacher-forcing `token_ids`:
         row t is the query that predicts token t (the prompt's queries are dropped)."""
         feats = self._check_features(features)

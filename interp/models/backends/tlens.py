@@ -247,7 +247,8 @@ class TLBridgeModel(HookedLM):
     def final_norm(self) -> FinalNorm:
         mod = self._final_norm_module()
         if isinstance(mod, nn.LayerNorm):
-            return FinalNorm("layernorm", mod.weight.detach(), mod.bias.detach() if mod.bias is not None else None, mod.eps)
+            return FinalNorm("layernorm", mod.weight.detach(), mod.bias.detach() if mod.bias is not None else None,
+                             mod.eps)
         eps = getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", None)
         if eps is None or getattr(mod, "bias", None) is not None:
             raise NotImplementedError(f"final norm {type(mod).__name__} is neither LayerNorm nor a plain RMSNorm")
