@@ -42,7 +42,7 @@ test: $(STAMP) lint
 # The fast tier (under 2 minutes): no real model, no subprocess, no conformance zoo (`make test`
 # runs everything; `make test-conformance` the per-family tier alone).
 test-unit: $(STAMP)
-	$(PY) -m pytest -q -m "not integration and not conformance"
+	$(PY) -m pytest -q -n 2 -m "not integration and not conformance"
 
 # Every family x analysis against independent raw computations (~3 min); `support` rewrites the matrix.
 test-conformance: $(STAMP)

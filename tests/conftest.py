@@ -19,17 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from jaxtyping import install_import_hook
 
-# Tensor shapes on signatures are checked at run time in the tests: every function of the port
-# and the analyses is wrapped when imported, and a jaxtyping-annotated argument or return value
-# of the wrong shape raises `ShapeError` (INTERP_CHECK_SHAPES=0 turns it off).
+# Tensor shapes on signatures are checked at run time in the tests: every function of the package
+# with a jaxtyping annotation is wrapped so a wrong shape raises jaxtyping's `TypeCheckError`
+# (INTERP_CHECK_SHAPES=0 turns it off). Wrapped here, before any test module imports a name.
 if os.environ.get("INTERP_CHECK_SHAPES", "1") != "0":
-    install_import_hook(
-        [f"interp.core.{m}" for m in ("model", "sites", "hooks", "attention", "norms")]
-        + ["interp.models", "interp.analyses"],
-        "interp.core.shapes.check_shapes",
-    )
+    from interp.core.shapes import check_package
+
+    check_package("interp")
 
 TINY_NAMES = ("tiny-llama", "tiny-gpt2")
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"

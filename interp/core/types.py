@@ -13,6 +13,9 @@ Residual = Float[Tensor, "batch pos d_model"]
 HeadActs = Float[Tensor, "batch pos head d_head"]
 Pattern = Float[Tensor, "batch head query key"]
 PerPrompt = Float[Tensor, " batch"]
+FinalResidual = Float[Tensor, "*batch d_model"]  # the final norm's input, any leading axes
+Columns = Int[Tensor, " column"]  # token ids whose logits are wanted
+ColumnLogits = Float[Tensor, "*batch _"]  # logits of all the vocabulary or of some columns
 
 Head = tuple[int, int]  # (layer, head)
 
@@ -24,6 +27,9 @@ __all__ = [
     "HeadActs",
     "Pattern",
     "PerPrompt",
+    "FinalResidual",
+    "Columns",
+    "ColumnLogits",
     "Head",
     "Float",
     "Int",

@@ -111,6 +111,7 @@ def test_option_accuracy_and_intervention(model):
     assert [h[0] for h in rand] == [2, 3] and not {(2, 1), (3, 0)} & set(rand)
 
 
+@pytest.mark.integration  # a whole experiment run, end to end
 def test_circuit_kind_end_to_end_and_errors(tmp_path, capsys):
     runs = tmp_path / "runs"
     ioi = {"kind": "circuit", "name": "c_ioi", "model": {"name": "tiny-llama"},

@@ -24,6 +24,7 @@ def _write(tmp_path: Path, cfg: dict, name: str = "exp.yaml") -> Path:
     return p
 
 
+@pytest.mark.integration  # a whole experiment run, end to end
 def test_run_writes_a_complete_run(tmp_path, capsys):
     cfg = _write(tmp_path, SMALL)
     runs = tmp_path / "runs"

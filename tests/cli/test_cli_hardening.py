@@ -44,6 +44,7 @@ def _one_line_error(capsys, code: int, *needles: str) -> str:
     return err
 
 
+@pytest.mark.integration  # a whole experiment run, end to end
 def test_a_tiny_run_is_lean(tmp_path, capsys):
     runs = tmp_path / "runs"
     assert main(["run", str(_write(tmp_path, SMALL)), "--runs-dir", str(runs), "--quiet"]) == 0

@@ -39,8 +39,13 @@ def test_wrong_rank_dtype_and_return_are_caught():
         _wrong_return(torch.ones(2, 3, 4))
 
 
-def test_the_suite_wraps_the_package():
-    """tests/conftest.py installs the import hook: interp's functions are wrapped when imported."""
-    from interp.core import sites
+def test_the_suite_wraps_the_annotated_functions_only():
+    """tests/conftest.py wraps every jaxtyping-annotated function of interp, where it is defined
+    and where it is imported; functions without one are left alone."""
+    import interp.analyses.ablation as ablation
+    from interp.core.shapes import CHECKED
+    from interp.core.sites import head_sites
 
-    assert hasattr(sites.head_sites, "__wrapped__")
+    assert "interp.analyses.ablation.ablation_hooks" in CHECKED
+    assert getattr(ablation.ablation_hooks, "__shape_checked__", False)
+    assert not hasattr(head_sites, "__wrapped__")

@@ -63,6 +63,7 @@ def _tiny_yaml(tmp_path: Path, **masking) -> Path:
     return path
 
 
+@pytest.mark.integration  # a whole experiment run, end to end
 def test_experiment_runs_on_the_tiny_model(tmp_path, capsys):
     runs = tmp_path / "runs"
     assert main(["run", str(_tiny_yaml(tmp_path)), "--runs-dir", str(runs), "--quiet"]) == 0

@@ -70,6 +70,7 @@ def test_no_questions_is_a_config_error(tiny_llava, tmp_path):
         run_experiment(cfg, model=tiny_llava, runs_dir=tmp_path, show_progress=False, log=lambda s: None)
 
 
+@pytest.mark.integration  # a whole experiment run, end to end
 def test_run_on_tiny_llava_writes_tables_figures_report(tiny_llava, tmp_path):
     cfg = parse_config(_cfg(data={"n_probe": 3, "n_shapes": 3},
                             analyses={"max_new_tokens": 3, "batch_size": 4,

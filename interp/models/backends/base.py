@@ -25,6 +25,7 @@ from interp.core.model import (
     check_site_range,
 )
 from interp.core.sites import Component, Site
+from interp.core.types import ColumnLogits, Columns, FinalResidual, Logits, Tokens
 
 
 class HookedLM:
@@ -55,7 +56,7 @@ class HookedLM:
     def add_hook(self, site: Site, fn: HookFn) -> Handle:
         raise NotImplementedError
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: Tokens) -> Logits:
         """Logits (batch, pos, vocab) for a batch of equal-length token rows."""
         raise NotImplementedError
 
@@ -98,12 +99,12 @@ class HookedLM:
     def hooks(self, hooks: Sequence[tuple[Site, HookFn]]) -> AbstractContextManager[None]:
         return temporary_hooks(self, hooks)
 
-    def run_with_hooks(self, tokens: torch.Tensor, hooks: Sequence[tuple[Site, HookFn]]) -> torch.Tensor:
+    def run_with_hooks(self, tokens: Tokens, hooks: Sequence[tuple[Site, HookFn]]) -> Logits:
         with self.hooks(hooks):
             return self.forward(tokens)
 
     def run_with_cache(
-        self, tokens: torch.Tensor, sites: Sequence[Site], *, hooks: Sequence[tuple[Site, HookFn]] = ()
+        self, tokens: Tokens, sites: Sequence[Site], *, hooks: Sequence[tuple[Site, HookFn]] = ()
     ) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
         for site in sites:
             self.validate_site(site)
@@ -115,7 +116,7 @@ class HookedLM:
             raise RuntimeError(f"sites not reached in the forward pass: {', '.join(missing)}")
         return logits, store
 
-    def to_tokens(self, texts: str | Sequence[str]) -> torch.Tensor:
+    def to_tokens(self, texts: str | Sequence[str]) -> Tokens:
         """Token ids (batch, pos) of equal-length texts, without special tokens (BOS if the
         model's `prepend_bos` says so)."""
         if isinstance(texts, str):
@@ -136,7 +137,7 @@ class HookedLM:
         ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
         return [str(self.tokenizer.decode([i])) for i in ids]
 
-    def unembed(self, final_resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+    def unembed(self, final_resid: FinalResidual, columns: Columns | None = None) -> ColumnLogits:
         """Logits from the final residual (..., d_model), only for `columns` when given."""
         return generic_unembed(self, final_resid, columns)
 

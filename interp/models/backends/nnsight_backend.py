@@ -34,6 +34,7 @@ from interp.core.errors import SiteError
 from interp.core.hooks import Handle, HookFn
 from interp.core.model import BlockInputs, FinalNorm, ModelSpec, apply_final_norm
 from interp.core.sites import Component, Site
+from interp.core.types import ColumnLogits, Columns, FinalResidual, Logits, Residual, Tokens
 from interp.models.arch import arch_facts
 from interp.models.backends.base import HookedLM
 from interp.models.backends.modules import CountedHandle, ModuleSite, add_module_hook
@@ -109,13 +110,13 @@ class NNsightModel(HookedLM):
         return out
 
     # -- forwards ----------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: Tokens) -> Logits:
         with self.lm.trace(tokens.to(self.device), use_cache=False):
             logits: torch.Tensor = self.lm.output.logits.save()
         return logits
 
     def run_with_cache(
-        self, tokens: torch.Tensor, sites: Sequence[Site], *, hooks: Sequence[tuple[Site, HookFn]] = ()
+        self, tokens: Tokens, sites: Sequence[Site], *, hooks: Sequence[tuple[Site, HookFn]] = ()
     ) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
         """Logits and the asked-for sites, all read in one nnsight trace."""
         import nnsight
@@ -158,13 +159,13 @@ class NNsightModel(HookedLM):
         path = self.sites_table[Component.RESID_PRE][0]
         return [self.hf_model.get_submodule(path.format(layer=i)) for i in range(self.spec.n_layers)]
 
-    def capture_block_inputs(self, tokens: torch.Tensor) -> BlockInputs:
+    def capture_block_inputs(self, tokens: Tokens) -> BlockInputs:
         """One plain forward recording each decoder layer's input and extra arguments."""
         return capture(self._blocks(), lambda: self.hf_model(tokens.to(self.device), use_cache=False),
                        tokens.shape[0], record_kv=False)
 
-    def forward_from(self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs,
-                     start_pos: int = 0, end_layer: int | None = None) -> torch.Tensor:
+    def forward_from(self, layer: int, resid_pre: Residual, block_inputs: BlockInputs,
+                     start_pos: int = 0, end_layer: int | None = None) -> Residual:
         """Decoder layers `layer..` on `resid_pre` (k stacked copies of the captured batch): the
         final residual, or the residual entering `end_layer`. Only from position 0."""
         return resume(self._blocks(), layer, resid_pre, block_inputs, start_pos, end_layer)
@@ -191,7 +192,7 @@ class NNsightModel(HookedLM):
         b = getattr(lm_head, "bias", None)
         return lm_head.weight.detach().T, (b.detach() if b is not None else None)
 
-    def unembed(self, final_resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+    def unembed(self, final_resid: FinalResidual, columns: Columns | None = None) -> ColumnLogits:
         """Logits from the final residual: the model's final norm module, lm_head (only
         `columns` when given), then the family's tail (logit scale, final softcap)."""
         x = self.final_norm_module()(final_resid)

@@ -24,6 +24,7 @@ from interp.core.errors import SiteError, UnsupportedError
 from interp.core.hooks import Handle, HookFn
 from interp.core.model import BlockInputs, FinalNorm, ModelSpec
 from interp.core.sites import Component, Site
+from interp.core.types import ColumnLogits, Columns, FinalResidual, Logits, Residual, Tokens
 from interp.models.arch import SCALE_ATTRS, arch_facts, attention_scale_from_config
 from interp.models.backends.base import HookedLM
 from interp.models.backends.resume import capture, resume
@@ -203,11 +204,11 @@ class TLBridgeModel(HookedLM):
         return _LensRemoval(point, handle)
 
     # -- forwards ----------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: Tokens) -> Logits:
         logits: torch.Tensor = self.bridge(tokens.to(self.device), return_type="logits")
         return logits
 
-    def forward_incremental(self, tokens: torch.Tensor, past: Any = None, *,
+    def forward_incremental(self, tokens: Tokens, past: Any = None, *,
                             last_logits: int | None = None) -> tuple[torch.Tensor, Any]:
         from transformers import DynamicCache
 
@@ -220,15 +221,15 @@ class TLBridgeModel(HookedLM):
                                         past_key_values=cache, **kwargs)
         return logits, cache
 
-    def capture_block_inputs(self, tokens: torch.Tensor) -> BlockInputs:
+    def capture_block_inputs(self, tokens: Tokens) -> BlockInputs:
         """One forward recording each block's extra arguments, its input residual and its
         attention keys/values (through a recording `layer_past` cache the bridge's attention
         calls `update` on; the values pass through unchanged)."""
         return capture(list(self.bridge.blocks), lambda: self.bridge(tokens.to(self.device), return_type=None),
                        tokens.shape[0], record_kv=True)
 
-    def forward_from(self, layer: int, resid_pre: torch.Tensor, block_inputs: BlockInputs,
-                     start_pos: int = 0, end_layer: int | None = None) -> torch.Tensor:
+    def forward_from(self, layer: int, resid_pre: Residual, block_inputs: BlockInputs,
+                     start_pos: int = 0, end_layer: int | None = None) -> Residual:
         """Run blocks `layer..` on `resid_pre` (batch = k * block_inputs.batch, copies stacked
         block-major) and return the final residual (the final norm's input).
 
@@ -263,7 +264,7 @@ class TLBridgeModel(HookedLM):
         b = getattr(lm_head, "bias", None)
         return self._W_U, (b.detach() if b is not None else (b_U.detach() if isinstance(b_U, torch.Tensor) else None))
 
-    def unembed(self, final_resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+    def unembed(self, final_resid: FinalResidual, columns: Columns | None = None) -> ColumnLogits:
         """The model's own output head on the final residual: its final norm module, lm_head
         (only `columns` when given) and the family's tail (logit scale, final softcap),
         checked at load to reproduce the full forward's logits."""
