@@ -12,6 +12,8 @@ from interp.io.check import check_model
 from interp.models import load_model
 from interp.models.arch import OutputTail
 
+# `interp check` runs every analysis on a model against its identities: the per-model tier.
+pytestmark = pytest.mark.conformance
 
 @pytest.fixture(scope="module")
 def gemma2_report():

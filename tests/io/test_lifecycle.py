@@ -61,6 +61,7 @@ def _manifest(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
+@pytest.mark.integration  # a Python subprocess that imports interp and is signalled
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_marks_interrupted_and_exits(tmp_path, sig, code):
     proc, run_dir = _start(tmp_path)
@@ -78,6 +79,7 @@ def test_signal_marks_interrupted_and_exits(tmp_path, sig, code):
     assert (run_dir / "tables" / "done_first.parquet").is_file()  # finished tables kept
 
 
+@pytest.mark.integration  # a Python subprocess that imports interp and is killed
 def test_sigkill_shows_as_interrupted_in_interp_runs(tmp_path, capsys):
     from interp.cli import main
 
