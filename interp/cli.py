@@ -57,7 +57,7 @@ def cmd_validate(args) -> int:
     from interp.io.preflight import preflight
 
     cfg = _load(args)
-    lines = preflight(cfg)  # data files and output location, with the tokenizer only (no weights)
+    lines = preflight(cfg, force=args.force)  # data, output location, work: tokenizer only, no weights
     print(f"{args.config}: ok (kind {cfg.kind}, experiment {cfg.name!r}, model {cfg.model.name})")
     for line in lines:
         print(f"  {line}")
@@ -277,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check an experiment YAML without running it")
     v.add_argument("config")
     v.add_argument("--set", action="append", metavar="KEY=VALUE")
+    v.add_argument("--force", action="store_true", help="do not refuse a config over the work limit")
     v.set_defaults(fn=cmd_validate)
 
     m = sub.add_parser("models", help="list known models and whether their weights are present")

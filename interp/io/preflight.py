@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from interp.core.errors import ConfigError
+from interp.io.limits import check_work
 from interp.io.registry import get_kind
 
 __all__ = ["check_output", "preflight"]
@@ -31,11 +32,15 @@ def check_output(runs_dir: str | Path) -> str:
     return f"output: runs go to {path.resolve()}" + ("" if path.exists() else " (created on the first run)")
 
 
-def preflight(cfg: Any, tokenizer: Any = None, *, runs_dir: str | Path | None = None) -> list[str]:
+def preflight(cfg: Any, tokenizer: Any = None, *, runs_dir: str | Path | None = None,
+              force: bool = False) -> list[str]:
     """Every check that needs no weights; returns the lines to print, raises on a problem.
-    `tokenizer` None: load the model's tokenizer only (`interp.models.tokenizers`)."""
+    `tokenizer` None: load the model's tokenizer only (`interp.models.tokenizers`). The work
+    limit is checked first on a lower bound from the config alone, so a huge prompt count is
+    refused before any prompt is generated (`force` skips it)."""
     lines = [check_output(runs_dir or cfg.output.runs_dir)]
     kind = get_kind(cfg.kind)
+    check_work(kind, cfg, None, None, force=force)
     if kind.check is None:
         return lines
     if tokenizer is None:

@@ -111,7 +111,7 @@ def run_experiment(
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    preflight(cfg, model.tokenizer if model is not None else None, runs_dir=runs_dir)  # before any weights
+    preflight(cfg, model.tokenizer if model is not None else None, runs_dir=runs_dir, force=force)  # no weights yet
     if model is None:
         log(f"loading model {cfg.model.name} ({cfg.model.device}, {cfg.model.dtype})")
         model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype, seed=cfg.seed)

@@ -232,3 +232,25 @@ def test_a_run_over_the_work_limit_is_refused_naming_the_field_unless_forced(tmp
     run = run_experiment(cfg, runs_dir=tmp_path / "runs", show_progress=False, log=lambda s: None, model=model,
                          force=True)
     assert "head_patching" in run.read_manifest()["analyses_done"]
+
+
+@pytest.mark.parametrize(("yaml", "setting", "field"), [
+    ("ioi.yaml", "data.n_prompts=1000000000", "data.n_prompts"),
+    ("mcq_letters.yaml", "data.n_prompts=100000000", "analyses.compression.ranks"),
+    ("retrieval_heads.yaml", "data.lengths=[1000000000]", "data.lengths"),
+])
+def test_a_huge_setting_is_refused_before_any_prompt_is_built(yaml, setting, field, capsys, no_weights, monkeypatch):
+    """A config-only lower bound of the work is checked first: a billion prompts are refused
+    in one line without generating them (the generators would run for hours)."""
+    import interp.io.kinds.mcq as mcq
+    import interp.io.kinds.patching as patching
+
+    def never(*a, **k):
+        raise AssertionError("prompts were generated before the work limit was checked")
+
+    monkeypatch.setattr(patching, "generate_ioi", never, raising=False)
+    monkeypatch.setattr(mcq, "generate_mcq", never, raising=False)
+    path = Path(__file__).resolve().parents[2] / "experiments" / yaml
+    assert main(["validate", str(path), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {field}:") and "--force" in err and len(err.strip().splitlines()) == 1

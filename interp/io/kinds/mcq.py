@@ -178,18 +178,21 @@ def check(cfg: MCQLettersConfig, tokenizer) -> list[str]:
 def estimate(cfg: MCQLettersConfig, model, sets) -> dict[str, int]:
     """Forward passes per field to lower: head patching (one per pair and head, times the
     positions when patching all of them) and q/k compression (one per pair, head, variant, rank
-    and condition)."""
-    a, L, H = cfg.analyses, model.spec.n_layers, model.spec.n_heads
-    pairs = sets["normal"][1]
-    costs = {"analyses.head_patching.positions": 0, "analyses.compression.ranks": 0}
+    and condition). With no model and data yet, a lower bound (one layer, head and position)."""
+    a = cfg.analyses
+    L, H = (model.spec.n_layers, model.spec.n_heads) if model is not None else (1, 1)
+    n = sets["normal"][1].n if sets is not None else cfg.data.n_prompts
+    controls = ("random" in sets) if sets is not None else cfg.data.random_labels
+    costs = {"data.n_prompts": 2 * n, "analyses.head_patching.positions": 0, "analyses.compression.ranks": 0}
     if a.head_patching.enabled:
-        per_pair = 1 if a.head_patching.positions == "last" else max(b.clean.shape[1] for b in pairs.batches)
-        costs["analyses.head_patching.positions"] = pairs.n * L * H * per_pair
+        per_pair = 1
+        if a.head_patching.positions != "last" and sets is not None:
+            per_pair = max(b.clean.shape[1] for b in sets["normal"][1].batches)
+        costs["analyses.head_patching.positions"] = n * L * H * per_pair
     c = a.compression
     if c.enabled:
         n_heads = len(c.heads) if c.heads is not None else c.n_heads
-        costs["analyses.compression.ranks"] = (pairs.n * n_heads * len(c.variants) * len(c.ranks)
-                                               * (3 if "random" in sets else 1))
+        costs["analyses.compression.ranks"] = n * n_heads * len(c.variants) * len(c.ranks) * (3 if controls else 1)
     return costs
 
 

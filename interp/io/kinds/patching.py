@@ -210,13 +210,19 @@ def _positions(pairs: TokenizedPairs) -> int:
 
 def estimate(cfg: ExperimentConfig, model, data) -> dict[str, int]:
     """Forward passes per field to lower: one per patched (pair, layer, head[, position]) or
-    (pair, layer, component, position), plus the clean and corrupt baselines."""
-    _, pairs, pos_pairs = data
-    a, L, H = cfg.analyses, model.spec.n_layers, model.spec.n_heads
-    ioi, pos = cfg.data.source == "ioi", _positions(pos_pairs)
+    (pair, layer, component, position), plus the clean and corrupt baselines. With no model
+    and data (before either exists) a lower bound from the config: one layer, one head, one
+    position per prompt, the generated prompt counts."""
+    a, ioi = cfg.analyses, cfg.data.source == "ioi"
+    L, H = (model.spec.n_layers, model.spec.n_heads) if model is not None else (1, 1)
+    if data is not None:
+        _, pairs, pos_pairs = data
+        n, pos = pairs.n, _positions(pos_pairs)
+    else:
+        n, pos = (cfg.data.n_prompts, cfg.data.position_n_prompts) if ioi else (0, 0)
     costs: Counter[str] = Counter()
     if a.head_patching.enabled:
-        costs["data.n_prompts" if ioi else "data.path"] += pairs.n * (L * H + 2)
+        costs["data.n_prompts" if ioi else "data.path"] += n * (L * H + 2)
         if a.head_patching.per_position:
             costs["analyses.head_patching.per_position"] += pos * L * H
     if a.residual_patching.enabled:

@@ -136,16 +136,24 @@ def check(cfg: RetrievalHeadsConfig, tokenizer) -> list[str]:
 
 def estimate(cfg: RetrievalHeadsConfig, model, data) -> dict[str, int]:
     """Forward passes per field to lower: one prefill chunk per `chunk_size` tokens plus one
-    decoding step per answer token, for every detection trial and every masking condition."""
-    detect, mask = data
+    decoding step per answer token, for every detection trial and every masking condition. With
+    no trials yet, a lower bound from the config (one needle where the count is open)."""
     d, m = cfg.data, cfg.masking
 
     def per_trial(trials) -> int:
         return sum(-(-t.n_tokens // d.chunk_size) + d.max_new_tokens for t in trials)
 
-    costs = {"data.lengths": per_trial(detect)}
+    def bound(lengths, depths, n_needles) -> int:
+        return sum(-(-n // d.chunk_size) + d.max_new_tokens for n in lengths) * len(depths) * (n_needles or 1)
+
+    if data is not None:
+        detect, mask = per_trial(data[0]), per_trial(data[1])
+    else:
+        detect = bound(d.lengths, d.depths, d.n_needles)
+        mask = bound(m.lengths or d.lengths, m.depths or d.depths, m.n_needles or d.n_needles)
+    costs = {"data.lengths": detect}
     if m.enabled:
-        costs["masking.seeds"] = per_trial(mask) * len(m.modes) * (1 + len(m.seeds))
+        costs["masking.seeds"] = mask * len(m.modes) * (1 + len(m.seeds))
     return costs
 
 
