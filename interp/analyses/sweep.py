@@ -74,7 +74,7 @@ def sweep(
     for i, key in enumerate(keys):
         if key is not None:
             groups.setdefault(key, []).append(i)
-    done = 0
+    done = len(keys) - sum(len(g) for g in groups.values())  # skipped variants are done (NaN)
     for layer, start in sorted(groups):
         idxs = groups[(layer, start)]
         for first in range(0, len(idxs), batch_size):
