@@ -71,7 +71,11 @@ def tiny_models(tokenizer, assert_clean):
     return models
 
 
-@pytest.fixture(scope="session", params=TINY_NAMES)
+# Tests parametrised over the tiny models run on the Llama one (grouped-query attention, RMSNorm,
+# rotary) in the fast tier; the GPT-2 one joins the per-family tier (`make test-conformance`,
+# and `make test`), where the zoo covers every other family too.
+@pytest.fixture(scope="session", params=[TINY_NAMES[0], *(pytest.param(n, marks=pytest.mark.conformance)
+                                                          for n in TINY_NAMES[1:])])
 def tiny_name(request) -> str:
     return request.param
 
