@@ -364,3 +364,35 @@ def run_notebook(tmp_path, monkeypatch):
         return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
 
     return run
+
+
+@pytest.fixture
+def disk_full(monkeypatch):
+    """Call it to make every run-store file write fail with ENOSPC from the OS-level write
+    (the file object the store opens, not the store's own wrapper)."""
+    import errno
+
+    import interp.io.runstore as rs
+
+    real_fdopen = rs.os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def start() -> None:
+        monkeypatch.setattr(rs.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+
+    return start

@@ -101,29 +101,9 @@ def test_disk_full_while_writing(tmp_path, capsys, monkeypatch):
     assert manifest["status"] == "failed" and "No space left" in manifest["error"]
 
 
-def test_disk_full_at_the_os_level(tmp_path, capsys, monkeypatch):
+def test_disk_full_at_the_os_level(tmp_path, capsys, disk_full):
     """ENOSPC from the write itself (not our wrapper): still one line."""
-    import interp.io.runstore as rs
-
-    real_fdopen = rs.os.fdopen
-
-    class Full:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-    monkeypatch.setattr(rs.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    disk_full()
     code = main(["run", str(_write(tmp_path, SMALL)), "--runs-dir", str(tmp_path / "runs"), "--quiet"])
     _one_line_error(capsys, code, "No space left on device")
 

@@ -123,29 +123,9 @@ def test_unwritable_store_is_one_error(tmp_path, monkeypatch, code):
     assert not list(run.path.rglob("*.tmp"))
 
 
-def test_disk_full_is_one_error(tmp_path, monkeypatch):
+def test_disk_full_is_one_error(tmp_path, disk_full):
     run = RunStore(tmp_path).create("r")
-
-    class Full:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-    import interp.io.runstore as rs
-
-    real = rs.os.fdopen
-    monkeypatch.setattr(rs.os, "fdopen", lambda fd, mode: Full(real(fd, mode)))
+    disk_full()
     with pytest.raises(RunStoreError, match="disk is full"):
         run.write_text("x.txt", "data")
     assert not list(run.path.glob(".*.tmp"))
