@@ -35,7 +35,7 @@ from interp.analyses.patching import pair_readout
 from interp.analyses.sweep import Hooks, ProgressFn, resume, sweep
 from interp.core.attention import check_recompute, recompute_scores
 from interp.core.errors import ExactnessError, UnsupportedError
-from interp.core.hooks import HookFn
+from interp.core.hooks import HookFn, caching_hooks
 from interp.core.metrics import Metric
 from interp.core.model import BlockInputs, HookedModel
 from interp.core.sites import Site
@@ -62,19 +62,26 @@ def head_outputs(model: HookedModel, layer: int, z: Tensor) -> Float[Tensor, "he
     return torch.einsum("bphk,hkd->hbpd", z, model.W_O(layer).to(z.dtype))  # type: ignore[attr-defined]
 
 
+def _sender_sites(model: HookedModel) -> list[Site]:
+    sites = [Site("resid_pre", layer=0), Site("resid_final")]
+    return sites + [Site(c, layer=layer) for layer in range(model.spec.n_layers) for c in ("z", "attn_out", "mlp_out")]
+
+
 @torch.no_grad()
 def sender_outputs(model: HookedModel,
                    tokens: Int[Tensor, "prompt pos"]) -> tuple[Senders, Float[Tensor, "prompt pos d_model"]]:
     """Every sender's output on `tokens` (input, then per layer each head and the MLP) and the
-    final residual; checks that heads + output bias give the attention output and that the
-    senders + biases give the final residual."""
-    L = model.spec.n_layers
-    sites = [Site("resid_pre", layer=0), Site("resid_final")]
-    sites += [Site(c, layer=layer) for layer in range(L) for c in ("z", "attn_out", "mlp_out")]
-    _, cache = model.run_with_cache(tokens.to(model.device), sites)  # type: ignore[attr-defined]
+    final residual (`senders_from_cache`)."""
+    _, cache = model.run_with_cache(tokens.to(model.device), _sender_sites(model))  # type: ignore[attr-defined]
+    return senders_from_cache(model, cache)
+
+
+def senders_from_cache(model: HookedModel, cache: dict[Site, Tensor]) -> tuple[Senders, Tensor]:
+    """The senders' outputs from cached sites; checks that heads + output bias give the attention
+    output and that the senders + biases give the final residual."""
     parts = [cache[Site("resid_pre", layer=0)]]
     total = parts[0].clone()
-    for layer in range(L):
+    for layer in range(model.spec.n_layers):
         heads = head_outputs(model, layer, cache[Site("z", layer=layer)])
         b = model.out_proj_bias(layer)  # type: ignore[attr-defined]
         attn = heads.sum(0) + (b.to(heads.dtype) if b is not None else 0)
@@ -218,10 +225,13 @@ class PairRuns:
     final: Float[Tensor, "prompt pos d_model"]
 
     @classmethod
+    @torch.no_grad()
     def of(cls, model: HookedModel, pb: PairBatch) -> PairRuns:
-        clean_tokens = pb.clean.to(model.device)
-        inputs = model.capture_block_inputs(clean_tokens)  # type: ignore[attr-defined]
-        clean, final = sender_outputs(model, clean_tokens)
+        """Two forwards: the clean one captures the block inputs and the senders' outputs."""
+        cache: dict[Site, Tensor] = {}
+        with model.hooks(caching_hooks(_sender_sites(model), cache)):
+            inputs = model.capture_block_inputs(pb.clean.to(model.device))  # type: ignore[attr-defined]
+        clean, final = senders_from_cache(model, cache)
         corrupt, _ = sender_outputs(model, pb.corrupt)
         return cls(inputs, clean, corrupt, final)
 
