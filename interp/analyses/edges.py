@@ -20,10 +20,17 @@ Sign convention of every score: score(s -> r) ~ m(that edge patched to corrupt) 
   points x_k = e_corrupt + (k / m)(e_clean - e_corrupt), k = 0..m-1 (EAP-IG's reference code:
   the corrupt end included, the clean end not), e the input embeddings (the residual entering
   block 0), all other inputs of the forward (positions) the clean prompt's.
-- ``"eap-ig-activations"``: for each node group (input, each layer's attention, each MLP) and
-  k = 1..m, that group's output set to a_corrupt + (k / m)(a_clean - a_corrupt) (the clean end
-  included, the corrupt end not), the rest recomputed on the clean prompt; the gradients of all
-  (3L... ) runs averaged, as the reference code does (every run's gradient counts for every edge).
+- ``"eap-ig-activations"``: for each node group (input, each layer's attention - all its heads -,
+  each MLP) and k = 1..m, that group's output set to a_corrupt + (k / m)(a_clean - a_corrupt)
+  (the clean end included, the corrupt end not), the rest recomputed on the clean prompt; the
+  gradients of all (2L + 1) m runs averaged, as the reference code does (every run's gradient
+  counts for every edge). Costly: (2L + 1) m forward + backward passes.
+
+Cost (SmolLM2-135M, 10 IOI prompts, one CPU thread, time / one plain forward): EAP about 7
+(two plain forwards, one resumed forward with a backward, the per-head pull-backs - a batched
+vector-Jacobian product per layer and q/k/v through the full projections - and the sender x
+receiver contraction); EAP-IG-inputs adds about 4 per point. The issue's targets (EAP <= 3.5,
+EAP-IG <= 3m + 3) are not met yet: they need per-head projection slices for the pull-backs.
 
     edge_graph(model)
     res = edge_scores(model, pairs, method="eap-ig-inputs", steps=5)

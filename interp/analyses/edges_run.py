@@ -19,14 +19,14 @@ sender s in receiver r means input_r + (a_s,src - a_s,current) for that receiver
 `exact_sweep` patches one edge per variant (variants stacked along the batch, resumed at the
 receiver's block: the prefix before it is unchanged). `run_mixed` runs many swaps at once
 (every receiver of every block, current sender values recomputed in that same forward): circuit
-evaluation, and the gradient runs of EAP / EAP-IG (with nothing swapped, the receivers' inputs
-are then separate tensors whose gradients are each receiver's own).
+evaluation. The gradient methods (`interp.analyses.edges_grad`) take each receiver's gradient
+from one forward instead, pulled back through the same sites.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -293,60 +293,33 @@ def _set_rows(js: list[int], n: int, src: Tensor) -> HookFn:
 # ------------------------------------------------------------------------- many swaps at once
 
 
-@dataclass
-class Taps:
-    """The receivers' input tensors of a `run_mixed` forward (for their gradients): per layer the
-    stacked head inputs (3H copies, receiver order) and the MLP input; the logits' input."""
-
-    heads: list[Tensor] = field(default_factory=list)
-    mlp: list[Tensor] = field(default_factory=list)
-    final: Tensor | None = None
-
-
-def run_mixed(model: HookedModel, inputs: BlockInputs, lay: Layout, copies: int, x0: Tensor, *,
-              src: Senders | None = None, ablate: Tensor | None = None, taps: Taps | None = None,
-              extra: Callable[[int], Hooks] | None = None) -> Float[Tensor, "rows pos d_model"]:
+def run_mixed(model: HookedModel, inputs: BlockInputs, lay: Layout, copies: int, x0: Tensor, src: Senders,
+              ablate: Tensor) -> Float[Tensor, "rows pos d_model"]:
     """The final residual (as the logits receive it) of `copies` stacked variants of the base run
     resumed from block 0 on `x0`, every receiver's input swapped: receiver r of variant c gets
     input_r + sum_s ablate[c, r, s] (src_s - a_s,current), a_s,current the sender's output in this
-    very forward. `ablate` None: nothing swapped (each receiver's input is still its own tensor,
-    kept in `taps`). `extra(layer)`: more hooks on that block (e.g. interpolated outputs)."""
-    run = _Mixed(model, inputs, lay, copies, src, ablate, taps)
-    if run.diffs is not None and src is not None:
-        run.diffs[0] = src[0].repeat(copies, 1, 1) - x0
+    very forward."""
+    run = _Mixed(model, inputs, lay, copies, src, ablate)
+    run.diffs[0] = src[0].repeat(copies, 1, 1) - x0
     x = x0
     for layer in range(lay.n_layers):
-        x = run.layer(layer, x, list(extra(layer)) if extra else [])
-    out = run.swapped(x, lay.logits_receiver, 1, lay.n_senders)
-    if taps is not None:
-        taps.final = out
-    return out
+        x = run.layer(layer, x)
+    return run.swapped(x, lay.logits_receiver, 1, lay.n_senders)
 
 
-@dataclass
 class _Mixed:
-    model: HookedModel
-    inputs: BlockInputs
-    lay: Layout
-    copies: int
-    src: Senders | None
-    ablate: Tensor | None
-    taps: Taps | None
-    diffs: Tensor | None = None  # (sender, copies * n, pos, d): src_s - a_s,current
+    def __init__(self, model: HookedModel, inputs: BlockInputs, lay: Layout, copies: int, src: Senders,
+                 ablate: Tensor) -> None:
+        self.model, self.inputs, self.lay, self.copies, self.src, self.ablate = model, inputs, lay, copies, src, ablate
+        x = inputs.resid_pre[0]
+        # (sender, copies * n, pos, d): src_s - a_s,current
+        self.diffs = torch.empty(lay.n_senders, copies * x.shape[0], *x.shape[1:], dtype=x.dtype, device=x.device)
 
-    def __post_init__(self) -> None:
-        if self.ablate is not None:
-            x = self.inputs.resid_pre[0]
-            self.diffs = torch.empty(self.lay.n_senders, self.copies * x.shape[0], *x.shape[1:], dtype=x.dtype,
-                                     device=x.device)
-
-    def layer(self, layer: int, x: Tensor, extra: Hooks) -> Tensor:
+    def layer(self, layer: int, x: Tensor) -> Tensor:
         """Block `layer` with every receiver in it swapped: the residual entering the next block."""
         H, lay, copies = self.lay.n_heads, self.lay, self.copies
         first, r0 = 1 + layer * (H + 1), layer * lay.per_layer
         X = self.swapped(x, r0, 3 * H, first)
-        if self.taps is not None:
-            self.taps.heads.append(X)
         rec = record_block(self.model, self.inputs, layer, X, 3 * H * copies)
         rows = x.shape[0]
         writes: dict[str, list[Write]] = {kind: [] for kind in KINDS}
@@ -354,12 +327,11 @@ class _Mixed:
             h, kind = divmod(r, 3)
             writes[KINDS[kind]].append((slice(None), h, rec[KINDS[kind]][_rows(r, rows)]))
         now: dict[str, Tensor] = {}
-        hooks = head_write_hooks(self.model, layer, writes) + extra
+        hooks = head_write_hooks(self.model, layer, writes)
         hooks += [(Site("z", layer=layer), _keep(now, "z")), (Site("resid_mid", layer=layer), self._mlp_in(layer, now)),
                   (Site("mlp_out", layer=layer), _keep(now, "mlp"))]
         resume(self.model, self.inputs, layer, copies, hooks, x=x, end_layer=layer + 1)
-        if self.diffs is not None and self.src is not None:
-            self.diffs[first + H] = self.src[first + H].repeat(copies, 1, 1) - now["mlp"]
+        self.diffs[first + H] = self.src[first + H].repeat(copies, 1, 1) - now["mlp"]
         return now["mid"] + now["mlp"]
 
     def _mlp_in(self, layer: int, now: dict[str, Tensor]) -> HookFn:
@@ -368,20 +340,14 @@ class _Mixed:
 
         def fn(t: Tensor, _s: Site) -> Tensor:
             now["mid"] = t
-            if self.diffs is not None and self.src is not None:
-                self.diffs[first:first + H] = self.src[first:first + H].repeat(1, self.copies, 1, 1) - head_outputs(
-                    self.model, layer, now["z"])
-            out = self.swapped(t, self.lay.mlp_receiver(layer), 1, first + H)
-            if self.taps is not None:
-                self.taps.mlp.append(out)
-            return out
+            self.diffs[first:first + H] = self.src[first:first + H].repeat(1, self.copies, 1, 1) - head_outputs(
+                self.model, layer, now["z"])
+            return self.swapped(t, self.lay.mlp_receiver(layer), 1, first + H)
 
         return fn
 
     def swapped(self, x: Tensor, r0: int, k: int, n_up: int) -> Tensor:
         """The inputs of receivers r0..r0+k-1, stacked receiver-major: (k * rows, pos, d)."""
-        if self.ablate is None or self.diffs is None:
-            return x.repeat(k, 1, 1) if k > 1 else x.clone()
         a = self.ablate[:, r0:r0 + k, :n_up].to(x.dtype)  # (copies, k, n_up)
         d = self.diffs[:n_up].reshape(n_up, self.copies, -1)  # (n_up, copies, n * pos * d_model)
         delta = torch.einsum("crs,scm->rcm", a, d)
