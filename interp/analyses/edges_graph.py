@@ -36,6 +36,7 @@ KINDS = ("q", "k", "v")
 # GPT-NeoX, Falcon, Phi, Cohere), post-norms (Gemma 2/3, OLMo 2), Granite's residual multiplier,
 # and Phi-3, whose grouped-query scores cannot be recomputed from its rotated q/k sites (key
 # receivers refuse there).
+PROVEN_BACKENDS = frozenset({"transformer_lens"})
 PROVEN = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "olmo", "stablelm",
                     "starcoder2", "gpt2", "gpt_neo"})
 
@@ -173,6 +174,9 @@ def check_edges_supported(model: HookedModel) -> None:
     if facts.parallel_block:
         raise UnsupportedError(f"edge attribution on {arch} ({facts.model_type}): parallel attention + MLP blocks "
                                "are not proven exact yet (supported: sequential pre-norm decoders such as Llama)")
+    if lm.backend not in PROVEN_BACKENDS:
+        raise UnsupportedError(f"edge attribution on backend {lm.backend!r}: not proven exact there yet; load the "
+                               f"model with backend {' or '.join(sorted(PROVEN_BACKENDS))!r}")
     if facts.model_type not in PROVEN:
         raise UnsupportedError(f"edge attribution on {arch} ({facts.model_type}): not proven exact on this family "
                                f"yet; proven: {', '.join(sorted(PROVEN))}")

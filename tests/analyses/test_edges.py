@@ -201,3 +201,11 @@ def test_bad_input(model, pairs):
         evaluate_circuits(model, pairs, g, torch.ones(1, 5, dtype=torch.bool))
     with pytest.raises(InterpError, match="not this model's edge graph"):
         evaluate_circuits(model, pairs, build_graph(2, 2), torch.ones(1, 46, dtype=torch.bool))
+
+
+def test_unproven_backend_refuses():
+    from interp.core.errors import UnsupportedError
+    from interp.models.zoo import load_family
+
+    with pytest.raises(UnsupportedError, match="backend 'nnsight': not proven exact"):
+        edge_graph(load_family("llama", backend="nnsight"))
