@@ -32,12 +32,13 @@ INPUT_NORMS = {
 
 @torch.no_grad()
 def senders(raw: RawModel, tokens: torch.Tensor) -> dict[tuple, torch.Tensor]:
+    """Each sender's output on `tokens`, in float64."""
     c = raw.capture(tokens)
-    out: dict[tuple, torch.Tensor] = {("input",): c["resid_pre"][0].float()}
+    out: dict[tuple, torch.Tensor] = {("input",): c["resid_pre"][0].double()}
     for layer in range(raw.L):
         for h in range(raw.H):
-            out[("head", layer, h)] = c["z"][layer][:, :, raw.head_slice(h)].float() @ raw.W_O(layer, h)
-        out[("mlp", layer)] = c["mlp_out"][layer].float()
+            out[("head", layer, h)] = c["z"][layer][:, :, raw.head_slice(h)].double() @ raw.W_O(layer, h).double()
+        out[("mlp", layer)] = c["mlp_out"][layer].double()
     return out
 
 

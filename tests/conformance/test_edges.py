@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.analyses.edges import circuit_metrics, edge_graph
+from interp.analyses.edges import circuit_metrics, edge_graph, edge_scores
 from interp.analyses.edges_graph import Layout
 from interp.analyses.edges_run import exact_sweep
 from interp.analyses.patching import baseline_metrics
@@ -80,6 +80,37 @@ def test_circuit_evaluation(family, model, raw, pb):
     for c, (s, r) in enumerate(picks):
         ref = edge_patch(raw, pb.clean, pb.corrupt, pb.answer_ids, pb.distractor_ids, s, r, cs, xs)
         check(ours[2 + c], ref, f"{family} circuit without edge {s} -> {r}", atol=1e-5, rtol=1e-4)
+
+
+def test_eap_is_the_derivative_of_edge_patching(family, model, vocab, pairs, pb):
+    """EAP's score of an edge is the derivative of the raw edge patch along (a_corrupt - a_clean):
+    central finite differences on the raw model (the swap scaled by +-eps and +-2 eps, Richardson
+    extrapolated), in float64 where the family runs in it (HF's RMSNorms still compute in float32,
+    hence eps 0.05; the mixture-of-experts kernels take no float64: float32 there, eps 0.01 so the
+    expert routing does not switch, a looser tolerance)."""
+    from interp.models.zoo import build_family
+
+    from .reference import RawModel
+
+    graph = refused_or(edge_graph, model)
+    lay, spans = graph.layout, graph.receiver_spans()
+    eap = refused_or(edge_scores, model, pairs, method="eap")
+    wide = family in ("mixtral", "qwen2_moe")
+    hf = build_family(family, vocab_size=vocab, seed=0)
+    raw = RawModel(family, hf if wide else hf.double())
+    cs, xs = senders(raw, pb.clean), senders(raw, pb.corrupt)
+    eps = 0.01 if wide else 0.05  # small enough for expert routing not to switch, else above float32 noise
+
+    def fd(s, r, eps):
+        args = (raw, pb.clean, pb.corrupt, pb.answer_ids, pb.distractor_ids, s, r, cs)
+        up, down = ({k: cs[k] + sign * eps * (xs[k] - cs[k]) for k in cs} for sign in (1, -1))
+        return ((edge_patch(*args, up).double() - edge_patch(*args, down).double()) / (2 * eps)).mean()
+
+    for edges in EDGES.values():
+        for s, r in edges:
+            ref = (4 * fd(s, r, eps) - fd(s, r, 2 * eps)) / 3
+            ours = eap.scores[spans[_receiver(lay, r)][0] + _sender(lay, s)]
+            check(ours, ref, f"{family} EAP of edge {s} -> {r}", atol=5e-5 if wide else 2e-5, rtol=1e-3)
 
 
 def test_post_norm_families_refuse(family, model):
