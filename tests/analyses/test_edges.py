@@ -79,6 +79,33 @@ def test_evaluate_one_edge_ablated_is_exact_patching(model, pairs, exact):
     assert lay.n_receivers == len(g.receiver_spans())
 
 
+def test_circuit_of_one_edge_input_to_logits(model, pairs):
+    """Only input -> logits kept: everything else runs on corrupt values, so the logits read the
+    corrupt final residual with the input embedding's corrupt part swapped for the clean one (the
+    corrupt prompts here also differ in their last token, so the swap matters)."""
+    g = edge_graph(model)
+    pb = pairs.batches[0]
+    corrupt = pb.corrupt.clone()
+    corrupt[:, -1] = (corrupt[:, -1] + 7) % model.spec.d_vocab
+    pairs = TokenizedPairs([PairBatch(pb.clean, corrupt, pb.answer_ids, pb.distractor_ids, pb.indices, pb.key)],
+                           len(pb))
+    keep = torch.zeros(1, len(g), dtype=torch.bool)
+    keep[0, g.index("input->logits")] = True
+    got = evaluate_circuits(model, pairs, g, keep)
+    sites = [Site("resid_pre", layer=0), Site("resid_final", position=-1)]
+    want, n = 0.0, 0
+    for pb in pairs.batches:
+        (_, c), (_, x) = (model.run_with_cache(t, sites) for t in (pb.clean, pb.corrupt))
+        final = x[sites[1]] + c[sites[0]][:, -1] - x[sites[0]][:, -1]
+        logits = model.unembed(final)
+        r = torch.arange(len(pb))
+        want += float((logits[r, pb.answer_ids] - logits[r, pb.distractor_ids]).sum())
+        n += len(pb)
+    assert float(got[0]) == pytest.approx(want / n, abs=1e-5)
+    empty = evaluate_circuits(model, pairs, g, torch.zeros(1, len(g), dtype=torch.bool))
+    assert abs(float(got[0] - empty[0])) > 1e-3  # the kept edge matters
+
+
 def test_exact_subset_is_nan_elsewhere(model, pairs, exact):
     sub = edge_scores(model, pairs, method="exact", edges=[3, 10], batch_size=1)
     assert torch.allclose(sub.scores[[3, 10]], exact.scores[[3, 10]], atol=1e-6)
