@@ -218,7 +218,7 @@ def circuit_metrics(model: HookedModel, pb: PairBatch, lay: Layout, ablate: Tens
     """Per-prompt metric of each circuit (rows of `ablate`, (circuit, receiver, sender) 0/1)."""
     runs = PairRuns.of(model, pb)
     C, n = ablate.shape[0], len(pb)
-    src = runs.corrupt if mean is None else mean.to(runs.clean.dtype)[:, None, None].expand_as(runs.clean).contiguous()
+    src = runs.corrupt if mean is None else mean.to(runs.clean)[:, None, None].expand_as(runs.clean).contiguous()
     x0 = runs.inputs.resid_pre[0].repeat(C, 1, 1)
     final = run_mixed(model, runs.inputs, lay, C, x0, src=src, ablate=ablate.to(x0.device))
     rd = pair_readout(model, pb, m)
