@@ -132,7 +132,7 @@ class MCQLettersConfig(BaseExperimentConfig):
 # ------------------------------------------------------------------------------------ runner
 
 
-def _datasets(cfg: MCQLettersConfig, model) -> dict[str, tuple[PairDataset, object]]:
+def _datasets(cfg: MCQLettersConfig, model, progress=None) -> dict[str, tuple[PairDataset, object]]:
     d = cfg.data
     kw = dict(chat=d.chat, items=d.items)
     wanted = {"normal": dict(fmt=d.format)}
@@ -142,13 +142,14 @@ def _datasets(cfg: MCQLettersConfig, model) -> dict[str, tuple[PairDataset, obje
         wanted["letter_format"] = dict(fmt="letter")
     out = {}
     for name, extra in wanted.items():
-        ds = generate_mcq(d.n_prompts, model.tokenizer, seed=cfg.seed, **kw, **extra)
+        ds = generate_mcq(d.n_prompts, model.tokenizer, seed=cfg.seed, **kw, **extra,
+                          progress=progress(f"MCQ prompts ({name})") if progress else None)
         out[name] = (ds, tokenize_pairs(ds, model.tokenizer, source_file=str(d.items) if d.items else None))
     return out
 
 
-def prepare(cfg: MCQLettersConfig, model, log):
-    sets = _datasets(cfg, model)
+def prepare(cfg: MCQLettersConfig, model, log, *, progress=None):
+    sets = _datasets(cfg, model, progress)
     for name, (ds, pairs) in sets.items():
         log(f"data {name}: {len(ds)} MCQ pairs ({ds.source['fmt']}, {len(pairs.by_length().batches)} token lengths; "
             f"{ds.source['n_dropped_unequal_length']} dropped for unequal clean/corrupt lengths)")

@@ -117,13 +117,13 @@ class RetrievalHeadsConfig(BaseExperimentConfig):
 # ------------------------------------------------------------------------------------ runner
 
 
-def _trials(cfg: RetrievalHeadsConfig, model, lengths, depths, n_needles) -> list[NeedleTrial]:
+def _trials(cfg: RetrievalHeadsConfig, model, lengths, depths, n_needles, progress=None) -> list[NeedleTrial]:
     d = cfg.data
     needles = load_needles(d.needles)
     if n_needles is not None:
         needles = needles[:n_needles]
     return build_trials(model.tokenizer, needles, list(lengths), list(depths), chat=d.chat,
-                        haystack=load_haystack(d.haystack) if d.haystack else None)
+                        haystack=load_haystack(d.haystack) if d.haystack else None, progress=progress)
 
 
 def check(cfg: RetrievalHeadsConfig, tokenizer) -> list[str]:
@@ -157,11 +157,12 @@ def estimate(cfg: RetrievalHeadsConfig, model, data) -> dict[str, int]:
     return costs
 
 
-def prepare(cfg: RetrievalHeadsConfig, model, log):
+def prepare(cfg: RetrievalHeadsConfig, model, log, *, progress=None):
     d, m = cfg.data, cfg.masking
-    detect = _trials(cfg, model, d.lengths, d.depths, d.n_needles)
-    mask = (_trials(cfg, model, m.lengths or d.lengths, m.depths or d.depths, m.n_needles or d.n_needles)
-            if m.enabled else [])
+    bar = progress or (lambda desc: None)
+    detect = _trials(cfg, model, d.lengths, d.depths, d.n_needles, bar("needle trials (detection)"))
+    mask = (_trials(cfg, model, m.lengths or d.lengths, m.depths or d.depths, m.n_needles or d.n_needles,
+                    bar("needle trials (masking)")) if m.enabled else [])
     log(f"needle trials: {len(detect)} for detection (prompts of {min(t.n_tokens for t in detect)}-"
         f"{max(t.n_tokens for t in detect)} tokens); {len(mask)} for the masking test")
     if m.enabled and isinstance(m.k, int) and m.k > model.spec.n_layers * model.spec.n_heads // 2:
