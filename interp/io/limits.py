@@ -25,7 +25,8 @@ from interp.core.errors import ConfigError
 from interp.io.registry import Kind
 
 __all__ = ["MAX_FORWARDS", "ModelShape", "check_work", "count_forwards", "check_memory", "model_shape",
-           "available_memory", "attribute", "forward_bytes", "sweep_bytes", "pairs_peak", "fmt_bytes", "PROMPT_BYTES"]
+           "available_memory", "attribute", "forward_bytes", "sweep_bytes", "prefill_bytes", "pairs_peak", "fmt_bytes",
+           "PROMPT_BYTES"]
 
 MAX_FORWARDS = 10**7
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -229,6 +230,15 @@ def check_memory(kind: Kind, cfg: Any, model: Any, data: Any, *, force: bool = F
     raise ConfigError(f"the run needs about {fmt_bytes(total)} of memory at its peak ({fmt_bytes(shape.weight_bytes)} "
                       f"of weights for {cfg.model.name}{loaded}, {fmt_bytes(block)} of data and activations for this "
                       f"setting), more than the {fmt_bytes(avail)} {where}; {lower}, or run with --force", path=field)
+
+
+def prefill_bytes(shape: ModelShape, tokens: int, chunk: int) -> int:
+    """A long prompt prefilled `chunk` tokens at a time: its key/value cache at every layer (keys
+    and values of d_model each per token, an upper bound under grouped-query attention) and one
+    chunk's forward attending to all of it."""
+    cache = 2 * shape.n_layers * tokens * shape.d_model * shape.dtype_bytes
+    scores = 2 * shape.n_heads * min(chunk, tokens) * tokens * shape.dtype_bytes
+    return cache + scores + forward_bytes(shape, 1, min(chunk, tokens))
 
 
 def pairs_peak(shape: ModelShape, pairs: Any, variants_per_forward: int) -> int:

@@ -266,3 +266,19 @@ def test_a_kind_whose_prepare_takes_no_progress_still_works():
     got = []
     kind = Kind("k", object, lambda cfg, model, log: got.append("plain") or 1, ())  # type: ignore[arg-type]
     assert kind.prepare_data(None, None, print, progress=lambda desc: None) == 1 and got == ["plain"]
+
+
+def test_a_long_retrieval_context_is_refused_for_memory_naming_data_lengths(capsys, monkeypatch, no_weights):
+    """A 1M-token needle context: few forward passes (chunks), but a key/value cache of every
+    layer far over 16 GB."""
+    _available(monkeypatch, 16 * 2**30)
+    assert main(["validate", str(EXPERIMENTS / "retrieval_heads.yaml"), "--set", "data.lengths=[1000000]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data.lengths:") and "of memory at its peak" in err and "16.0 GB" in err
+
+
+def test_prefill_bytes_counts_the_cache_of_every_layer():
+    shape = limits.ModelShape(n_layers=2, n_heads=3, d_model=8, d_vocab=10, params=0, dtype_bytes=4)
+    cache = 2 * 2 * 100 * 8 * 4
+    assert limits.prefill_bytes(shape, 100, 10) == cache + 2 * 3 * 10 * 100 * 4 + limits.forward_bytes(shape, 1, 10)
+    assert limits.forward_bytes(shape, 2, 10) == 4 * 2 * (10 * (12 * 8 + 2 * 3 * 10) + 10)

@@ -39,6 +39,7 @@ from interp.analyses.mcq import (
 from interp.core.errors import ConfigError
 from interp.data.mcq import generate_mcq
 from interp.data.pairs import PairDataset, tokenize_pairs
+from interp.io.limits import PROMPT_BYTES, ModelShape, pairs_peak
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
@@ -195,6 +196,18 @@ def estimate(cfg: MCQLettersConfig, model, sets) -> dict[str, int]:
         n_heads = len(c.heads) if c.heads is not None else c.n_heads
         costs["analyses.compression.ranks"] = n * n_heads * len(c.variants) * len(c.ranks) * (3 if controls else 1)
     return costs
+
+
+def memory(cfg: MCQLettersConfig, shape: ModelShape, sets) -> dict[str, int]:
+    """Bytes for `data.n_prompts`: the prompt pairs of every set plus the largest head-patching
+    chunk (block inputs of a length group, its rows stacked once per head of a layer). With no
+    data yet, the generated prompts alone."""
+    if sets is None:
+        n_sets = 1 + cfg.data.random_labels + (cfg.data.compare_letter_format and cfg.data.format != "letter")
+        return {"data.n_prompts": n_sets * cfg.data.n_prompts * PROMPT_BYTES}
+    hp = cfg.analyses.head_patching
+    peak = pairs_peak(shape, sets["normal"][1], min(hp.batch_size, shape.n_heads)) if hp.enabled else 0
+    return {"data.n_prompts": sum(p.n for _, p in sets.values()) * PROMPT_BYTES + peak}
 
 
 def _rank_for(frame: pd.DataFrame, share: float) -> str:
@@ -361,4 +374,4 @@ def _compression_report(comp: QKCompressionResult, frame: pd.DataFrame, fits, he
 
 
 register_kind("mcq_letters", MCQLettersConfig, dataset_step, accuracy_step, dla, head_patching, compression,
-              prepare=prepare, check=check, estimate=estimate)
+              prepare=prepare, check=check, estimate=estimate, memory=memory)

@@ -35,6 +35,7 @@ from interp.data.needles import (
     load_needles,
     needle_target,
 )
+from interp.io.limits import ModelShape, prefill_bytes
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
@@ -157,6 +158,18 @@ def estimate(cfg: RetrievalHeadsConfig, model, data) -> dict[str, int]:
     return costs
 
 
+def memory(cfg: RetrievalHeadsConfig, shape: ModelShape, data) -> dict[str, int]:
+    """Bytes for `data.lengths`: the longest trial prefilled in chunks (its key/value cache at
+    every layer and one chunk attending to it). With no trials yet, the longest configured
+    context length."""
+    d, m = cfg.data, cfg.masking
+    if data is not None:
+        longest = max((t.n_tokens for trials in data for t in trials), default=0)
+    else:
+        longest = max([*d.lengths, *(m.lengths or ())])
+    return {"data.lengths": prefill_bytes(shape, longest + d.max_new_tokens, d.chunk_size)}
+
+
 def prepare(cfg: RetrievalHeadsConfig, model, log, *, progress=None):
     d, m = cfg.data, cfg.masking
     bar = progress or (lambda desc: None)
@@ -256,4 +269,4 @@ def dataset_step(ctx: StepContext) -> StepResult:
 
 
 register_kind("retrieval_heads", RetrievalHeadsConfig, dataset_step, detect, mask,
-              prepare=prepare, check=check, estimate=estimate)
+              prepare=prepare, check=check, estimate=estimate, memory=memory)
