@@ -51,7 +51,7 @@ def cmd_run(args) -> int:
         from interp.io.grid import run_grid_file
 
         return 1 if run_grid_file(*grid, runs_dir=args.runs_dir, threads=args.threads, show_progress=not args.quiet,
-                                  force=args.force, resume=bool(args.resume)).failed else 0
+                                  force=args.force, resume=args.resume).failed else 0
     cfg = _load(args)
     if args.threads is not None:
         if args.threads < 1:

@@ -255,9 +255,13 @@ def run_grid(grid: Grid, *, runs_dir: str | Path | None = None, show_progress: b
 
 
 def run_grid_file(path: str | Path, overrides: Mapping[str, str] | None = None, *, threads: int | None = None,
-                  log: Log = print, **kw: Any) -> GridOutcome:
+                  resume: bool | str | None = None, log: Log = print, **kw: Any) -> GridOutcome:
     """`interp run` on a grid YAML: load and validate every cell, run them (`run_grid`), then
-    print one line per cell and the grid's total."""
+    print one line per cell and the grid's total. `resume` True (the CLI's bare `--resume`)
+    skips complete cells; a RUN_DIR there is for one run, not a grid."""
+    if isinstance(resume, str):
+        raise InterpError(f"--resume {resume}: a grid resumes with a bare --resume (its complete cells are "
+                          "skipped); --resume RUN_DIR resumes one run")
     grid = load_grid(path, overrides)
     if threads is not None:
         if threads < 1:
@@ -266,7 +270,7 @@ def run_grid_file(path: str | Path, overrides: Mapping[str, str] | None = None, 
 
         torch.set_num_threads(threads)
     log(f"grid {grid.id}: {len(grid.cells)} cells over {', '.join(grid.keys) or 'no key'}")
-    outcome = run_grid(grid, log=log, **kw)
+    outcome = run_grid(grid, log=log, resume=bool(resume), **kw)
     log("")
     for line in outcome.lines():
         log(line)

@@ -235,3 +235,9 @@ def test_the_tiny_grid_end_to_end_with_resume(tmp_path, capsys):
     assert main([*args, "--resume"]) == 0
     summary = capsys.readouterr().out.rstrip().split("\n\n")[-1].splitlines()
     assert sum("skipped, already complete" in line for line in summary) == 4 and len(grid_runs(store, gid)) == 4
+
+
+def test_resume_with_a_run_dir_on_a_grid_is_one_line(capsys):
+    assert main(["run", str(EXPERIMENTS / "grid_ioi_tiny.yaml"), "--resume", "runs/x", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume runs/x: a grid resumes with a bare --resume") and err.count("\n") == 1
