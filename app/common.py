@@ -272,17 +272,34 @@ def _store_signature(root: Path) -> tuple:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _cached_atlas(root: str, signature: tuple) -> Atlas:
-    return build_atlas(RunStore(root))
+def _cached_atlas(root: str, signature: tuple, grid: str | None = None) -> Atlas:
+    return build_atlas(RunStore(root), grid=grid)
 
 
-def atlas() -> Atlas | None:
+def atlas(grid: str | None = None) -> Atlas | None:
+    """The atlas of the run store (of the runs of one grid, when `grid` names its id)."""
     root = runs_dir()
     try:
-        return _cached_atlas(str(root), _store_signature(root))
+        return _cached_atlas(str(root), _store_signature(root), grid)
     except Exception as exc:  # noqa: BLE001
         st.error(f"The head atlas could not be built: {_describe(exc)}")
         return None
+
+
+def grid_picker(key: str) -> str | None:
+    """A selectbox of the grids in the run store ("all runs" first); None for all runs."""
+    from interp.io.grid import grid_ids
+
+    try:
+        ids = grid_ids(store())
+    except Exception as exc:  # noqa: BLE001
+        st.warning(f"The grids of the run store could not be read: {_describe(exc)}")
+        return None
+    if not ids:
+        return None
+    chosen = st.selectbox("Runs", ["all runs", *ids], key=key, format_func=lambda g: g if g == "all runs"
+                          else f"runs of grid {g}", help="a grid's runs read together (interp run GRID.yaml)")
+    return None if chosen == "all runs" else chosen
 
 
 def show_notes(notes: list[str], what: str) -> None:

@@ -2,6 +2,7 @@
 
     interp run experiments/ioi.yaml --set data.n_prompts=8
     interp validate experiments/ioi.yaml
+    interp run experiments/grid_ioi_tiny.yaml [--resume]   # a grid: one run per cell
     interp models [--support]
     interp check tiny-gemma2
     interp runs
@@ -35,10 +36,22 @@ def _load(args) -> object:
     return cfg
 
 
+def _grid(args) -> tuple[str, dict] | None:
+    """(path, --set overrides) when the YAML is a grid (`interp.io.grid`), else None."""
+    from interp.io.config import is_grid, parse_set_args, read_yaml
+
+    return (args.config, parse_set_args(args.set or [])) if is_grid(read_yaml(args.config)) else None
+
+
 def cmd_run(args) -> int:
     from interp.io.config import with_overrides
     from interp.io.runner import run_experiment
 
+    if (grid := _grid(args)) is not None:  # one run per cell; exit 1 when a cell failed
+        from interp.io.grid import run_grid_file
+
+        return 1 if run_grid_file(*grid, runs_dir=args.runs_dir, threads=args.threads, show_progress=not args.quiet,
+                                  force=args.force, resume=args.resume).failed else 0
     cfg = _load(args)
     if args.threads is not None:
         if args.threads < 1:
@@ -56,6 +69,11 @@ def cmd_run(args) -> int:
 def cmd_validate(args) -> int:
     from interp.io.preflight import preflight
 
+    if (grid := _grid(args)) is not None:  # every cell, preflight too
+        from interp.io.grid import validate_grid_file
+
+        print("\n".join(validate_grid_file(*grid, force=args.force)))
+        return 0
     cfg = _load(args)
     lines = preflight(cfg, force=args.force)  # data, output location, work: tokenizer only, no weights
     print(f"{args.config}: ok (kind {cfg.kind}, experiment {cfg.name!r}, model {cfg.model.name})")
@@ -99,13 +117,14 @@ def cmd_check(args) -> int:
 
 
 def cmd_runs(args) -> int:
+    from interp.io.grid import with_grid_column
     from interp.io.runstore import RunStore
 
     df = RunStore(args.runs_dir).list_runs()
     if df.empty:
         print(f"no runs in {args.runs_dir}")
         return 0
-    print(df[["run_id", "experiment", "model", "created", "status"]].to_string(index=False))
+    print(with_grid_column(df, ["run_id", "experiment", "model", "created", "status"]).to_string(index=False))
     return 0
 
 
@@ -113,7 +132,7 @@ def cmd_atlas(args) -> int:
     from interp.io.atlas import build_atlas
     from interp.io.runstore import RunStore
 
-    atlas = build_atlas(RunStore(args.runs_dir), model=args.model)
+    atlas = build_atlas(RunStore(args.runs_dir), model=args.model, grid=args.grid)
     for note in atlas.notes:
         print(f"note: {note}")
     for line in atlas.summary():
@@ -146,7 +165,7 @@ def _write_parquets(out: Path, main_frame, extra: dict) -> None:
 def cmd_compare(args) -> int:
     from interp.io.compare import compare_models
 
-    result = compare_models(args.runs_dir, args.model_a, args.model_b, score=args.score, k=args.k)
+    result = compare_models(args.runs_dir, args.model_a, args.model_b, score=args.score, k=args.k, grid=args.grid)
     for note in result.notes:
         print(f"note: {note}")
     for line in result.lines():
@@ -271,13 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default: torch's choice, one per core; on a CPU shared with other "
                         "jobs, 1 is often several times faster)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
-    r.add_argument("--force", action="store_true", help="run even when the estimated work exceeds the limit")
+    r.add_argument("--force", action="store_true",
+                   help="run even when the estimated work or peak memory exceeds the limit")
+    r.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                   help="a grid YAML: skip the cells whose run of this grid already completed")
     r.set_defaults(fn=cmd_run)
 
     v = sub.add_parser("validate", help="check an experiment YAML without running it")
     v.add_argument("config")
     v.add_argument("--set", action="append", metavar="KEY=VALUE")
-    v.add_argument("--force", action="store_true", help="do not refuse a config over the work limit")
+    v.add_argument("--force", action="store_true", help="do not refuse a config over the work or memory limit")
     v.set_defaults(fn=cmd_validate)
 
     m = sub.add_parser("models", help="list known models and whether their weights are present")
@@ -300,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("atlas", help="the head atlas: every per-head score in the run store")
     a.add_argument("--runs-dir", default="runs")
     a.add_argument("--model", default=None, help="only this model (default: all)")
+    a.add_argument("--grid", default=None, help="only the runs of this grid (its id: see `interp runs`)")
     a.add_argument("--out", default=None, help="write the atlas table to this .parquet file")
     a.set_defaults(fn=cmd_atlas)
 
@@ -309,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--score", default=None, help="only this score (default: every score both models have)")
     cp.add_argument("--k", type=int, default=10, help="top-k heads per model (default 10)")
     cp.add_argument("--runs-dir", default="runs")
+    cp.add_argument("--grid", default=None, help="only the runs of this grid (its id: see `interp runs`)")
     cp.add_argument("--out", default=None,
                     help="write the per-head table to this .parquet file (and _summary, _profile next to it)")
     cp.set_defaults(fn=cmd_compare)

@@ -18,7 +18,8 @@ def main() -> None:
     st.caption("One row per head, one column per score found in the run store; each score comes from "
                "the newest complete run that has it (see Provenance).")
 
-    atlas = common.atlas()
+    grid = common.grid_picker("atlas_grid")  # one grid's runs together, or all runs
+    atlas = common.atlas(grid)
     if atlas is None:
         st.stop()
     common.show_notes(atlas.notes, "run(s) or table(s)")

@@ -19,6 +19,7 @@ from typing import Any
 
 from interp.core.errors import DatasetError
 from interp.data.pairs import PairDataset, PromptPair
+from interp.data.progress import Progress, ticker
 
 COLOURS = ("red", "blue", "green", "yellow", "black", "white", "orange", "purple", "pink", "brown", "grey")
 OBJECTS = ("book", "pen", "cup", "ball", "key", "hat", "box", "phone", "shoe", "bag", "car", "lamp", "plate",
@@ -45,7 +46,8 @@ def _positions(tokenizer, text: str, words: list[str]) -> dict[str, int]:
     return out
 
 
-def generate_colored_objects(n: int, tokenizer, *, seed: int = 0, n_objects: int = 3) -> PairDataset:
+def generate_colored_objects(n: int, tokenizer, *, seed: int = 0, n_objects: int = 3,
+                             progress: Progress | None = None) -> PairDataset:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if n_objects != 3:
@@ -54,7 +56,8 @@ def generate_colored_objects(n: int, tokenizer, *, seed: int = 0, n_objects: int
         _single(tokenizer, w)
     rng = random.Random(seed)
     pairs = []
-    for _ in range(n):
+    tick = ticker(progress, n)
+    for i in range(n):
         colours = rng.sample(COLOURS, 3)
         objects = rng.sample(OBJECTS, 3)
         q, q2 = rng.sample(range(3), 2)
@@ -75,5 +78,6 @@ def generate_colored_objects(n: int, tokenizer, *, seed: int = 0, n_objects: int
                           "END": len(tokenizer(clean, add_special_tokens=False)["input_ids"]) - 1},
         }
         pairs.append(PromptPair(clean, corrupt, " " + colours[q], " " + colours[q2], meta))
+        tick(i + 1)
     return PairDataset(tuple(pairs), f"colored-objects-n{n}-seed{seed}",
                        {"generator": "colored_objects", "n": n, "seed": seed, "template": TEMPLATE})

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from interp.core.errors import DatasetError
 from interp.data.pairs import PairDataset, PromptPair
+from interp.data.progress import Progress, ticker
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -172,13 +173,14 @@ def generate_ioi(
     corruption: str = "abc",
     templates: Sequence[int] | None = None,
     names: Sequence[str] | None = None,
+    progress: Progress | None = None,
 ) -> PairDataset:
     """`n` seeded IOI pairs; answer is " IO" and distractor " S" (both for the clean prompt).
 
     meta per pair: ``template`` and ``group`` (the template index), ``order`` ("ABBA"/"BABA"),
     ``io``, ``s``, ``place``, ``object``, ``corrupt_names`` ({"IO", "S1", "S2"} in the corrupt
     prompt) and ``positions`` ({"IO", "S1", "S2", "END"}: token indices in the clean prompt,
-    no BOS).
+    no BOS). `progress(done, total)` is told as the pairs are made.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -204,6 +206,7 @@ def generate_ioi(
 
     rng = random.Random(seed)
     pairs = []
+    tick = ticker(progress, n)
     for i in range(n):
         t = rng.choice(chosen)
         template = IOI_TEMPLATES[t]
@@ -235,6 +238,7 @@ def generate_ioi(
             "positions": _positions(tokenizer, clean, starts, {"IO": io, "S1": s, "S2": s}),
         }
         pairs.append(PromptPair(clean, corrupt, " " + io, " " + s, meta))
+        tick(i + 1)
 
     source = {
         "generator": "interp.data.ioi.generate_ioi",

@@ -52,6 +52,7 @@ from interp.data.facts import (  # noqa: F401
     load_facts,
 )
 from interp.data.pairs import PairDataset, PromptPair, bos_text
+from interp.data.progress import Progress, ticker
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -121,12 +122,14 @@ def make_conflicts(
     *,
     seed: int = 0,
     chat: bool = True,
+    progress: Progress | None = None,
 ) -> list[ConflictItem]:
     """One counterfactual per fact: o_c drawn (seeded) among the relation's objects in `table`
     whose first token differs from o_m's first token."""
     rng = random.Random(seed)
     first = {}
     out = []
+    tick = ticker(progress, len(facts))
     for f in facts:
         rel = table.relations[f.relation]
         pool = table.objects(f.relation)
@@ -145,6 +148,7 @@ def make_conflicts(
         oc = rng.choice(choices)
         prompt = conflict_prompt(tokenizer, rel, f.subject, oc, chat=chat)
         out.append(ConflictItem(f, oc, prompt, m_tok, first[oc]))
+        tick(len(out))
     return out
 
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from interp.core.errors import DatasetError
 from interp.data.pairs import PairDataset, PromptPair, bos_text, json_line
+from interp.data.progress import Progress, ticker
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -130,6 +131,7 @@ def generate_mcq(
     random_labels: bool = False,
     fmt: str = "content_letter",
     items: tuple[MCQItem, ...] | str | Path | None = None,
+    progress: Progress | None = None,
 ) -> PairDataset:
     """`n` seeded MCQ prompt pairs (items drawn without replacement, cycling when n > #items).
 
@@ -151,7 +153,9 @@ def generate_mcq(
         order += block
     pairs: list[PromptPair] = []
     dropped = 0
-    for item_index in order[:n]:
+    tick = ticker(progress, n)
+    for i, item_index in enumerate(order[:n]):
+        tick(i)
         item = pool[item_index]
         contents = [item.answer, *item.distractors]
         rng.shuffle(contents)
@@ -179,6 +183,7 @@ def generate_mcq(
         }
         pairs.append(PromptPair(clean, corrupt, answer_form(labels[correct], fmt),
                                 answer_form(labels[distractor], fmt), meta))
+    tick(n)
     if not pairs:
         raise DatasetError("every generated MCQ pair was dropped (clean and corrupt token lengths differ)")
     source = {"generator": "mcq", "n": n, "seed": seed, "chat": chat, "random_labels": random_labels,

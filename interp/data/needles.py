@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from interp.core.errors import DatasetError
 from interp.data.pairs import bos_text, check_keys
+from interp.data.progress import Progress, ticker
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -147,6 +148,7 @@ def build_trials(
     *,
     chat: bool = True,
     haystack: str | None = None,
+    progress: Progress | None = None,
 ) -> list[NeedleTrial]:
     """One trial per (context length, depth, needle), in that nesting order."""
     if not needles:
@@ -159,6 +161,7 @@ def build_trials(
             raise DatasetError(f"context length {n} must be >= 1 token")
     text = haystack if haystack is not None else load_haystack()
     trials: list[NeedleTrial] = []
+    tick = ticker(progress, len(lengths) * len(depths) * len(needles))
     for length in lengths:
         ids = _haystack_ids(tokenizer, text, length)
         for depth in depths:
@@ -176,6 +179,7 @@ def build_trials(
                     context_length=length, depth=float(depth),
                     meta={"needle_char": at, "prompt_chars": len(prompt)},
                 ))
+                tick(len(trials))
     return trials
 
 

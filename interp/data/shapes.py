@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from interp.data.progress import Progress, ticker
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 30, 30), "green": (30, 150, 50), "blue": (35, 75, 220),
     "yellow": (235, 205, 20), "purple": (135, 45, 175),
@@ -182,7 +184,8 @@ def _question(rng: np.random.Generator, scene: Scene, qtype: str) -> tuple[str, 
 
 
 def generate_shapes(n: int, seed: int = 0, *, image_size: int = 84, qtypes: tuple[str, ...] = QTYPES,
-                    shapes: tuple[str, ...] = SHAPES, multi_share: float = 0.35) -> ShapesDataset:
+                    shapes: tuple[str, ...] = SHAPES, multi_share: float = 0.35,
+                    progress: Progress | None = None) -> ShapesDataset:
     """`n` (image, question, answer) items; a share of the scenes hold 2-3 objects (asked
     count, colour, shape or caption), the rest one object (asked anything but count)."""
     bad = [q for q in qtypes if q not in QTYPES]
@@ -191,7 +194,8 @@ def generate_shapes(n: int, seed: int = 0, *, image_size: int = 84, qtypes: tupl
     rng = np.random.default_rng(seed)
     items = []
     names = list(COLOURS)
-    for _ in range(n):
+    tick = ticker(progress, n)
+    for i in range(n):
         shape, colour = shapes[rng.integers(len(shapes))], names[rng.integers(len(names))]
         single_q = [q for q in qtypes if q != "count"]
         multi_q = [q for q in qtypes if q != "position"]
@@ -202,16 +206,20 @@ def generate_shapes(n: int, seed: int = 0, *, image_size: int = 84, qtypes: tupl
         qtype = pool[rng.integers(len(pool))]
         q, a, noun = _question(rng, scene, qtype)
         items.append(ShapeItem(render(scene, image_size), scene, qtype, q, a, noun))
+        tick(i + 1)
     return ShapesDataset("shapes", items, image_size, seed)
 
 
-def generate_prior_probe(n: int, seed: int = 0, *, image_size: int = 84, captions: bool = False) -> ShapesDataset:
+def generate_prior_probe(n: int, seed: int = 0, *, image_size: int = 84, captions: bool = False,
+                         progress: Progress | None = None) -> ShapesDataset:
     """Objects drawn in a colour that contradicts their name's colour prior, asked their colour
     (and, with `captions`, also asked to describe the same image)."""
     rng = np.random.default_rng(seed + 7919)
     objects = list(PRIOR_OBJECTS)
     items = []
+    tick = ticker(progress, n)
     for i in range(n):
+        tick(i)
         obj = objects[i % len(objects)]
         shape, prior = PRIOR_OBJECTS[obj]
         colours = [c for c in COLOURS if c != prior]
@@ -221,6 +229,7 @@ def generate_prior_probe(n: int, seed: int = 0, *, image_size: int = 84, caption
         items.append(ShapeItem(img, scene, "colour", f"What colour is the {obj}?", colour, obj, prior))
         if captions:
             items.append(ShapeItem(img, scene, "caption", CAPTION_QUESTION, scene.caption(), obj, prior))
+    tick(n)
     return ShapesDataset("prior_probe", items, image_size, seed)
 
 

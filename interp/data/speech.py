@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from interp.core.errors import DatasetError
+from interp.data.progress import Progress, ticker
 
 SAMPLE_RATE = 16_000
 MAX_SECONDS = 30.0  # one Whisper window
@@ -197,6 +198,7 @@ def generate_speech(
     speeds: Sequence[int] = DEFAULT_SPEEDS,
     sentences: Sequence[str] | None = None,
     cache_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> SpeechDataset:
     """`n` sentences spoken by espeak-ng: seeded choice of distinct sentences, voices, speeds."""
     if n < 1:
@@ -207,11 +209,13 @@ def generate_speech(
     rng = random.Random(seed)
     order = rng.sample(range(len(pool)), len(pool))
     utts = []
+    tick = ticker(progress, n)
     for i in range(n):
         text = pool[order[i % len(pool)]]
         voice, speed = rng.choice(list(voices)), int(rng.choice(list(speeds)))
         audio = synthesize(text, voice, speed, cache_dir=cache_dir)
         utts.append(Utterance(f"espeak-{i:03d}", audio, text, voice=voice, speed=speed))
+        tick(i + 1)
     return SpeechDataset(tuple(utts), "espeak-ng",
                          {"generator": "espeak-ng", "n": n, "seed": seed, "voices": list(voices),
                           "speeds": list(speeds), "espeak_version": _espeak_version(_espeak())})

@@ -223,7 +223,12 @@ class Atlas:
         return df.reindex(order).reset_index(drop=True)
 
 
-def _usable_manifest(row: Any, model: str | None, notes: list[str]) -> dict[str, Any] | None:
+def _in_grid(manifest: dict[str, Any], grid: str | None) -> bool:
+    record = manifest.get("grid")
+    return grid is None or (isinstance(record, dict) and record.get("id") == grid)
+
+
+def _usable_manifest(row: Any, model: str | None, notes: list[str], grid: str | None = None) -> dict[str, Any] | None:
     """The manifest of a listed run whose scores the atlas takes, else None (with a note,
     except for runs of another model). Problems that leave it usable (a table missing) are
     noted too: the CLI prints what the app shows."""
@@ -241,7 +246,7 @@ def _usable_manifest(row: Any, model: str | None, notes: list[str]) -> dict[str,
     if not isinstance(model_id, str):
         notes.append(f"run {row.run_id} skipped: its manifest names no model_id")
         return None
-    if model is not None and model_id != model:
+    if (model is not None and model_id != model) or not _in_grid(manifest, grid):
         return None
     problems = run_problems(run, manifest)
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -294,12 +299,17 @@ class _Collected:
         return rows
 
 
-def build_atlas(store: RunStore, model: str | None = None) -> Atlas:
-    """Collect the per-head scores of every complete run (of `model`, when given)."""
+def build_atlas(store: RunStore, model: str | None = None, grid: str | None = None) -> Atlas:
+    """Collect the per-head scores of every complete run (of `model`, when given; of the grid
+    whose id is `grid`, when given: `interp.io.grid`)."""
+    if grid is not None:
+        from interp.io.grid import require_grid
+
+        require_grid(store, grid)
     notes: list[str] = []
     collected = _Collected()
     for row in store.list_runs().itertuples():  # newest first: the first run seen per score wins
-        manifest = _usable_manifest(row, model, notes)
+        manifest = _usable_manifest(row, model, notes, grid)
         if manifest is not None:
             scores = run_head_scores(Run(row.path), manifest, notes=notes)
             collected.add(row.run_id, manifest, scores, notes)

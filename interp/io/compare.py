@@ -327,18 +327,20 @@ def compare_models(
     k: int = 10,
     thresholds: Mapping[str, float] | None = None,
     n_layers: Mapping[str, int] | None = None,
+    grid: str | None = None,
 ) -> CompareResult:
     """Every score both models have in the run store (or just `score`), head by head on a
-    relative-depth axis. Raises `CompareError` when a model has no complete run with per-head
-    scores, when they share no score, or when `score` is not present for both."""
+    relative-depth axis; `grid`: only the runs of that grid (`interp.io.grid`). Raises
+    `CompareError` when a model has no complete run with per-head scores, when they share no
+    score, or when `score` is not present for both."""
     if model_a == model_b:
         raise CompareError(f"compare needs two different models; got {model_a!r} twice")
     store = runs_dir if isinstance(runs_dir, RunStore) else RunStore(runs_dir)
-    atlases = {m: build_atlas(store, model=m) for m in (model_a, model_b)}
-    where = str(store.root)
+    atlases = {m: build_atlas(store, model=m, grid=grid) for m in (model_a, model_b)}
+    where = str(store.root) + (f" (grid {grid})" if grid else "")
     for m, atlas in atlases.items():
         if m not in atlas.models:
-            raise _no_scores(m, build_atlas(store), where)
+            raise _no_scores(m, build_atlas(store, grid=grid), where)
     a, b = atlases[model_a], atlases[model_b]
     merged = Atlas(
         pd.concat([a.table, b.table], ignore_index=True),

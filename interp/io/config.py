@@ -69,6 +69,10 @@ __all__ = [
     "NonNegativeInt",
     "PositiveInt",
     "load_config",
+    "read_yaml",
+    "is_grid",
+    "set_dotted",
+    "GRID_KEY",
     "parse_config",
     "with_overrides",
     "parse_set_args",
@@ -108,8 +112,26 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
+GRID_KEY = "grid"  # a top-level `grid:` makes the YAML a study of several runs (`interp.io.grid`)
+
+
+def is_grid(data: Any) -> bool:
+    """Whether parsed YAML is a grid (has a top-level `grid:` mapping of config paths to lists)."""
+    return isinstance(data, Mapping) and GRID_KEY in data
+
+
 def load_config(path: str | Path) -> BaseExperimentConfig:
-    """Read and validate a YAML experiment config; relative `data.path` is resolved against it."""
+    """Read and validate a YAML experiment config; relative `data.path` is resolved against it.
+    A grid YAML is refused here (it is several configs: `interp.io.grid.load_grid`)."""
+    data = read_yaml(path)
+    if is_grid(data):
+        raise ConfigError("this YAML is a grid of runs; load it with interp.io.grid.load_grid "
+                          "(`interp run` and `interp validate` take it as it is)", path=GRID_KEY, file=str(path))
+    return parse_config(data, file=str(path))
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The parsed YAML of a config file (duplicate keys refused), or a one-line `ConfigError`."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path.resolve()}", file=str(path))
@@ -121,7 +143,7 @@ def load_config(path: str | Path) -> BaseExperimentConfig:
         raise ConfigError(_yaml_problem(exc), file=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the config: {exc}", file=str(path)) from None
-    return parse_config(data, file=str(path))
+    return data
 
 
 def parse_config(
@@ -159,20 +181,24 @@ def with_overrides(
     """
     data = cfg.to_dict()
     for key, raw in overrides.items():
-        if not isinstance(key, str) or not _DOTTED.match(key):
-            raise ConfigError(
-                f"invalid override key {key!r}: use a dotted path like 'data.n_prompts'", path=key
-            )
-        value = _parse_scalar(raw) if isinstance(raw, str) else raw
-        node, parts = data, key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})  # an unknown section is reported by validation
-            if not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(f"{where} is a single value, not a section", path=key)
-            node = child
-        node[parts[-1]] = value
+        set_dotted(data, key, _parse_scalar(raw) if isinstance(raw, str) else raw)
     return parse_config(data, base_dir=base_dir)
+
+
+def set_dotted(data: dict, key: Any, value: Any) -> None:
+    """`data[a][b] = value` for the dotted `key` "a.b" (sections made as needed; an unknown
+    section is reported by validation); a key that is not a dotted path, or that runs through
+    a single value, is a `ConfigError` naming it."""
+    if not isinstance(key, str) or not _DOTTED.match(key):
+        raise ConfigError(f"invalid override key {key!r}: use a dotted path like 'data.n_prompts'", path=str(key))
+    node, parts = data, key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"{where} is a single value, not a section", path=key)
+        node = child
+    node[parts[-1]] = value
 
 
 def parse_set_args(items: list[str]) -> dict[str, str]:

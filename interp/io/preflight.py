@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from interp.core.errors import ConfigError
-from interp.io.limits import check_work
+from interp.io.limits import available_memory, check_memory, count_forwards, fmt_bytes
 from interp.io.registry import get_kind
 
 __all__ = ["check_output", "preflight"]
@@ -32,6 +32,14 @@ def check_output(runs_dir: str | Path) -> str:
     return f"output: runs go to {path.resolve()}" + ("" if path.exists() else " (created on the first run)")
 
 
+def _limits_line(cfg: Any, forwards: int, peak: int) -> str:
+    avail, where = available_memory(str(cfg.model.device))
+    work = f"at least {forwards:.2e} forward passes" if forwards else "no work estimate for this kind"
+    mem = (f"peak memory at least {fmt_bytes(peak)} ({fmt_bytes(avail)} {where})" if peak
+           else f"peak memory unknown before {cfg.model.name} loads")
+    return f"limits: {work}; {mem} (before the data is built; checked again after it is)"
+
+
 def preflight(cfg: Any, tokenizer: Any = None, *, runs_dir: str | Path | None = None,
               force: bool = False) -> list[str]:
     """Every check that needs no weights; returns the lines to print, raises on a problem.
@@ -40,7 +48,8 @@ def preflight(cfg: Any, tokenizer: Any = None, *, runs_dir: str | Path | None = 
     refused before any prompt is generated (`force` skips it)."""
     lines = [check_output(runs_dir or cfg.output.runs_dir)]
     kind = get_kind(cfg.kind)
-    check_work(kind, cfg, None, None, force=force)
+    lines.append(_limits_line(cfg, count_forwards(kind, cfg, None, None, force=force),
+                              check_memory(kind, cfg, None, None, force=force)))
     if kind.check is None:
         return lines
     if tokenizer is None:

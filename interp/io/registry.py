@@ -12,6 +12,7 @@ reload does, replaces its own entry).
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,16 +30,24 @@ Prepare = Callable[[Any, Any, Callable[[str], None]], Any]
 Check = Callable[[Any, Any], list[str]]
 # (cfg, model, prepared data) -> {config field: forward passes it asks for}
 Estimate = Callable[[Any, Any, Any], dict[str, int]]
+# (cfg, `interp.io.limits.ModelShape`, prepared data or None) -> {config field: bytes its largest
+# activation block holds at once}
+Memory = Callable[[Any, Any, Any], dict[str, int]]
 
 
 @dataclass(frozen=True)
 class Kind:
     """One experiment kind. `prepare(cfg, model, log)` builds the data before the run directory
-    exists (bad data fails without leaving an empty run); `steps` run in order, each returning a
-    `StepResult` that the runner writes; `check(cfg, tokenizer)` validates the data files with
-    the tokenizer only (no weights) and returns lines to print, raising on a problem;
+    exists (bad data fails without leaving an empty run; a prepare that also takes a keyword
+    `progress` gets the runner's `bars.new(desc)`, which opens a bar and returns its (done,
+    total) callback, for its generators); `steps` run in order, each returning a `StepResult`
+    that the runner writes; `check(cfg, tokenizer)` validates the data files with the tokenizer
+    only (no weights) and returns lines to print, raising on a problem;
     `estimate(cfg, model, data)` says how many forward passes each costly field asks for (the
-    runner refuses more than `interp.io.limits.MAX_FORWARDS` unless forced)."""
+    runner refuses more than `interp.io.limits.MAX_FORWARDS` unless forced);
+    `memory(cfg, shape, data)` says how many bytes of activations each costly field makes one
+    analysis hold at once (`shape` an `interp.io.limits.ModelShape`; data None before it is
+    prepared: a lower bound), added to the weights and compared with the available memory."""
 
     name: str
     config: type[BaseExperimentConfig]
@@ -46,13 +55,23 @@ class Kind:
     steps: tuple[Step, ...]
     check: Check | None = None
     estimate: Estimate | None = None
+    memory: Memory | None = None
+
+
+    def prepare_data(self, cfg: Any, model: Any, log: Callable[[str], None],
+                     progress: Callable[[str], Callable[[int, int], None]] | None = None) -> Any:
+        """`prepare`, handing it `progress` when it takes that keyword."""
+        if progress is not None and "progress" in inspect.signature(self.prepare).parameters:
+            return self.prepare(cfg, model, log, progress=progress)  # type: ignore[call-arg]
+        return self.prepare(cfg, model, log)
 
 
 KINDS: dict[str, Kind] = {}
 
 
 def register_kind(kind: str, config: type[BaseExperimentConfig], *steps: Step, prepare: Prepare,
-                  check: Check | None = None, estimate: Estimate | None = None) -> Kind:
+                  check: Check | None = None, estimate: Estimate | None = None,
+                  memory: Memory | None = None) -> Kind:
     """Register experiment kind `kind`; raises ValueError if another module already did."""
     default = config.model_fields["kind"].default
     if default != kind:
@@ -61,7 +80,7 @@ def register_kind(kind: str, config: type[BaseExperimentConfig], *steps: Step, p
     if existing is not None and _where(existing.config) != _where(config):
         raise ValueError(f"experiment kind {kind!r} is registered twice: by {_where(existing.config)} "
                          f"and by {_where(config)}")
-    entry = Kind(kind, config, prepare, tuple(steps), check, estimate)
+    entry = Kind(kind, config, prepare, tuple(steps), check, estimate, memory)
     KINDS[kind] = entry
     return entry
 

@@ -119,11 +119,15 @@ def run_experiment(
     # before any data is built: a setting the model cannot honour fails in one line, and the
     # manifest records what was used.
     cfg = resolve_for_model(cfg, model)
-    data = kind.prepare(cfg, model, log)
-    check_work(kind, cfg, model, data, force=force)  # before the run directory exists
+    bars = ProgressBars(show_progress)  # before prepare: its generators show progress from the start
+    try:
+        data = kind.prepare_data(cfg, model, log, progress=bars.new)
+    finally:
+        bars.close()
+    check_work(kind, cfg, model, data, force=force)  # work and memory, before the run directory exists
     run = _create_run(cfg, model, kind.name, config_path, runs_dir)
     log(f"run directory: {run.path}")
-    out, bars = RunOutcome(run), ProgressBars(show_progress)
+    out = RunOutcome(run)
     ctx = StepContext(cfg, model, data, log=log, progress=bars.new)
     with supervised(run):  # SIGINT/SIGTERM: status interrupted, exit 130/143; pid, host, heartbeat
         try:

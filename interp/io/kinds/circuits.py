@@ -29,6 +29,7 @@ from interp.data.colored_objects import generate_colored_objects
 from interp.data.ioi import generate_ioi
 from interp.data.pairs import tokenize_pairs
 from interp.io.kinds.patching import check_template_index
+from interp.io.limits import PROMPT_BYTES, ModelShape, pairs_peak
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.runstore import RunStore
@@ -80,25 +81,51 @@ class CircuitExperimentConfig(BaseExperimentConfig):
     intervention: InterventionConfig = InterventionConfig()
 
 
-def _dataset(cfg: CircuitExperimentConfig, model, task: str | None = None):
+def _dataset(cfg: CircuitExperimentConfig, model, task: str | None = None, progress=None):
     task = task or cfg.task
     d = cfg.data
     if task == "ioi":
         ds = generate_ioi(d.n_prompts, model.tokenizer, seed=cfg.seed, corruption=d.corruption,
-                          templates=list(d.templates) if d.templates is not None else None)
+                          templates=list(d.templates) if d.templates is not None else None, progress=progress)
     else:
-        ds = generate_colored_objects(d.n_prompts, model.tokenizer, seed=cfg.seed)
+        ds = generate_colored_objects(d.n_prompts, model.tokenizer, seed=cfg.seed, progress=progress)
     return ds, tokenize_pairs(ds, model.tokenizer, prepend_bos=model.prepend_bos)  # Gemma expects <bos>
 
 
-def prepare(cfg: CircuitExperimentConfig, model, log):
-    ds, pairs = _dataset(cfg, model)
+def prepare(cfg: CircuitExperimentConfig, model, log, *, progress=None):
+    ds, pairs = _dataset(cfg, model, progress=progress(f"{cfg.task} prompts") if progress else None)
     log(f"data: {len(ds)} {cfg.task} prompt pairs")
     reference = None
     if cfg.reference_run not in (None, "discover"):
         reference = _load_reference(cfg)
         log(f"reference circuit: {reference[0]}")
     return ds, pairs, reference
+
+
+def estimate(cfg: CircuitExperimentConfig, model, data) -> dict[str, int]:
+    """Forward passes per field to lower: up to four path-patching sweeps (into the logits, the
+    movers' queries, the inhibition heads' values, the induction heads' keys), each one per
+    (pair, head) plus the baselines, twice when the reference circuit is discovered too; the
+    intervention's conditions on colored objects. With no model and data yet, a lower bound:
+    one layer and head, the first sweep only."""
+    L, H, sweeps = (model.spec.n_layers, model.spec.n_heads, 4) if model is not None else (1, 1, 1)
+    n = data[1].n if data is not None else cfg.data.n_prompts
+    circuits = 2 if cfg.reference_run == "discover" else 1
+    costs = {"data.n_prompts": circuits * n * (sweeps * L * H + 2)}
+    if cfg.task == "colored_objects" and cfg.intervention.enabled and cfg.reference_run is not None:
+        costs["intervention.n_random"] = n * (2 + cfg.intervention.n_random)
+    return costs
+
+
+def memory(cfg: CircuitExperimentConfig, shape: ModelShape, data) -> dict[str, int]:
+    """Bytes for `data.n_prompts`: the prompt pairs plus the largest path-patching chunk (block
+    inputs of a length group at every layer, one forward of its rows stacked once per sender
+    head of a layer). With no data yet, the generated prompts alone."""
+    if data is None:
+        return {"data.n_prompts": cfg.data.n_prompts * PROMPT_BYTES}
+    pairs = data[1]
+    return {"data.n_prompts": pairs.n * PROMPT_BYTES + pairs_peak(shape, pairs, min(cfg.circuit.batch_size,
+                                                                                     shape.n_heads))}
 
 
 def _reference_tables(run) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
@@ -251,4 +278,4 @@ def intervention_step(ctx: StepContext) -> StepResult | None:
 
 
 register_kind("circuit", CircuitExperimentConfig, dataset_step, accuracy_step, circuit_step, reference_step,
-              overlap_step, intervention_step, prepare=prepare)
+              overlap_step, intervention_step, prepare=prepare, estimate=estimate, memory=memory)

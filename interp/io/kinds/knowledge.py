@@ -37,6 +37,7 @@ from interp.data.knowledge import (
 )
 from interp.data.pairs import tokenize_pairs
 from interp.io.kinds.knowledge_config import KnowledgeConflictsConfig
+from interp.io.limits import attribute
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.step import StepContext, StepResult, flat_frame
@@ -85,6 +86,31 @@ def check(cfg: KnowledgeConflictsConfig, tokenizer) -> list[str]:
     return [f"data: {len(table)} facts in {table.source['file']}, {len(relations)} relations used"]
 
 
+def estimate(cfg: KnowledgeConflictsConfig, model, data) -> dict[str, int]:
+    """Forward passes per field to lower: closed-book answers for every fact of the used
+    relations, path patching of every head on the training prompts (one per pair and head,
+    plus baselines), and PH3 (every held-out prompt under each condition: none, pruned and
+    random heads of both kinds per k; twice with the closed-book check). With no fact table
+    yet, a lower bound: one fact, one training and one held-out prompt, one layer and head."""
+    d, a = cfg.data, cfg.analyses
+    L, H = (model.spec.n_layers, model.spec.n_heads) if model is not None else (1, 1)
+    n_facts, n_train, n_heldout = 1, 1, 1
+    if data is not None:
+        table, relations = data
+        counts = Counter(f.relation for f in table.facts if f.relation in relations)
+        n_facts = sum(counts.values())
+        kept = {r: min(c, d.max_per_relation or c) for r, c in counts.items()}
+        n_heldout = sum(c for r, c in kept.items() if r in d.heldout_relations)
+        n_train = sum(kept.values()) - n_heldout
+    costs = {"data.relations": n_facts}
+    if a.heads.enabled:
+        costs["data.max_per_relation"] = n_train * (L * H + 2)
+        if a.ph3.enabled:
+            conditions = (1 + 2 * len(a.ph3.ks) * (1 + a.ph3.n_random)) * (2 if a.ph3.closed_book_check else 1)
+            attribute(costs, n_heldout, conditions, "data.max_per_relation", "analyses.ph3.n_random")
+    return costs
+
+
 def _sample_known(facts, max_per_relation: int | None, seed: int):
     if max_per_relation is None:
         return list(facts)
@@ -130,7 +156,7 @@ def conflicts_step(ctx: StepContext) -> StepResult:
     cfg, (table, _) = ctx.cfg, ctx.data
     d, tok = cfg.data, ctx.model.tokenizer
     used = _sample_known(ctx.state["known"], d.max_per_relation, cfg.seed)
-    items = make_conflicts(used, table, tok, seed=cfg.seed, chat=d.chat)
+    items = make_conflicts(used, table, tok, seed=cfg.seed, chat=d.chat, progress=ctx.progress("conflict prompts"))
     train, heldout = ctx.state["train"], ctx.state["heldout"] = split_by_relation(items, d.heldout_relations)
     ctx.state["items"] = items
     frame = items_frame(items, tok)
@@ -285,4 +311,4 @@ def ph3_step(ctx: StepContext) -> StepResult | None:
 
 register_kind("knowledge_conflicts", KnowledgeConflictsConfig, closed_book_step, conflicts_step, require_conflicts,
               rates_step,
-              heads_step, ph3_step, prepare=prepare, check=check)
+              heads_step, ph3_step, prepare=prepare, check=check, estimate=estimate)

@@ -39,6 +39,7 @@ from interp.analyses.mcq import (
 from interp.core.errors import ConfigError
 from interp.data.mcq import generate_mcq
 from interp.data.pairs import PairDataset, tokenize_pairs
+from interp.io.limits import PROMPT_BYTES, ModelShape, pairs_peak
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
@@ -132,7 +133,7 @@ class MCQLettersConfig(BaseExperimentConfig):
 # ------------------------------------------------------------------------------------ runner
 
 
-def _datasets(cfg: MCQLettersConfig, model) -> dict[str, tuple[PairDataset, object]]:
+def _datasets(cfg: MCQLettersConfig, model, progress=None) -> dict[str, tuple[PairDataset, object]]:
     d = cfg.data
     kw = dict(chat=d.chat, items=d.items)
     wanted = {"normal": dict(fmt=d.format)}
@@ -142,13 +143,14 @@ def _datasets(cfg: MCQLettersConfig, model) -> dict[str, tuple[PairDataset, obje
         wanted["letter_format"] = dict(fmt="letter")
     out = {}
     for name, extra in wanted.items():
-        ds = generate_mcq(d.n_prompts, model.tokenizer, seed=cfg.seed, **kw, **extra)
+        ds = generate_mcq(d.n_prompts, model.tokenizer, seed=cfg.seed, **kw, **extra,
+                          progress=progress(f"MCQ prompts ({name})") if progress else None)
         out[name] = (ds, tokenize_pairs(ds, model.tokenizer, source_file=str(d.items) if d.items else None))
     return out
 
 
-def prepare(cfg: MCQLettersConfig, model, log):
-    sets = _datasets(cfg, model)
+def prepare(cfg: MCQLettersConfig, model, log, *, progress=None):
+    sets = _datasets(cfg, model, progress)
     for name, (ds, pairs) in sets.items():
         log(f"data {name}: {len(ds)} MCQ pairs ({ds.source['fmt']}, {len(pairs.by_length().batches)} token lengths; "
             f"{ds.source['n_dropped_unequal_length']} dropped for unequal clean/corrupt lengths)")
@@ -194,6 +196,18 @@ def estimate(cfg: MCQLettersConfig, model, sets) -> dict[str, int]:
         n_heads = len(c.heads) if c.heads is not None else c.n_heads
         costs["analyses.compression.ranks"] = n * n_heads * len(c.variants) * len(c.ranks) * (3 if controls else 1)
     return costs
+
+
+def memory(cfg: MCQLettersConfig, shape: ModelShape, sets) -> dict[str, int]:
+    """Bytes for `data.n_prompts`: the prompt pairs of every set plus the largest head-patching
+    chunk (block inputs of a length group, its rows stacked once per head of a layer). With no
+    data yet, the generated prompts alone."""
+    if sets is None:
+        n_sets = 1 + cfg.data.random_labels + (cfg.data.compare_letter_format and cfg.data.format != "letter")
+        return {"data.n_prompts": n_sets * cfg.data.n_prompts * PROMPT_BYTES}
+    hp = cfg.analyses.head_patching
+    peak = pairs_peak(shape, sets["normal"][1], min(hp.batch_size, shape.n_heads)) if hp.enabled else 0
+    return {"data.n_prompts": sum(p.n for _, p in sets.values()) * PROMPT_BYTES + peak}
 
 
 def _rank_for(frame: pd.DataFrame, share: float) -> str:
@@ -360,4 +374,4 @@ def _compression_report(comp: QKCompressionResult, frame: pd.DataFrame, fits, he
 
 
 register_kind("mcq_letters", MCQLettersConfig, dataset_step, accuracy_step, dla, head_patching, compression,
-              prepare=prepare, check=check, estimate=estimate)
+              prepare=prepare, check=check, estimate=estimate, memory=memory)

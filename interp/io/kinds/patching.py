@@ -21,6 +21,7 @@ from interp.analyses.patching import patch_heads, patch_residual
 from interp.data.ioi import IOI_TEMPLATES, generate_ioi
 from interp.data.pairs import PairDataset, TokenizedPairs, check_jsonl, load_jsonl, tokenize_pairs
 from interp.io.config_errors import yaml_scalar
+from interp.io.limits import PROMPT_BYTES, ModelShape, pairs_peak
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
@@ -169,23 +170,26 @@ class ExperimentConfig(BaseExperimentConfig):
 # ------------------------------------------------------------------------------------- data
 
 
-def load_data(cfg: ExperimentConfig, model) -> tuple[PairDataset, TokenizedPairs, TokenizedPairs]:
-    """(dataset, its tokenized pairs, the pairs used for maps resolved by position)."""
+def load_data(cfg: ExperimentConfig, model, progress=None) -> tuple[PairDataset, TokenizedPairs, TokenizedPairs]:
+    """(dataset, its tokenized pairs, the pairs used for maps resolved by position);
+    `progress(desc)` (the runner's `bars.new`) opens a bar for each generator."""
     d, tok = cfg.data, model.tokenizer
+    bar = progress or (lambda desc: None)
     bos = resolve_prepend_bos(d.prepend_bos, model)  # unset: the model's own prepend_bos
     if d.source == "jsonl":
         ds = load_jsonl(d.path)
         pairs = tokenize_pairs(ds, tok, prepend_bos=bos, source_file=str(d.path))
         return ds, pairs, pairs
     templates = list(d.templates) if d.templates is not None else None
-    ds = generate_ioi(d.n_prompts, tok, seed=cfg.seed, corruption=d.corruption, templates=templates)
+    ds = generate_ioi(d.n_prompts, tok, seed=cfg.seed, corruption=d.corruption, templates=templates,
+                      progress=bar("IOI prompts"))
     pos_ds = generate_ioi(d.position_n_prompts, tok, seed=cfg.seed, corruption=d.corruption,
-                          templates=[d.position_template])
+                          templates=[d.position_template], progress=bar("IOI prompts (one template)"))
     return ds, tokenize_pairs(ds, tok, prepend_bos=bos), tokenize_pairs(pos_ds, tok, prepend_bos=bos)
 
 
-def prepare(cfg: ExperimentConfig, model, log):
-    ds, pairs, pos_pairs = load_data(cfg, model)
+def prepare(cfg: ExperimentConfig, model, log, *, progress=None):
+    ds, pairs, pos_pairs = load_data(cfg, model, progress)
     log(f"data: {len(ds)} prompt pairs ({ds.name}); {len(pairs.by_length().batches)} token-length groups")
     return ds, pairs, pos_pairs
 
@@ -228,6 +232,26 @@ def estimate(cfg: ExperimentConfig, model, data) -> dict[str, int]:
     if a.residual_patching.enabled:
         costs["data.position_n_prompts" if ioi else "data.path"] += pos * L * len(a.residual_patching.components)
     return dict(costs)
+
+
+def memory(cfg: ExperimentConfig, shape: ModelShape, data) -> dict[str, int]:
+    """Bytes per field to lower: the prompt pairs held for the whole run plus the largest sweep
+    chunk (block inputs of a length group at every layer, and one forward of its rows stacked
+    once per head of a layer: the engine stacks variants that resume at the same block). With no
+    data yet, the generated prompts alone."""
+    a, ioi = cfg.analyses, cfg.data.source == "ioi"
+    field = "data.n_prompts" if ioi else "data.path"
+    if data is None:
+        return {field: cfg.data.n_prompts * PROMPT_BYTES if ioi else 0}
+    _, pairs, pos_pairs = data
+    hp, rp = a.head_patching, a.residual_patching
+    main = pairs_peak(shape, pairs, min(hp.batch_size, shape.n_heads)) if hp.enabled else 0
+    blocks = {field: pairs.n * PROMPT_BYTES + main}
+    pos = max(pairs_peak(shape, pos_pairs, min(hp.batch_size, shape.n_heads)) if hp.enabled and hp.per_position else 0,
+              pairs_peak(shape, pos_pairs, min(rp.batch_size, len(rp.components))) if rp.enabled else 0)
+    if pos:
+        blocks["data.position_n_prompts" if ioi else "data.path"] = pos + (0 if ioi else blocks[field])
+    return blocks
 
 
 def _flat(ds: PairDataset):
@@ -316,4 +340,5 @@ def head_patterns(ctx: StepContext) -> StepResult | None:
 
 
 register_kind("patching", ExperimentConfig, dataset_step, accuracy_step, head_patching, head_patching_per_position,
-              residual_patching, dla, head_patterns, prepare=prepare, check=check, estimate=estimate)
+              residual_patching, dla, head_patterns, prepare=prepare, check=check, estimate=estimate,
+              memory=memory)

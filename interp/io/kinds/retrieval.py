@@ -35,6 +35,7 @@ from interp.data.needles import (
     load_needles,
     needle_target,
 )
+from interp.io.limits import ModelShape, prefill_bytes
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
@@ -117,13 +118,13 @@ class RetrievalHeadsConfig(BaseExperimentConfig):
 # ------------------------------------------------------------------------------------ runner
 
 
-def _trials(cfg: RetrievalHeadsConfig, model, lengths, depths, n_needles) -> list[NeedleTrial]:
+def _trials(cfg: RetrievalHeadsConfig, model, lengths, depths, n_needles, progress=None) -> list[NeedleTrial]:
     d = cfg.data
     needles = load_needles(d.needles)
     if n_needles is not None:
         needles = needles[:n_needles]
     return build_trials(model.tokenizer, needles, list(lengths), list(depths), chat=d.chat,
-                        haystack=load_haystack(d.haystack) if d.haystack else None)
+                        haystack=load_haystack(d.haystack) if d.haystack else None, progress=progress)
 
 
 def check(cfg: RetrievalHeadsConfig, tokenizer) -> list[str]:
@@ -157,11 +158,24 @@ def estimate(cfg: RetrievalHeadsConfig, model, data) -> dict[str, int]:
     return costs
 
 
-def prepare(cfg: RetrievalHeadsConfig, model, log):
+def memory(cfg: RetrievalHeadsConfig, shape: ModelShape, data) -> dict[str, int]:
+    """Bytes for `data.lengths`: the longest trial prefilled in chunks (its key/value cache at
+    every layer and one chunk attending to it). With no trials yet, the longest configured
+    context length."""
     d, m = cfg.data, cfg.masking
-    detect = _trials(cfg, model, d.lengths, d.depths, d.n_needles)
-    mask = (_trials(cfg, model, m.lengths or d.lengths, m.depths or d.depths, m.n_needles or d.n_needles)
-            if m.enabled else [])
+    if data is not None:
+        longest = max((t.n_tokens for trials in data for t in trials), default=0)
+    else:
+        longest = max([*d.lengths, *(m.lengths or ())])
+    return {"data.lengths": prefill_bytes(shape, longest + d.max_new_tokens, d.chunk_size)}
+
+
+def prepare(cfg: RetrievalHeadsConfig, model, log, *, progress=None):
+    d, m = cfg.data, cfg.masking
+    bar = progress or (lambda desc: None)
+    detect = _trials(cfg, model, d.lengths, d.depths, d.n_needles, bar("needle trials (detection)"))
+    mask = (_trials(cfg, model, m.lengths or d.lengths, m.depths or d.depths, m.n_needles or d.n_needles,
+                    bar("needle trials (masking)")) if m.enabled else [])
     log(f"needle trials: {len(detect)} for detection (prompts of {min(t.n_tokens for t in detect)}-"
         f"{max(t.n_tokens for t in detect)} tokens); {len(mask)} for the masking test")
     if m.enabled and isinstance(m.k, int) and m.k > model.spec.n_layers * model.spec.n_heads // 2:
@@ -255,4 +269,4 @@ def dataset_step(ctx: StepContext) -> StepResult:
 
 
 register_kind("retrieval_heads", RetrievalHeadsConfig, dataset_step, detect, mask,
-              prepare=prepare, check=check, estimate=estimate)
+              prepare=prepare, check=check, estimate=estimate, memory=memory)

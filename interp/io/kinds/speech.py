@@ -53,6 +53,7 @@ from interp.core.capabilities import AudioInput, has
 from interp.core.errors import ConfigError
 from interp.data.speech import SpeechDataset, generate_speech, load_speech_files
 from interp.io.kinds.speech_config import SpeechSaliencyConfig
+from interp.io.limits import attribute
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.step import StepContext, StepResult
@@ -69,7 +70,7 @@ class _Prepared:
     frames: list[tuple[int, int]]  # (mel frames, encoder frames) holding audio
 
 
-def prepare(cfg: SpeechSaliencyConfig, model, log) -> _Prepared:
+def prepare(cfg: SpeechSaliencyConfig, model, log, *, progress=None) -> _Prepared:
     if not has(model, AudioInput):
         raise ConfigError(f"{model.name!r} is not a speech encoder-decoder model", path="model.name")
     spec, a = model.spec, cfg.analyses
@@ -84,7 +85,8 @@ def prepare(cfg: SpeechSaliencyConfig, model, log) -> _Prepared:
                               f"{spec.n_heads} heads)", path="analyses.deletion.ca_aggregations")
     d = cfg.data
     if d.source == "espeak":
-        ds = generate_speech(d.n_utterances, seed=cfg.seed, voices=d.voices, speeds=d.speeds)
+        ds = generate_speech(d.n_utterances, seed=cfg.seed, voices=d.voices, speeds=d.speeds,
+                             progress=progress("espeak-ng utterances") if progress else None)
     else:
         ds = load_speech_files(d.path)
         if d.max_utterances is not None:
@@ -103,6 +105,35 @@ def prepare(cfg: SpeechSaliencyConfig, model, log) -> _Prepared:
                     "or raise max_forwards", path="analyses.spes.max_forwards")
     log(f"data: {len(ds)} utterances ({ds.name}), {sum(u.duration for u in ds):.1f} s of audio")
     return _Prepared(ds, feats, frames)
+
+
+def estimate(cfg: SpeechSaliencyConfig, model, data: _Prepared | None) -> dict[str, int]:
+    """Forward passes per field to lower, per utterance: the transcript and the cross-attention
+    read (one decoder token at least each), SPES (one per patch, or per random mask), integrated
+    gradients (steps per output token; one token at least) on the first utterances, and a
+    transcription per deletion fraction and ranking. Each cost goes to the utterance count or to
+    the setting, whichever factor is larger. Before the audio exists, occlusion counts one patch."""
+    d, a = cfg.data, cfg.analyses
+    data_field = "data.n_utterances" if d.source == "espeak" else "data.max_utterances"
+    n = len(data.dataset) if data is not None else (d.n_utterances if d.source == "espeak" else d.max_utterances or 1)
+    costs = {data_field: 2 * n}
+    s = a.spes
+    if s.enabled:
+        mels = {m for m, _ in data.frames} if data is not None else {1}  # distinct lengths: cheap for any n
+        n_mels = model.spec.n_mels if model is not None else 1
+        per = max((spes_cost(m, n_mels, mode=s.mode, patch_frames=s.patch_frames, patch_mels=s.patch_mels,
+                             n_masks=s.n_masks) for m in mels), default=0)
+        setting = "analyses.spes.n_masks" if s.mode == "random" else "analyses.spes.patch_frames"
+        attribute(costs, n, per, data_field, setting)
+    ig = a.integrated_gradients
+    if ig.enabled:
+        attribute(costs, min(n, ig.max_utterances or n), ig.steps, data_field, "analyses.integrated_gradients.steps")
+    dl = a.deletion
+    if dl.enabled:
+        rankings = len(dl.ca_aggregations) + s.enabled + ig.enabled + dl.n_random
+        per = (int(round(dl.max_fraction / dl.step)) + 1) * rankings  # len(fractions_grid(...)), without the list
+        attribute(costs, n, per, data_field, "analyses.deletion.step")
+    return costs
 
 
 def dataset_step(ctx: StepContext) -> StepResult:
@@ -292,4 +323,5 @@ def _get(df: pd.DataFrame, key: str | None) -> float:
 
 
 register_kind("speech_saliency", SpeechSaliencyConfig, dataset_step, transcripts_step, cross_attention_step, spes_step,
-              integrated_gradients_step, correlation_step, deletion_step, examples_step, prepare=prepare)
+              integrated_gradients_step, correlation_step, deletion_step, examples_step, prepare=prepare,
+              estimate=estimate)

@@ -30,6 +30,7 @@ from interp.analyses.vhd import head_divergence, label_tokens, paper_layers, rei
 from interp.core.capabilities import Generates, ImageInput, has
 from interp.core.errors import ConfigError
 from interp.data.shapes import QTYPES, ShapeItem, generate_prior_probe, generate_shapes
+from interp.io.limits import attribute
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
@@ -123,17 +124,19 @@ class VisionHeadsConfig(BaseExperimentConfig):
 # ------------------------------------------------------------------------------------ runner
 
 
-def prepare(cfg: VisionHeadsConfig, model, log) -> list[tuple[str, ShapeItem]]:
+def prepare(cfg: VisionHeadsConfig, model, log, *, progress=None) -> list[tuple[str, ShapeItem]]:
     if not (has(model, ImageInput) and has(model, Generates)):
         raise ConfigError(f"{model.name} is not a vision-language model", path="model.name")
     d, size = cfg.data, model.spec.image_size
     items: list[tuple[str, ShapeItem]] = []
     if d.n_probe:
-        items += [("probe", it) for it in generate_prior_probe(d.n_probe, cfg.seed, image_size=size,
-                                                               captions=d.probe_captions).items]
+        items += [("probe", it) for it in generate_prior_probe(
+            d.n_probe, cfg.seed, image_size=size, captions=d.probe_captions,
+            progress=progress("probe images") if progress else None).items]
     if d.n_shapes:
-        items += [("shapes", it) for it in generate_shapes(d.n_shapes, cfg.seed + 1, image_size=size,
-                                                           qtypes=d.qtypes).items]
+        items += [("shapes", it) for it in generate_shapes(
+            d.n_shapes, cfg.seed + 1, image_size=size, qtypes=d.qtypes,
+            progress=progress("shapes images") if progress else None).items]
     if not items:
         raise ConfigError("no questions: set data.n_probe or data.n_shapes above 0", path="data")
     layers = cfg.analyses.vhr.layers or ()
@@ -143,6 +146,22 @@ def prepare(cfg: VisionHeadsConfig, model, log) -> list[tuple[str, ShapeItem]]:
                               path=f"analyses.vhr.layers[{i}]")
     log(f"data: {sum(s == 'probe' for s, _ in items)} probe items, {sum(s == 'shapes' for s, _ in items)} shapes items")
     return items
+
+
+def estimate(cfg: VisionHeadsConfig, model, items) -> dict[str, int]:
+    """Forward passes per field to lower: one per generated token of every question, with image
+    and text-only rows for VHD, and once per VHR condition (each alpha, and each random-head
+    seed per alpha). The question count goes to data.n_probe or data.n_shapes (the larger), the
+    per-question cost to the larger of analyses.max_new_tokens and analyses.vhr.alphas."""
+    d, a = cfg.data, cfg.analyses
+    n_probe = d.n_probe * (2 if d.probe_captions else 1)
+    n = len(items) if items is not None else n_probe + d.n_shapes
+    conditions = len(a.vhr.alphas) * (1 + len(a.vhr.random_seeds)) if a.vhr.enabled else 0
+    per = a.max_new_tokens * (2 + conditions)
+    setting = "analyses.max_new_tokens" if a.max_new_tokens >= 2 + conditions else "analyses.vhr.alphas"
+    costs: dict[str, int] = {}
+    attribute(costs, n, per, "data.n_probe" if n_probe >= d.n_shapes else "data.n_shapes", setting)
+    return costs
 
 
 def _fmt_heads(df: pd.DataFrame, value: str) -> str:
@@ -326,4 +345,4 @@ def _vhr_sections(sel: pd.DataFrame, conditions: list[pd.DataFrame], meta: dict[
 
 
 register_kind("vision_heads", VisionHeadsConfig, dataset_step, divergence_step, vhd_step, vhr_step,
-              hallucination_step, examples_step, prepare=prepare)
+              hallucination_step, examples_step, prepare=prepare, estimate=estimate)
