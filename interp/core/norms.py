@@ -66,7 +66,8 @@ class AffineNorm:
 def probe_norm(module: nn.Module, d_model: int, *, name: str = "norm") -> AffineNorm:
     """The affine form of `module`, found by calling it on three probe vectors."""
     p = next(iter(module.parameters()), None)
-    dev = p.device if p is not None else torch.device("cpu")
+    run_on = getattr(getattr(module, "_hf_hook", None), "execution_device", None)  # accelerate: offloaded weights
+    dev = torch.device(run_on) if run_on is not None else (p.device if p is not None else torch.device("cpu"))
     dt = p.dtype if p is not None else torch.float32
     zero = torch.zeros(1, d_model, device=dev, dtype=dt)
     b = module(zero).float()[0]

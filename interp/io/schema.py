@@ -24,10 +24,12 @@ from pydantic import (
     StrictStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from interp.core.errors import ConfigError, ModelLoadError
 from interp.core.metrics import metrics_reading
+from interp.models.placement import check_device_map
 from interp.models.registry import describe_model_name
 
 __all__ = [
@@ -182,6 +184,10 @@ class Enabled(Section):
     enabled: StrictBool = True
 
 
+DeviceMapSetting = StrictStr | dict[
+    StrictStr, StrictStr | StrictInt] | None
+
+
 class ModelConfig(Section):
     """The model section of every kind. A kind that needs one modality subclasses it with
     `modality` (and a default `name`); the default accepts any model name."""
@@ -196,6 +202,23 @@ class ModelConfig(Section):
     )
     device: Literal["cpu", "cuda", "auto"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device_map: DeviceMapSetting = Field(
+        None, description="null (the whole model on `device`), auto | balanced | balanced_low_0 | sequential "
+        "(accelerate spreads the blocks over the GPUs), or a mapping {module path: cpu | disk | cuda:N}")
+    max_memory: dict[StrictStr | StrictInt, StrictStr | StrictInt] | None = Field(
+        None, description="null, or a mapping {device: size} (e.g. {cuda:0: 20GiB, cpu: 64GiB}) bounding a "
+        "device_map")
+    offload_folder: Path | None = Field(
+        None, description="a directory for blocks a device_map puts on 'disk' (null: a temporary directory)")
+
+    @model_validator(mode="after")
+    def _placement(self) -> ModelConfig:
+        try:
+            check_device_map(self.device_map, self.max_memory)
+        except ConfigError as e:
+            raise FieldError((e.path or "model.device_map").removeprefix("model."),
+                             str(e).removeprefix(f"{e.path}: ")) from None
+        return self
 
     @field_validator("name")
     @classmethod
