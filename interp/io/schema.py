@@ -34,13 +34,23 @@ from interp.models.registry import describe_model_name
 
 __all__ = [
     "Section", "FieldError", "ModelConfig", "OutputConfig", "BaseExperimentConfig", "Enabled",
-    "PositiveInt", "NonNegativeInt", "MetricName", "ChatSetting", "allowed_metrics",
+    "PositiveInt", "NonNegativeInt", "BatchSizeSetting", "MetricName", "ChatSetting", "allowed_metrics",
     "resolve_config_path", "unique_items", "non_empty", "Unique", "ConfigPath", "has_chat_template", "resolve_chat",
     "chat_setting",
     "resolve_prepend_bos", "resolve_for_model",
 ]
 
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+def _batch_size(value: int | str) -> int | str:
+    if value == "auto" or (isinstance(value, int) and value >= 1):
+        return value
+    raise ValueError(f"batch_size must be an integer >= 1 or 'auto' (from the free memory), got {value!r}")
+
+
+# Patch variants per forward of the sweep-based analyses: an integer >= 1 or "auto".
+BatchSizeSetting = Annotated[StrictInt | StrictStr, AfterValidator(_batch_size)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 # `data.chat` of the kinds that can wrap prompts in the model's chat template (mcq_letters,
 # retrieval_heads, knowledge_conflicts); unset = follow the model, see `resolve_chat`.

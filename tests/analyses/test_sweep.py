@@ -52,7 +52,7 @@ def test_unpatched_variants_equal_the_plain_forward(tiny_model, pb):
 
 def test_batch_size_must_be_positive(tiny_model, pb):
     _, _, rd = _setup(tiny_model, pb)
-    with pytest.raises(InterpError, match="batch_size must be >= 1, got 0"):
+    with pytest.raises(InterpError, match="batch_size must be an integer >= 1 or .auto., got 0"):
         sweep(tiny_model, len(pb), [(0, 0)], lambda *a: None, rd, batch_size=0)
 
 

@@ -16,6 +16,7 @@ from pydantic import (
 
 from interp.io.schema import (
     BaseExperimentConfig,
+    BatchSizeSetting,
     ChatSetting,
     ConfigPath,
     Enabled,
@@ -84,9 +85,7 @@ class KnowledgeDataConfig(Section):
 
 
 class HeadsConfig(Enabled):
-    batch_size: PositiveInt = Field(
-        64, description="an integer >= 1 (sender heads stacked per forward)"
-    )
+    batch_size: BatchSizeSetting = Field(64, description="an integer >= 1 or 'auto' (sender heads stacked per forward)")
 
 
 class PH3Config(Enabled):

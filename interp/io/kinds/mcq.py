@@ -43,6 +43,7 @@ from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
     BaseExperimentConfig,
+    BatchSizeSetting,
     ChatSetting,
     ConfigPath,
     Enabled,
@@ -82,7 +83,7 @@ class MCQPatchingConfig(Enabled):
         "'all' (every position; one forward per layer and head group, much slower)")
     direction: Literal["denoising", "noising"] = "denoising"
     metric: MetricName = "logit_diff"
-    batch_size: PositiveInt = Field(64, description="an integer >= 1 (max patch variants per forward)")
+    batch_size: BatchSizeSetting = Field(64, description="an integer >= 1 or 'auto' (max patch variants per forward)")
 
 
 class CompressionConfig(Enabled):

@@ -25,6 +25,7 @@ from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
     BaseExperimentConfig,
+    BatchSizeSetting,
     Enabled,
     FieldError,
     MetricName,
@@ -129,7 +130,7 @@ class HeadPatternsConfig(Enabled):
 class PatchingConfig(Enabled):
     direction: Direction = "denoising"
     metric: MetricName = "logit_diff"
-    batch_size: PositiveInt = Field(64, description="an integer >= 1 (max patch variants per forward)")
+    batch_size: BatchSizeSetting = Field(64, description="an integer >= 1 or 'auto' (max patch variants per forward)")
 
 
 class HeadPatchingConfig(PatchingConfig):
