@@ -93,3 +93,20 @@ def test_gpu_smoke_compare_tables(tmp_path):
     base.to_parquet(b / "head_patching.parquet")
     base.to_parquet(b / "extra.parquet")
     assert gpu_smoke.compare_tables(a, b) == ["extra.parquet: only in cuda"]
+
+
+def test_gpu_scaling_machinery_on_cpu(tmp_path):
+    """The GPU scaling script's timing and comparisons, on the CPU with the tiny model; without a
+    GPU the default (cuda) run says so and exits 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "scaling.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_scaling.py"), "--models", "tiny-llama",
+                           "--device", "cpu", "--n-prompts", "4", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = json.loads(out.read_text())
+    assert row["sweep_max_diff"] <= 1e-4 and row["atp_max_diff"] <= 1e-4 and row["sweep_ratio"] > 0
+    if not __import__("torch").cuda.is_available():
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_scaling.py")], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "no CUDA GPU here" in proc.stdout
