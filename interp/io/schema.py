@@ -24,19 +24,17 @@ from pydantic import (
     StrictStr,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from interp.core.errors import ConfigError, ModelLoadError
 from interp.core.metrics import metrics_reading
-from interp.models.placement import check_device_map
 from interp.models.registry import describe_model_name
 
 __all__ = [
     "Section", "FieldError", "ModelConfig", "OutputConfig", "BaseExperimentConfig", "Enabled",
-    "PositiveInt", "NonNegativeInt", "BatchSizeSetting", "MetricName", "ChatSetting", "allowed_metrics",
+    "PositiveInt", "NonNegativeInt", "MetricName", "ChatSetting", "allowed_metrics",
     "resolve_config_path", "unique_items", "non_empty", "Unique", "ConfigPath", "has_chat_template", "resolve_chat",
-    "chat_setting",
+    "chat_setting", "BatchSizeSetting",
     "resolve_prepend_bos", "resolve_for_model",
 ]
 
@@ -221,14 +219,16 @@ class ModelConfig(Section):
     offload_folder: Path | None = Field(
         None, description="a directory for blocks a device_map puts on 'disk' (null: a temporary directory)")
 
-    @model_validator(mode="after")
-    def _placement(self) -> ModelConfig:
-        try:
-            check_device_map(self.device_map, self.max_memory)
-        except ConfigError as e:
-            raise FieldError((e.path or "model.device_map").removeprefix("model."),
-                             str(e).removeprefix(f"{e.path}: ")) from None
-        return self
+    @field_validator("device_map")
+    @classmethod
+    def _device_map(cls, device_map: Any) -> Any:
+        return _placement_checked(device_map, None)
+
+    @field_validator("max_memory")
+    @classmethod
+    def _max_memory(cls, max_memory: Any, info: ValidationInfo) -> Any:
+        _placement_checked(info.data.get("device_map"), max_memory)
+        return max_memory
 
     @field_validator("name")
     @classmethod
@@ -241,6 +241,18 @@ class ModelConfig(Section):
         if cls.modality is not None and info.modality != cls.modality:
             raise ValueError(f"{name!r} is not a {cls.modality_label} model; allowed: {cls.allowed}")
         return name
+
+
+def _placement_checked(device_map: Any, max_memory: Any) -> Any:
+    """`device_map` unchanged, or a ValueError with `interp.models.placement`'s one line (devices that
+    exist here, known strategies, readable sizes; no weights needed)."""
+    from interp.models.placement import check_device_map
+
+    try:
+        check_device_map(device_map, max_memory)
+    except ConfigError as e:
+        raise ValueError(str(e).removeprefix(f"{e.path}: ")) from None
+    return device_map
 
 
 class OutputConfig(Section):

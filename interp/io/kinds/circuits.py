@@ -28,11 +28,12 @@ from interp.core.errors import ConfigError
 from interp.data.colored_objects import generate_colored_objects
 from interp.data.ioi import generate_ioi
 from interp.data.pairs import tokenize_pairs
+from interp.io import schema
 from interp.io.kinds.patching import check_template_index
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.runstore import RunStore
-from interp.io.schema import BaseExperimentConfig, BatchSizeSetting, Section
+from interp.io.schema import BaseExperimentConfig, Section
 from interp.io.step import StepContext, StepResult, flat_frame
 from interp.viz.circuits import circuit_graph
 from interp.viz.heatmaps import head_heatmap
@@ -61,7 +62,8 @@ class CircuitParams(Section):
     threshold: NonNegativeFloat = Field(0.02, description="a number >= 0 (normalised path effect)")
     freeze_mlps: StrictBool = False
     metric: Literal["logit_diff", "prob", "prob_diff"] = "logit_diff"
-    batch_size: BatchSizeSetting = Field(64, description="an integer >= 1 or 'auto' (max patch variants per forward)")
+    batch_size: schema.BatchSizeSetting = Field(
+        64, description="an integer >= 1 or 'auto' (max patch variants per forward)")
 
 
 class InterventionConfig(Section):

@@ -14,9 +14,9 @@ from pydantic import (
     model_validator,
 )
 
+from interp.io import schema
 from interp.io.schema import (
     BaseExperimentConfig,
-    BatchSizeSetting,
     ChatSetting,
     ConfigPath,
     Enabled,
@@ -85,7 +85,8 @@ class KnowledgeDataConfig(Section):
 
 
 class HeadsConfig(Enabled):
-    batch_size: BatchSizeSetting = Field(64, description="an integer >= 1 or 'auto' (sender heads stacked per forward)")
+    batch_size: schema.BatchSizeSetting = Field(
+        64, description="an integer >= 1 or 'auto' (sender heads stacked per forward)")
 
 
 class PH3Config(Enabled):

@@ -39,11 +39,11 @@ from interp.analyses.mcq import (
 from interp.core.errors import ConfigError
 from interp.data.mcq import generate_mcq
 from interp.data.pairs import PairDataset, tokenize_pairs
+from interp.io import schema
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
     BaseExperimentConfig,
-    BatchSizeSetting,
     ChatSetting,
     ConfigPath,
     Enabled,
@@ -83,7 +83,8 @@ class MCQPatchingConfig(Enabled):
         "'all' (every position; one forward per layer and head group, much slower)")
     direction: Literal["denoising", "noising"] = "denoising"
     metric: MetricName = "logit_diff"
-    batch_size: BatchSizeSetting = Field(64, description="an integer >= 1 or 'auto' (max patch variants per forward)")
+    batch_size: schema.BatchSizeSetting = Field(
+        64, description="an integer >= 1 or 'auto' (max patch variants per forward)")
 
 
 class CompressionConfig(Enabled):

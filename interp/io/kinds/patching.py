@@ -20,12 +20,12 @@ from interp.analyses.accuracy import task_accuracy
 from interp.analyses.patching import patch_heads, patch_residual
 from interp.data.ioi import IOI_TEMPLATES, generate_ioi
 from interp.data.pairs import PairDataset, TokenizedPairs, check_jsonl, load_jsonl, tokenize_pairs
+from interp.io import schema
 from interp.io.config_errors import yaml_scalar
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
     BaseExperimentConfig,
-    BatchSizeSetting,
     Enabled,
     FieldError,
     MetricName,
@@ -130,7 +130,8 @@ class HeadPatternsConfig(Enabled):
 class PatchingConfig(Enabled):
     direction: Direction = "denoising"
     metric: MetricName = "logit_diff"
-    batch_size: BatchSizeSetting = Field(64, description="an integer >= 1 or 'auto' (max patch variants per forward)")
+    batch_size: schema.BatchSizeSetting = Field(
+        64, description="an integer >= 1 or 'auto' (max patch variants per forward)")
 
 
 class HeadPatchingConfig(PatchingConfig):

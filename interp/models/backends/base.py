@@ -147,13 +147,18 @@ def generic_unembed(model: HookedLM, final_resid: torch.Tensor, columns: torch.T
     step on the device of its weights: blocks may sit on different devices)."""
     norm = model.final_norm()
     x = apply_final_norm(final_resid.to(norm.weight.device), norm)
-    W_U, b_U = model.unembed_matrix()
-    x = x.to(W_U.device)
+    return project(x, *model.unembed_matrix(), columns)
+
+
+def project(x: torch.Tensor, W_U: torch.Tensor, b_U: torch.Tensor | None,
+            columns: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W_U (+ b_U), only `columns` of them when given, on W_U's device (lm_head may sit on
+    another device than the final norm, the column ids on the input device)."""
     if columns is not None:
-        W_U = W_U[:, columns]
-        b_U = b_U[columns] if b_U is not None else None
-    out = x @ W_U
+        W_U = W_U[:, columns.to(W_U.device)]
+        b_U = b_U[columns.to(b_U.device)] if b_U is not None else None
+    out = x.to(W_U.device) @ W_U
     return out + b_U if b_U is not None else out
 
 
-__all__ = ["Component", "HookedLM", "generic_unembed"]
+__all__ = ["Component", "HookedLM", "generic_unembed", "project"]

@@ -36,7 +36,7 @@ from interp.core.model import BlockInputs, FinalNorm, ModelSpec, apply_final_nor
 from interp.core.sites import Component, Site
 from interp.core.types import ColumnLogits, Columns, FinalResidual, Logits, Residual, Tokens
 from interp.models.arch import arch_facts
-from interp.models.backends.base import HookedLM
+from interp.models.backends.base import HookedLM, project
 from interp.models.backends.modules import CountedHandle, ModuleSite, add_module_hook
 from interp.models.backends.resume import capture, resume
 from interp.models.families import family_of
@@ -200,12 +200,7 @@ class NNsightModel(HookedLM):
         """Logits from the final residual: the model's final norm module, lm_head (only
         `columns` when given), then the family's tail (logit scale, final softcap)."""
         x = self.final_norm_module()(final_resid)
-        W_U, b_U = self.unembed_matrix()
-        if columns is not None:
-            W_U = W_U[:, columns.to(W_U.device)]
-            b_U = b_U[columns.to(b_U.device)] if b_U is not None else None
-        out = x.to(W_U.device) @ W_U
-        logits: torch.Tensor = self.facts.tail.apply(out + b_U if b_U is not None else out)
+        logits: torch.Tensor = self.facts.tail.apply(project(x, *self.unembed_matrix(), columns))
         return logits
 
     def post_norm_module(self, layer: int, which: str) -> nn.Module | None:

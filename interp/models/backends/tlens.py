@@ -26,7 +26,7 @@ from interp.core.model import BlockInputs, FinalNorm, ModelSpec
 from interp.core.sites import Component, Site
 from interp.core.types import ColumnLogits, Columns, FinalResidual, Logits, Residual, Tokens
 from interp.models.arch import SCALE_ATTRS, arch_facts, attention_scale_from_config
-from interp.models.backends.base import HookedLM
+from interp.models.backends.base import HookedLM, project
 from interp.models.backends.resume import capture, resume
 from interp.models.placement import is_dispatched, module_tensor, weights_materialized
 
@@ -291,13 +291,7 @@ class TLBridgeModel(HookedLM):
         # The model's own norm module (not the hooked bridge one) keeps this bit-identical to the
         # full forward without firing ln_final hooks.
         x = self._final_norm_module()(final_resid)
-        W_U, b_U = self.unembed_matrix()
-        if columns is not None:
-            W_U = W_U[:, columns.to(W_U.device)]
-            b_U = b_U[columns.to(b_U.device)] if b_U is not None else None
-        out = x.to(W_U.device) @ W_U
-        out = out + b_U if b_U is not None else out
-        logits: torch.Tensor = self.facts.tail.apply(out)
+        logits: torch.Tensor = self.facts.tail.apply(project(x, *self.unembed_matrix(), columns))
         return logits
 
     def final_norm_module(self) -> nn.Module:
