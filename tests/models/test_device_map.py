@@ -106,3 +106,30 @@ def test_auto_map_under_max_memory_offloads(tmp_path):
     assert "disk" in set(auto.hf_model.hf_device_map.values())
     tokens = plain.to_tokens(["When Mary and John went to the store, John gave a drink to"])
     assert torch.allclose(plain.forward(tokens), auto.forward(tokens), atol=1e-5)
+
+
+@pytest.mark.integration
+def test_offloaded_incremental_decoding_and_hooks(tmp_path):
+    """Key/value-cached chunks on the offloaded model: the plain model's logits, and a hook's
+    write (a head's z zeroed) reaches them the same way."""
+    from interp.core.sites import Site
+    from interp.models.loading import load_model
+
+    plain = load_model("tiny-llama")
+    off = load_model("tiny-llama", device_map=OFFLOAD, offload_folder=tmp_path)
+    tokens = torch.randint(5, 200, (2, 21), generator=torch.Generator().manual_seed(0))
+
+    def zero_head(t, _s):
+        t = t.clone()
+        t[:, :, 1] = 0
+        return t
+
+    outs = []
+    for m in (plain, off):
+        with torch.no_grad(), m.hooks([(Site("z", 1), zero_head)]):
+            cache, parts = None, []
+            for start in range(0, 21, 8):
+                logits, cache = m.forward_incremental(tokens[:, start : start + 8], cache)
+                parts.append(logits)
+        outs.append(torch.cat(parts, 1))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
