@@ -48,7 +48,7 @@ class AffineNorm:
     @torch.no_grad()
     def scale(self, x: torch.Tensor, rtol: float = 1e-4) -> torch.Tensor:
         """s(x) per row, (..., 1), read off the module's output on `x` and checked."""
-        y: torch.Tensor = self.module(x).float() - self.bias
+        y: torch.Tensor = self.module(x).float().to(self.bias.device) - self.bias  # module may run elsewhere
         cw = self.centre(x) * self.weight
         s = (y * cw).sum(-1, keepdim=True) / (cw * cw).sum(-1, keepdim=True).clamp_min(1e-30)
         err = (y - s * cw).abs().max()
