@@ -45,6 +45,7 @@ from interp.models.placement import (
     check_device_map,
     dispatch,
     is_dispatched,
+    map_error,
     pretrained_kwargs,
 )
 from interp.models.registry import BUNDLED_SOURCES, describe_model_name, model_fact
@@ -157,6 +158,10 @@ def _load_hf_dir(name: str, dtype: torch.dtype, *, local_only: bool,
         hf = AutoModelForCausalLM.from_pretrained(
             name, dtype=dtype, local_files_only=local_only, attn_implementation="eager", **(placement or {})
         )
+    except ValueError as e:  # raised for a device map that does not fit this model
+        if not placement:
+            raise
+        raise map_error(e) from None
     except OSError as e:
         offline = "" if local_only else (
             " The Hugging Face hub could not be reached or has no such model; on a machine "

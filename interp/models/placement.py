@@ -18,7 +18,9 @@ and out around its forward. Offloaded parameters read as ``meta`` tensors outsid
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -100,8 +102,10 @@ def pretrained_kwargs(device_map: DeviceMap | None, max_memory: MaxMemory | None
     dm = normalized_map(device_map)
     if dm is None:
         return {}
+    may_offload = isinstance(dm, str) or "disk" in dm.values()
+    folder = offload_folder or (_temp_offload() if may_offload else None)
     return {"device_map": dm, "max_memory": normalized_memory(max_memory, device_map),
-            "offload_folder": str(offload_folder or _temp_offload())}
+            "offload_folder": str(folder) if folder else None}
 
 
 def dispatch(hf: nn.Module, device_map: DeviceMap, max_memory: MaxMemory | None,
@@ -122,13 +126,29 @@ def dispatch(hf: nn.Module, device_map: DeviceMap, max_memory: MaxMemory | None,
     assert dm is not None
     _check_modules(hf, dm)
     main = next((d for d in dm.values() if isinstance(d, int)), "cpu")
+    folder = offload_folder or (_temp_offload() if "disk" in dm.values() else None)
     try:
         placed: nn.Module = dispatch_model(hf, device_map=dm, main_device=torch.device(
-            f"cuda:{main}" if isinstance(main, int) else "cpu"), offload_dir=str(offload_folder or _temp_offload()))
+            f"cuda:{main}" if isinstance(main, int) else "cpu"), offload_dir=str(folder) if folder else None)
     except ValueError as e:  # a map that leaves parameters without a device
-        raise ConfigError(f"{str(e).splitlines()[0]}", path="model.device_map") from None
+        raise map_error(e) from None
     placed.hf_device_map = dict(dm)  # type: ignore[assignment]
     return placed
+
+
+def map_error(error: ValueError) -> ConfigError:
+    """accelerate's / transformers' error for a map that leaves parameters without a device, as
+    one short line naming the field."""
+    text = str(error).splitlines()[0]
+    head, sep, names = text.partition("following parameters:")
+    if not sep:
+        return ConfigError(text, path="model.device_map")
+    params = [n.strip() for n in names.split(",") if n.strip()]
+    modules = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in params))
+    shown = ", ".join(modules[:3]) + (f" and {len(modules) - 3} more" if len(modules) > 3 else "")
+    return ConfigError(f"the device map gives no device to {len(modules)} modules ({shown}); map every module "
+                       "(or a parent of it, e.g. 'model': 'cpu') to a device, or use device_map: auto",
+                       path="model.device_map")
 
 
 def _check_modules(hf: nn.Module, dm: Mapping[str, Any]) -> None:
@@ -141,7 +161,10 @@ def _check_modules(hf: nn.Module, dm: Mapping[str, Any]) -> None:
 
 
 def _temp_offload() -> str:
-    return tempfile.mkdtemp(prefix="interp-offload-")
+    """A temporary folder for offloaded weights, removed when the process exits."""
+    path = tempfile.mkdtemp(prefix="interp-offload-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def is_dispatched(hf: nn.Module) -> bool:

@@ -133,3 +133,24 @@ def test_offloaded_incremental_decoding_and_hooks(tmp_path):
                 parts.append(logits)
         outs.append(torch.cat(parts, 1))
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.integration
+def test_a_local_directory_loads_through_from_pretrained(tmp_path):
+    """Weights on disk (local, bundled or hub models) are placed by `from_pretrained(device_map=...)`."""
+    from interp.models import smollm2
+    from interp.models.loading import load_model
+    from interp.models.tiny import build_tiny
+
+    tok = smollm2.load_tokenizer()
+    build_tiny("tiny-llama", vocab_size=len(tok)).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    plain = load_model(str(tmp_path / "m"))
+    off = load_model(str(tmp_path / "m"), device_map=OFFLOAD, offload_folder=tmp_path / "off")
+    assert off.hf_model.model.layers[1].self_attn.o_proj.weight.device.type == "meta"
+    tokens = plain.to_tokens(["When Mary and John went to the store, John gave a drink to"])
+    torch.testing.assert_close(off.forward(tokens), plain.forward(tokens), atol=1e-5, rtol=1e-5)
+    for where in (str(tmp_path / "m"), "tiny-llama"):  # from_pretrained, dispatch_model
+        with pytest.raises(ConfigError, match="the device map gives no device to 30 modules") as err:
+            load_model(where, device_map={"model.layers.1": "cpu"}, offload_folder=tmp_path / "off")
+        assert err.value.path == "model.device_map" and "\n" not in str(err.value)
