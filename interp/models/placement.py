@@ -80,7 +80,7 @@ def normalized_map(device_map: DeviceMap | None) -> str | dict[str, str | int] |
 def normalized_memory(max_memory: MaxMemory | None, device_map: DeviceMap | None) -> dict[str | int, int] | None:
     if max_memory is None:
         return None
-    from accelerate.utils import convert_file_size_to_int  # type: ignore[import-untyped]
+    from accelerate.utils import convert_file_size_to_int
 
     if device_map is None:
         raise ConfigError("max_memory is only used with model.device_map (set device_map: auto, or remove "
@@ -112,7 +112,7 @@ def dispatch(hf: nn.Module, device_map: DeviceMap, max_memory: MaxMemory | None,
              offload_folder: str | Path | None) -> nn.Module:
     """`hf` (built in memory, e.g. a tiny model) placed on the devices of `device_map` by
     accelerate's `dispatch_model` (a strategy resolved by `infer_auto_device_map`)."""
-    from accelerate import dispatch_model, infer_auto_device_map  # type: ignore[import-untyped]
+    from accelerate import dispatch_model, infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
     dm = normalized_map(device_map)
