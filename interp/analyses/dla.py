@@ -33,7 +33,7 @@ printing a wrong table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -101,7 +101,13 @@ def _readers(model: HookedModel) -> _Readers:
         mod = model.post_norm_module(layer, "attn")
         posts.append(probe_norm(mod, D, name=f"L{layer} post-attention norm") if mod is not None else None)
     W_U, b_U = model.unembed_matrix()
+    home = W_U.device  # every term is computed here (blocks may sit on other devices)
+    final, posts = _on(final, home), [_on(p, home) if p is not None else None for p in posts]
     return _Readers(final, posts, facts.residual_multiplier, W_U.float(), b_U, facts.tail)
+
+
+def _on(norm: AffineNorm, device: torch.device) -> AffineNorm:
+    return replace(norm, weight=norm.weight.to(device), bias=norm.bias.to(device))
 
 
 def _approximations(rd: _Readers) -> list[str]:
@@ -128,9 +134,9 @@ def _attention_parts(model: HookedModel, rd: _Readers, cache, layer: int):
     attention output itself) at the last position."""
     D = model.spec.d_model
     z = cache[Site("z", layer=layer, position=-1)].float()  # (batch, head, d_head)
-    head_out = torch.einsum("bhd,hdm->bhm", z, model.W_O(layer).float())
+    head_out = torch.einsum("bhd,hdm->bhm", z, model.W_O(layer).float().to(z.device))
     b_O = model.out_proj_bias(layer)
-    b_O = torch.zeros(D, device=z.device) if b_O is None else b_O.float()
+    b_O = torch.zeros(D, device=z.device) if b_O is None else b_O.float().to(z.device)
     attn = cache[Site("attn_out", layer=layer, position=-1)].float()
     post = rd.posts[layer]
     if post is not None:
@@ -166,7 +172,7 @@ def _check_residual(model: HookedModel, total: torch.Tensor, x: torch.Tensor) ->
 def _softcap_term(model: HookedModel, rd: _Readers, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """The softcap's change of the logit difference, from the model's own norm and lm_head."""
     tail = rd.tail
-    y = model.final_norm_module()(x).float()
+    y = model.final_norm_module()(x).float().to(x.device)
     raw_a = (y * rd.W_U[:, a].T).sum(-1) * tail.scale  # type: ignore[attr-defined]
     raw_d = (y * rd.W_U[:, d].T).sum(-1) * tail.scale  # type: ignore[attr-defined]
     if rd.b_U is not None:
@@ -182,8 +188,10 @@ def _batch_parts(model: HookedModel, rd: _Readers, pb: PairBatch) -> tuple[torch
     L, H = model.spec.n_layers, model.spec.n_heads
     tail = rd.tail
     logits, cache = model.run_with_cache(pb.clean.to(model.device), _sites(L))
-    a, d = pb.answer_ids.to(model.device), pb.distractor_ids.to(model.device)
-    r = torch.arange(len(pb), device=model.device)
+    home = rd.W_U.device  # blocks may sit on several devices: the terms are computed on one
+    logits, cache = logits.to(home), {site: t.to(home) for site, t in cache.items()}
+    a, d = pb.answer_ids.to(home), pb.distractor_ids.to(home)
+    r = torch.arange(len(pb), device=home)
     actual = (logits[r, -1, a] - logits[r, -1, d]).float()
     direction = (rd.W_U[:, a] - rd.W_U[:, d]).T * tail.scale  # type: ignore[attr-defined]  # (batch, d_model)
     x = cache[Site("resid_final", position=-1)]

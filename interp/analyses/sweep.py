@@ -21,8 +21,10 @@ over prompts of different lengths and `prompt_mean` averages it the way every an
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -38,11 +40,15 @@ ProgressFn = Callable[[int, int], None]
 Hooks = list[tuple[Site, HookFn]]
 Key = tuple[int, int]  # (layer, start position) where a variant's forward resumes
 RunChunk = Callable[[int, int, list[int]], Float[Tensor, "batch pos d_model"]]
+BatchSize = int | Literal["auto"]  # variants per forward; "auto": from the free memory
+log = logging.getLogger(__name__)
 
 
-def check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise InterpError(f"batch_size must be >= 1, got {batch_size}")
+def check_batch_size(batch_size: BatchSize) -> None:
+    if batch_size == "auto":
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InterpError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
 
 
 def resume(model: HookedModel, inputs: BlockInputs, layer: int, copies: int, hooks: Hooks, *,
@@ -63,11 +69,15 @@ def sweep(
     run_chunk: RunChunk,
     rd: Readout,
     *,
-    batch_size: int = 64,
+    batch_size: BatchSize = 64,
     progress: ProgressFn | None = None,
 ) -> Float[Tensor, "variant prompt"]:
     """The metric per (variant, prompt): variants with the same key run together, up to
-    `batch_size` per forward. A variant keyed None has no effect to measure and stays NaN."""
+    `batch_size` per forward. A variant keyed None has no effect to measure and stays NaN.
+
+    `batch_size="auto"`: the first chunk runs one variant, the rest as many as the free memory
+    holds (`interp.models.memory.auto_batch_size`). A chunk that runs out of memory is halved
+    and retried (logged once per sweep), so the values are those of smaller batches."""
     check_batch_size(batch_size)
     out = torch.full((len(keys), n), float("nan"))
     groups: dict[Key, list[int]] = {}
@@ -75,17 +85,60 @@ def sweep(
         if key is not None:
             groups.setdefault(key, []).append(i)
     done = len(keys) - sum(len(g) for g in groups.values())  # skipped variants are done (NaN)
+    size = _Size(batch_size, n)
+    if progress:  # the bar shows 0/total from the start, not after the first chunk
+        progress(done, len(keys))
     for layer, start in sorted(groups):
         idxs = groups[(layer, start)]
-        for first in range(0, len(idxs), batch_size):
-            chunk = idxs[first : first + batch_size]
-            final = run_chunk(layer, start, chunk)
-            logits = model.unembed(final[:, -1], rd.columns)
-            out[chunk] = rd.score(logits, len(chunk)).view(len(chunk), n).float().cpu()
+        first = 0
+        while first < len(idxs):
+            chunk = idxs[first : first + size.now]
+            try:
+                final = run_chunk(layer, start, chunk)
+                logits = model.unembed(final[:, -1], rd.columns)
+                out[chunk] = rd.score(logits, len(chunk)).view(len(chunk), n).float().cpu()
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+                size.halve(e, len(chunk))  # re-raises what is not an out-of-memory error
+                continue
+            size.settle(model, final)
+            first += len(chunk)
             done += len(chunk)
             if progress:
                 progress(done, len(keys))
     return out
+
+
+class _Size:
+    """The sweep's variants per forward: fixed, or `auto` (1 until the first chunk shows the
+    positions, then from the free memory); halved on an out-of-memory error."""
+
+    def __init__(self, batch_size: BatchSize, rows: int):
+        self.auto, self.rows = batch_size == "auto", rows
+        self.now = 1 if batch_size == "auto" else int(batch_size)
+        self.halved = False
+
+    def settle(self, model: HookedModel, final: Tensor) -> None:
+        if self.auto:
+            from interp.models.memory import auto_batch_size
+
+            self.now, self.auto = auto_batch_size(model, self.rows, int(final.shape[-2])), False
+            log.info("batch_size auto: %d variants per forward", self.now)
+
+    def halve(self, error: BaseException, tried: int) -> None:
+        if not _out_of_memory(error) or tried <= 1:
+            raise error
+        self.now, self.auto = max(1, tried // 2), False
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if not self.halved:
+            log.warning("out of memory with %d variants per forward; retrying with %d (and halving again "
+                        "if needed)", tried, self.now)
+        self.halved = True
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
 
 
 # ---------------------------------------------------------------------------- hooks

@@ -148,8 +148,9 @@ class Readout:
         return logits if self.columns is None else logits[:, self.columns]
 
     def score(self, logits: SelectedLogits, copies: int = 1) -> PerPrompt:
-        """The metric on logits already restricted to `columns`."""
-        return self.metric.fn(self.record(logits, copies))
+        """The metric on logits already restricted to `columns` (in fp32 whatever the model's dtype:
+        a bf16 logit difference would keep 8 bits)."""
+        return self.metric.fn(self.record(logits.float(), copies))
 
     def score_vocab(self, logits: LastLogits) -> PerPrompt:
         """The metric on full-vocabulary logits."""

@@ -48,7 +48,7 @@ class AffineNorm:
     @torch.no_grad()
     def scale(self, x: torch.Tensor, rtol: float = 1e-4) -> torch.Tensor:
         """s(x) per row, (..., 1), read off the module's output on `x` and checked."""
-        y: torch.Tensor = self.module(x).float() - self.bias
+        y: torch.Tensor = self.module(x).float().to(self.bias.device) - self.bias  # module may run elsewhere
         cw = self.centre(x) * self.weight
         s = (y * cw).sum(-1, keepdim=True) / (cw * cw).sum(-1, keepdim=True).clamp_min(1e-30)
         err = (y - s * cw).abs().max()
@@ -66,7 +66,8 @@ class AffineNorm:
 def probe_norm(module: nn.Module, d_model: int, *, name: str = "norm") -> AffineNorm:
     """The affine form of `module`, found by calling it on three probe vectors."""
     p = next(iter(module.parameters()), None)
-    dev = p.device if p is not None else torch.device("cpu")
+    run_on = getattr(getattr(module, "_hf_hook", None), "execution_device", None)  # accelerate: offloaded weights
+    dev = torch.device(run_on) if run_on is not None else (p.device if p is not None else torch.device("cpu"))
     dt = p.dtype if p is not None else torch.float32
     zero = torch.zeros(1, d_model, device=dev, dtype=dt)
     b = module(zero).float()[0]

@@ -25,8 +25,8 @@ from interp.core.errors import ConfigError
 from interp.io.registry import Kind
 
 __all__ = ["MAX_FORWARDS", "ModelShape", "check_work", "count_forwards", "check_memory", "model_shape",
-           "available_memory", "attribute", "forward_bytes", "sweep_bytes", "prefill_bytes", "pairs_peak", "fmt_bytes",
-           "PROMPT_BYTES"]
+           "available_memory", "attribute", "forward_bytes", "sweep_bytes", "prefill_bytes", "pairs_peak", "variants",
+           "fmt_bytes", "PROMPT_BYTES"]
 
 MAX_FORWARDS = 10**7
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -239,6 +239,12 @@ def prefill_bytes(shape: ModelShape, tokens: int, chunk: int) -> int:
     cache = 2 * shape.n_layers * tokens * shape.d_model * shape.dtype_bytes
     scores = 2 * shape.n_heads * min(chunk, tokens) * tokens * shape.dtype_bytes
     return cache + scores + forward_bytes(shape, 1, min(chunk, tokens))
+
+
+def variants(batch_size: int | str, cap: int) -> int:
+    """Patch variants a sweep holds at once: `batch_size` up to `cap`; "auto" sizes its chunks to
+    the free memory (and halves them on out-of-memory), so it counts as one."""
+    return 1 if batch_size == "auto" else min(int(batch_size), cap)
 
 
 def pairs_peak(shape: ModelShape, pairs: Any, variants_per_forward: int) -> int:

@@ -114,7 +114,9 @@ def run_experiment(
     preflight(cfg, model.tokenizer if model is not None else None, runs_dir=runs_dir, force=force)  # no weights yet
     if model is None:
         log(f"loading model {cfg.model.name} ({cfg.model.device}, {cfg.model.dtype})")
-        model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype, seed=cfg.seed)
+        model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype, seed=cfg.seed,
+                           device_map=cfg.model.device_map, max_memory=cfg.model.max_memory,
+                           offload_folder=cfg.model.offload_folder)
     # Defaults that follow the model (data.chat, data.prepend_bos) become plain true/false here,
     # before any data is built: a setting the model cannot honour fails in one line, and the
     # manifest records what was used.

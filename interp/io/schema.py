@@ -34,11 +34,21 @@ __all__ = [
     "Section", "FieldError", "ModelConfig", "OutputConfig", "BaseExperimentConfig", "Enabled",
     "PositiveInt", "NonNegativeInt", "MetricName", "ChatSetting", "allowed_metrics",
     "resolve_config_path", "unique_items", "non_empty", "Unique", "ConfigPath", "has_chat_template", "resolve_chat",
-    "chat_setting",
+    "chat_setting", "BatchSizeSetting",
     "resolve_prepend_bos", "resolve_for_model",
 ]
 
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+def _batch_size(value: int | str) -> int | str:
+    if value == "auto" or (isinstance(value, int) and value >= 1):
+        return value
+    raise ValueError(f"batch_size must be an integer >= 1 or 'auto' (from the free memory), got {value!r}")
+
+
+# Patch variants per forward of the sweep-based analyses: an integer >= 1 or "auto".
+BatchSizeSetting = Annotated[StrictInt | StrictStr, AfterValidator(_batch_size)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 # `data.chat` of the kinds that can wrap prompts in the model's chat template (mcq_letters,
 # retrieval_heads, knowledge_conflicts); unset = follow the model, see `resolve_chat`.
@@ -182,6 +192,10 @@ class Enabled(Section):
     enabled: StrictBool = True
 
 
+DeviceMapSetting = StrictStr | dict[
+    StrictStr, StrictStr | StrictInt] | None
+
+
 class ModelConfig(Section):
     """The model section of every kind. A kind that needs one modality subclasses it with
     `modality` (and a default `name`); the default accepts any model name."""
@@ -196,6 +210,25 @@ class ModelConfig(Section):
     )
     device: Literal["cpu", "cuda", "auto"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device_map: DeviceMapSetting = Field(
+        None, description="null (the whole model on `device`), auto | balanced | balanced_low_0 | sequential "
+        "(accelerate spreads the blocks over the GPUs), or a mapping {module path: cpu | disk | cuda:N}")
+    max_memory: dict[StrictStr | StrictInt, StrictStr | StrictInt] | None = Field(
+        None, description="null, or a mapping {device: size} (e.g. {cuda:0: 20GiB, cpu: 64GiB}) bounding a "
+        "device_map")
+    offload_folder: Path | None = Field(
+        None, description="a directory for blocks a device_map puts on 'disk' (null: a temporary directory)")
+
+    @field_validator("device_map")
+    @classmethod
+    def _device_map(cls, device_map: Any) -> Any:
+        return _placement_checked(device_map, None)
+
+    @field_validator("max_memory")
+    @classmethod
+    def _max_memory(cls, max_memory: Any, info: ValidationInfo) -> Any:
+        _placement_checked(info.data.get("device_map"), max_memory)
+        return max_memory
 
     @field_validator("name")
     @classmethod
@@ -208,6 +241,18 @@ class ModelConfig(Section):
         if cls.modality is not None and info.modality != cls.modality:
             raise ValueError(f"{name!r} is not a {cls.modality_label} model; allowed: {cls.allowed}")
         return name
+
+
+def _placement_checked(device_map: Any, max_memory: Any) -> Any:
+    """`device_map` unchanged, or a ValueError with `interp.models.placement`'s one line (devices that
+    exist here, known strategies, readable sizes; no weights needed)."""
+    from interp.models.placement import check_device_map
+
+    try:
+        check_device_map(device_map, max_memory)
+    except ConfigError as e:
+        raise ValueError(str(e).removeprefix(f"{e.path}: ")) from None
+    return device_map
 
 
 class OutputConfig(Section):

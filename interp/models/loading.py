@@ -7,10 +7,17 @@
     model = load_model("tiny-llama", backend="nnsight")
     model = load_model("whisper-tiny.en")          # speech: a HookedSeq2SeqModel (nnsight)
     model = load_model("shapes-llava")             # vision: a VisionLanguageModel
+    model = load_model("org/big-model", device_map="auto", max_memory={"cuda:0": "70GiB", "cpu": "200GiB"})
+    model = load_model("tiny-llama", device_map={"model.layers.1": "disk", ...}, offload_folder="off")
 
 Every one is a `HookedModel` (the port: spec, sites, hooks, forward); what else it can do is a
 capability an analysis asks for (`interp.core.capabilities.require`), e.g. `AudioInput` for
 Whisper, `ImageInput` for LLaVA, `Resumable` / `Unembedding` for the text backends.
+
+A `device_map` (text models) places the blocks through accelerate (`interp.models.placement`):
+a strategy ("auto", "balanced", ...) spreads them over the visible GPUs within `max_memory`, an
+explicit {module path: device} puts each where it says ("cpu" / "disk": offloaded, its weights
+moved in per forward). Then `device` is not used; inputs go to the embedding's device.
 
 Backends: "transformer_lens" (default for text models; TransformerBridge hooks) and "nnsight"
 (module hooks and nnsight traces; the only one for speech models: TransformerLens has no
@@ -27,11 +34,20 @@ from typing import Any
 import torch
 
 from interp.core.capabilities import LanguageModel
-from interp.core.errors import ModelLoadError
+from interp.core.errors import ConfigError, ModelLoadError
 from interp.core.model import HookedModel
 from interp.models.backends.nnsight_seq2seq import HookedSeq2SeqModel
 from interp.models.cache import sha256_files
 from interp.models.device import resolve_device, resolve_dtype
+from interp.models.placement import (
+    DeviceMap,
+    MaxMemory,
+    check_device_map,
+    dispatch,
+    is_dispatched,
+    map_error,
+    pretrained_kwargs,
+)
 from interp.models.registry import BUNDLED_SOURCES, describe_model_name, model_fact
 
 BACKENDS = ("transformer_lens", "nnsight")
@@ -44,13 +60,20 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     backend: str | None = None,
     seed: int = 0,
+    device_map: DeviceMap | None = None,
+    max_memory: MaxMemory | None = None,
+    offload_folder: str | Path | None = None,
 ) -> HookedModel:
     """`backend=None` picks the model's default: "transformer_lens" for text, "nnsight" for
-    speech models (which return a `HookedSeq2SeqModel`)."""
+    speech models (which return a `HookedSeq2SeqModel`). `device_map` / `max_memory` /
+    `offload_folder`: see the module docstring (a bad one is a `ConfigError` naming the field)."""
     if backend is not None and backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     info = describe_model_name(name)
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    _check_placement(info.modality, backend, device_map, max_memory)
+    dt = resolve_dtype(dtype)
+    dev = resolve_device(device) if device_map is None else torch.device("cpu")  # built on the CPU, then placed
+    placement = pretrained_kwargs(device_map, max_memory, offload_folder)
     if info.modality == "speech":
         return _load_speech(name, backend, dev, dt)
     if info.modality == "vision":  # a VisionLanguageModel (LLaVA; hooks on W_O, no TransformerLens)
@@ -67,14 +90,33 @@ def load_model(
         sha: str | None = _state_digest(hf)
     elif info.kind == "bundled":  # a text model: its module (BUNDLED_SOURCES) makes the fp32 directory
         path, sha = importlib.import_module(BUNDLED_SOURCES[name][0]).cached_dir()
-        hf, tok = _load_hf_dir(str(path), dt, local_only=True)
+        hf, tok = _load_hf_dir(str(path), dt, local_only=True, placement=placement)
     else:
-        hf, tok = _load_hf_dir(name, dt, local_only=info.kind == "local")
+        hf, tok = _load_hf_dir(name, dt, local_only=info.kind == "local", placement=placement)
         sha = _dir_digest(name) if info.kind == "local" else _hub_digest(hf)
-    hf = hf.to(device=dev, dtype=dt).eval()
+    hf = hf.eval()
     for p in hf.parameters():
         p.requires_grad_(False)
+    if device_map is None:
+        hf = hf.to(device=dev, dtype=dt)
+    elif not is_dispatched(hf):  # built in memory (tiny models): placed by accelerate's dispatch_model
+        hf = dispatch(hf.to(dtype=dt), device_map, max_memory, offload_folder)
     return _wrap(backend, name, hf, tok, sha, prepend_bos=model_fact(name, "prepend_bos"))
+
+
+def _check_placement(modality: str, backend: str | None, device_map: DeviceMap | None,
+                     max_memory: MaxMemory | None) -> None:
+    check_device_map(device_map, max_memory)
+    if device_map is None:
+        return
+    if modality != "text":
+        raise ConfigError(f"device maps are supported for text models only, not {modality} models (remove "
+                          "model.device_map, use model.device)", path="model.device_map")
+    if backend == "nnsight":
+        # nnsight's trace hands meta tensors to an accelerate-dispatched model (seen here on
+        # offloaded tiny models): refuse rather than fail mid-run.
+        raise ConfigError("device maps work with the transformer_lens backend only; remove model.device_map "
+                          "or use backend transformer_lens", path="model.device_map")
 
 
 def _load_speech(name: str, backend: str | None, dev: torch.device, dt: torch.dtype) -> HookedSeq2SeqModel:
@@ -107,14 +149,19 @@ def _wrap(backend: str, name: str, hf: Any, tok: Any, sha: str | None, *, prepen
     return TLBridgeModel(name, hf, tok, weights_sha256=sha, prepend_bos=prepend_bos)
 
 
-def _load_hf_dir(name: str, dtype: torch.dtype, *, local_only: bool) -> tuple[Any, Any]:
+def _load_hf_dir(name: str, dtype: torch.dtype, *, local_only: bool,
+                 placement: dict[str, Any] | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
         hf = AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype, local_files_only=local_only, attn_implementation="eager"
+            name, dtype=dtype, local_files_only=local_only, attn_implementation="eager", **(placement or {})
         )
+    except ValueError as e:  # raised for a device map that does not fit this model
+        if not placement:
+            raise
+        raise map_error(e) from None
     except OSError as e:
         offline = "" if local_only else (
             " The Hugging Face hub could not be reached or has no such model; on a machine "

@@ -360,7 +360,7 @@ def test_errors(tiny_model, pairs, pb):
         sweep_sites(tiny_model, pb, [Site("z", 0)], direction="forward")
     with pytest.raises(InterpError, match="unknown patching direction"):
         patch_heads(tiny_model, pairs, direction="backward")
-    with pytest.raises(InterpError, match="batch_size must be >= 1"):
+    with pytest.raises(InterpError, match="batch_size must be an integer >= 1"):
         sweep_sites(tiny_model, pb, [Site("z", 0)], batch_size=0)
     with pytest.raises(InterpError, match="site embed has no layer"):
         sweep_sites(tiny_model, pb, [Site("embed")])

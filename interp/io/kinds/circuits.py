@@ -28,8 +28,9 @@ from interp.core.errors import ConfigError
 from interp.data.colored_objects import generate_colored_objects
 from interp.data.ioi import generate_ioi
 from interp.data.pairs import tokenize_pairs
+from interp.io import schema
 from interp.io.kinds.patching import check_template_index
-from interp.io.limits import PROMPT_BYTES, ModelShape, pairs_peak
+from interp.io.limits import PROMPT_BYTES, ModelShape, pairs_peak, variants
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.runstore import RunStore
@@ -62,7 +63,8 @@ class CircuitParams(Section):
     threshold: NonNegativeFloat = Field(0.02, description="a number >= 0 (normalised path effect)")
     freeze_mlps: StrictBool = False
     metric: Literal["logit_diff", "prob", "prob_diff"] = "logit_diff"
-    batch_size: PositiveInt = 64
+    batch_size: schema.BatchSizeSetting = Field(
+        64, description="an integer >= 1 or 'auto' (max patch variants per forward)")
 
 
 class InterventionConfig(Section):
@@ -124,7 +126,7 @@ def memory(cfg: CircuitExperimentConfig, shape: ModelShape, data) -> dict[str, i
     if data is None:
         return {"data.n_prompts": cfg.data.n_prompts * PROMPT_BYTES}
     pairs = data[1]
-    return {"data.n_prompts": pairs.n * PROMPT_BYTES + pairs_peak(shape, pairs, min(cfg.circuit.batch_size,
+    return {"data.n_prompts": pairs.n * PROMPT_BYTES + pairs_peak(shape, pairs, variants(cfg.circuit.batch_size,
                                                                                      shape.n_heads))}
 
 

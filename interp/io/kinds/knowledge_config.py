@@ -14,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from interp.io import schema
 from interp.io.schema import (
     BaseExperimentConfig,
     ChatSetting,
@@ -84,9 +85,8 @@ class KnowledgeDataConfig(Section):
 
 
 class HeadsConfig(Enabled):
-    batch_size: PositiveInt = Field(
-        64, description="an integer >= 1 (sender heads stacked per forward)"
-    )
+    batch_size: schema.BatchSizeSetting = Field(
+        64, description="an integer >= 1 or 'auto' (sender heads stacked per forward)")
 
 
 class PH3Config(Enabled):

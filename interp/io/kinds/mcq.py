@@ -39,7 +39,8 @@ from interp.analyses.mcq import (
 from interp.core.errors import ConfigError
 from interp.data.mcq import generate_mcq
 from interp.data.pairs import PairDataset, tokenize_pairs
-from interp.io.limits import PROMPT_BYTES, ModelShape, pairs_peak
+from interp.io import schema
+from interp.io.limits import PROMPT_BYTES, ModelShape, pairs_peak, variants
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
@@ -83,7 +84,8 @@ class MCQPatchingConfig(Enabled):
         "'all' (every position; one forward per layer and head group, much slower)")
     direction: Literal["denoising", "noising"] = "denoising"
     metric: MetricName = "logit_diff"
-    batch_size: PositiveInt = Field(64, description="an integer >= 1 (max patch variants per forward)")
+    batch_size: schema.BatchSizeSetting = Field(
+        64, description="an integer >= 1 or 'auto' (max patch variants per forward)")
 
 
 class CompressionConfig(Enabled):
@@ -206,7 +208,7 @@ def memory(cfg: MCQLettersConfig, shape: ModelShape, sets) -> dict[str, int]:
         n_sets = 1 + cfg.data.random_labels + (cfg.data.compare_letter_format and cfg.data.format != "letter")
         return {"data.n_prompts": n_sets * cfg.data.n_prompts * PROMPT_BYTES}
     hp = cfg.analyses.head_patching
-    peak = pairs_peak(shape, sets["normal"][1], min(hp.batch_size, shape.n_heads)) if hp.enabled else 0
+    peak = pairs_peak(shape, sets["normal"][1], variants(hp.batch_size, shape.n_heads)) if hp.enabled else 0
     return {"data.n_prompts": sum(p.n for _, p in sets.values()) * PROMPT_BYTES + peak}
 
 

@@ -20,8 +20,9 @@ from interp.analyses.accuracy import task_accuracy
 from interp.analyses.patching import patch_heads, patch_residual
 from interp.data.ioi import IOI_TEMPLATES, generate_ioi
 from interp.data.pairs import PairDataset, TokenizedPairs, check_jsonl, load_jsonl, tokenize_pairs
+from interp.io import schema
 from interp.io.config_errors import yaml_scalar
-from interp.io.limits import PROMPT_BYTES, ModelShape, pairs_peak
+from interp.io.limits import PROMPT_BYTES, ModelShape, pairs_peak, variants
 from interp.io.registry import register_kind
 from interp.io.report import ReportSection
 from interp.io.schema import (
@@ -130,7 +131,8 @@ class HeadPatternsConfig(Enabled):
 class PatchingConfig(Enabled):
     direction: Direction = "denoising"
     metric: MetricName = "logit_diff"
-    batch_size: PositiveInt = Field(64, description="an integer >= 1 (max patch variants per forward)")
+    batch_size: schema.BatchSizeSetting = Field(
+        64, description="an integer >= 1 or 'auto' (max patch variants per forward)")
 
 
 class HeadPatchingConfig(PatchingConfig):
@@ -245,10 +247,11 @@ def memory(cfg: ExperimentConfig, shape: ModelShape, data) -> dict[str, int]:
         return {field: cfg.data.n_prompts * PROMPT_BYTES if ioi else 0}
     _, pairs, pos_pairs = data
     hp, rp = a.head_patching, a.residual_patching
-    main = pairs_peak(shape, pairs, min(hp.batch_size, shape.n_heads)) if hp.enabled else 0
+    main = pairs_peak(shape, pairs, variants(hp.batch_size, shape.n_heads)) if hp.enabled else 0
     blocks = {field: pairs.n * PROMPT_BYTES + main}
-    pos = max(pairs_peak(shape, pos_pairs, min(hp.batch_size, shape.n_heads)) if hp.enabled and hp.per_position else 0,
-              pairs_peak(shape, pos_pairs, min(rp.batch_size, len(rp.components))) if rp.enabled else 0)
+    heads_pos = hp.enabled and hp.per_position
+    pos = max(pairs_peak(shape, pos_pairs, variants(hp.batch_size, shape.n_heads)) if heads_pos else 0,
+              pairs_peak(shape, pos_pairs, variants(rp.batch_size, len(rp.components))) if rp.enabled else 0)
     if pos:
         blocks["data.position_n_prompts" if ioi else "data.path"] = pos + (0 if ioi else blocks[field])
     return blocks

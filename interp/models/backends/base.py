@@ -26,6 +26,7 @@ from interp.core.model import (
 )
 from interp.core.sites import Component, Site
 from interp.core.types import ColumnLogits, Columns, FinalResidual, Logits, Tokens
+from interp.models.placement import input_device
 
 
 class HookedLM:
@@ -43,14 +44,13 @@ class HookedLM:
 
     def _identify(self, name: str, hf_model: Any, tokenizer: Any, weights_sha256: str | None,
                   prepend_bos: bool) -> None:
-        """The fields every backend sets from its wrapped HF model (device and dtype from its
-        parameters)."""
+        """The fields every backend sets from its wrapped HF model (dtype from its parameters;
+        device: where token ids go, the input embedding's execution device under a device map)."""
         self.name = name
         self.tokenizer = tokenizer
         self.weights_sha256 = weights_sha256
         self.prepend_bos = prepend_bos
-        p = next(hf_model.parameters())
-        self.device, self.dtype = p.device, p.dtype
+        self.device, self.dtype = input_device(hf_model), next(hf_model.parameters()).dtype
 
     # -- primitives each backend defines ---------------------------------------------------------
     def add_hook(self, site: Site, fn: HookFn) -> Handle:
@@ -143,14 +143,22 @@ class HookedLM:
 
 
 def generic_unembed(model: HookedLM, final_resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
-    """final norm (as a `FinalNorm`) then W_U (+ b_U): the core formula DLA relies on."""
-    x = apply_final_norm(final_resid, model.final_norm())
-    W_U, b_U = model.unembed_matrix()
+    """final norm (as a `FinalNorm`) then W_U (+ b_U): the core formula DLA relies on (each
+    step on the device of its weights: blocks may sit on different devices)."""
+    norm = model.final_norm()
+    x = apply_final_norm(final_resid.to(norm.weight.device), norm)
+    return project(x, *model.unembed_matrix(), columns)
+
+
+def project(x: torch.Tensor, W_U: torch.Tensor, b_U: torch.Tensor | None,
+            columns: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W_U (+ b_U), only `columns` of them when given, on W_U's device (lm_head may sit on
+    another device than the final norm, the column ids on the input device)."""
     if columns is not None:
-        W_U = W_U[:, columns]
-        b_U = b_U[columns] if b_U is not None else None
-    out = x @ W_U
+        W_U = W_U[:, columns.to(W_U.device)]
+        b_U = b_U[columns.to(b_U.device)] if b_U is not None else None
+    out = x.to(W_U.device) @ W_U
     return out + b_U if b_U is not None else out
 
 
-__all__ = ["Component", "HookedLM", "generic_unembed"]
+__all__ = ["Component", "HookedLM", "generic_unembed", "project"]

@@ -36,10 +36,11 @@ from interp.core.model import BlockInputs, FinalNorm, ModelSpec, apply_final_nor
 from interp.core.sites import Component, Site
 from interp.core.types import ColumnLogits, Columns, FinalResidual, Logits, Residual, Tokens
 from interp.models.arch import arch_facts
-from interp.models.backends.base import HookedLM
+from interp.models.backends.base import HookedLM, project
 from interp.models.backends.modules import CountedHandle, ModuleSite, add_module_hook
 from interp.models.backends.resume import capture, resume
 from interp.models.families import family_of
+from interp.models.placement import module_tensor, weights_materialized
 
 _HEAD_COMPONENTS = (Component.Z, Component.Q, Component.K, Component.V)
 
@@ -180,7 +181,9 @@ class NNsightModel(HookedLM):
         also Gemma's ``x * (1 + w)`` RMSNorm, Cohere's bias-free and OLMo's parameter-free
         LayerNorm."""
         if self._final_norm is None:
-            self._final_norm = _final_norm_of(self.final_norm_module(), self.spec.d_model)
+            mod = self.final_norm_module()
+            with weights_materialized(mod):  # offloaded weights: read on the module's execution device
+                self._final_norm = _final_norm_of(mod, self.spec.d_model)
         return self._final_norm
 
     def unembed_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -189,19 +192,15 @@ class NNsightModel(HookedLM):
         lm_head = self.hf_model.get_output_embeddings()
         if lm_head is None or not isinstance(getattr(lm_head, "weight", None), torch.Tensor):
             raise NotImplementedError(f"{self.spec.architecture} has no linear output embedding (lm_head)")
-        b = getattr(lm_head, "bias", None)
-        return lm_head.weight.detach().T, (b.detach() if b is not None else None)
+        w = module_tensor(lm_head, "weight")
+        assert w is not None
+        return w.T, module_tensor(lm_head, "bias")
 
     def unembed(self, final_resid: FinalResidual, columns: Columns | None = None) -> ColumnLogits:
         """Logits from the final residual: the model's final norm module, lm_head (only
         `columns` when given), then the family's tail (logit scale, final softcap)."""
         x = self.final_norm_module()(final_resid)
-        W_U, b_U = self.unembed_matrix()
-        if columns is not None:
-            W_U = W_U[:, columns]
-            b_U = b_U[columns] if b_U is not None else None
-        out = x @ W_U
-        logits: torch.Tensor = self.facts.tail.apply(out + b_U if b_U is not None else out)
+        logits: torch.Tensor = self.facts.tail.apply(project(x, *self.unembed_matrix(), columns))
         return logits
 
     def post_norm_module(self, layer: int, which: str) -> nn.Module | None:
@@ -210,8 +209,7 @@ class NNsightModel(HookedLM):
 
     def out_proj_bias(self, layer: int) -> torch.Tensor | None:
         mod = self.hf_model.get_submodule(self.sites_table[Component.Z][0].format(layer=layer))
-        b = getattr(mod, "bias", None)
-        return b.detach() if isinstance(b, torch.Tensor) else None
+        return module_tensor(mod, "bias")
 
     def W_O(self, layer: int) -> torch.Tensor:
         """(n_heads, d_head, d_model) from the module whose input is z."""
@@ -219,11 +217,13 @@ class NNsightModel(HookedLM):
             raise ValueError(f"layer {layer} out of range 0..{self.spec.n_layers - 1}")
         path = self.sites_table[Component.Z][0].format(layer=layer)
         mod = self.hf_model.get_submodule(path)
+        weight = module_tensor(mod, "weight")  # a copy, made now, where the module is offloaded
+        assert weight is not None
         # nn.Linear (and subclasses such as FalconLinear) stores (out, in); GPT-2's Conv1D (in, out).
         if isinstance(mod, nn.Linear):
-            w = mod.weight.detach().T
+            w = weight.T
         elif type(mod).__name__ == "Conv1D":
-            w = mod.weight.detach()
+            w = weight
         else:
             raise NotImplementedError(f"{path} is a {type(mod).__name__}, neither nn.Linear nor Conv1D; no W_O")
         H, d, D = self.spec.n_heads, self.spec.d_head, self.spec.d_model

@@ -26,8 +26,9 @@ from interp.core.model import BlockInputs, FinalNorm, ModelSpec
 from interp.core.sites import Component, Site
 from interp.core.types import ColumnLogits, Columns, FinalResidual, Logits, Residual, Tokens
 from interp.models.arch import SCALE_ATTRS, arch_facts, attention_scale_from_config
-from interp.models.backends.base import HookedLM
+from interp.models.backends.base import HookedLM, project
 from interp.models.backends.resume import capture, resume
+from interp.models.placement import is_dispatched, module_tensor, weights_materialized
 
 HOOK_NAMES: dict[Component, str] = {
     Component.EMBED: "embed.hook_out",
@@ -80,6 +81,8 @@ class TLBridgeModel(HookedLM):
         self._hook_dict = self.bridge.hook_dict
         self._W_U: torch.Tensor | None = None
         self._W_O: torch.Tensor | None = None
+        self._W_O_layers: dict[int, torch.Tensor] = {}  # per layer, under a device map
+        self._dispatched = is_dispatched(hf_model)
         self.facts = arch_facts(hf_model)
         # component -> None (reached, writes honoured) or why it is not offered on this model
         self._site_status: dict[Component, str | None] = {}
@@ -247,6 +250,11 @@ class TLBridgeModel(HookedLM):
 
     def final_norm(self) -> FinalNorm:
         mod = self._final_norm_module()
+        with weights_materialized(mod):  # offloaded weights: read on the module's execution device
+            return self._final_norm_of(mod)
+
+    @staticmethod
+    def _final_norm_of(mod: nn.Module) -> FinalNorm:
         if isinstance(mod, nn.LayerNorm):
             return FinalNorm("layernorm", mod.weight.detach(), mod.bias.detach() if mod.bias is not None else None,
                              mod.eps)
@@ -257,12 +265,15 @@ class TLBridgeModel(HookedLM):
         return FinalNorm("rms", weight.detach(), None, float(eps))
 
     def unembed_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self._W_U is None:
-            self._W_U = self.bridge.W_U.detach()
-        b_U = getattr(self.bridge.unembed, "b_U", None)
         lm_head = self.hf_model.get_output_embeddings()
-        b = getattr(lm_head, "bias", None)
-        return self._W_U, (b.detach() if b is not None else (b_U.detach() if isinstance(b_U, torch.Tensor) else None))
+        with weights_materialized(lm_head):
+            if self._W_U is None:
+                self._W_U = self.bridge.W_U.detach().clone() if self._dispatched else self.bridge.W_U.detach()
+            b_U = getattr(self.bridge.unembed, "b_U", None)
+            b = getattr(lm_head, "bias", None)
+            bias = b.detach().clone() if b is not None else (b_U.detach().clone() if isinstance(b_U, torch.Tensor)
+                                                             else None)
+        return self._W_U, bias
 
     def unembed(self, final_resid: FinalResidual, columns: Columns | None = None) -> ColumnLogits:
         """The model's own output head on the final residual: its final norm module, lm_head
@@ -280,13 +291,7 @@ class TLBridgeModel(HookedLM):
         # The model's own norm module (not the hooked bridge one) keeps this bit-identical to the
         # full forward without firing ln_final hooks.
         x = self._final_norm_module()(final_resid)
-        W_U, b_U = self.unembed_matrix()
-        if columns is not None:
-            W_U = W_U[:, columns]
-            b_U = b_U[columns] if b_U is not None else None
-        out = x @ W_U
-        out = out + b_U if b_U is not None else out
-        logits: torch.Tensor = self.facts.tail.apply(out)
+        logits: torch.Tensor = self.facts.tail.apply(project(x, *self.unembed_matrix(), columns))
         return logits
 
     def final_norm_module(self) -> nn.Module:
@@ -302,8 +307,7 @@ class TLBridgeModel(HookedLM):
         """The attention output projection's bias (d_model,), or None."""
         o = self.bridge.blocks[layer].attn.o
         mod = getattr(o, "original_component", None) or o._original_component
-        b = getattr(mod, "bias", None)
-        return b.detach() if isinstance(b, torch.Tensor) else None
+        return module_tensor(mod, "bias")
 
     def attention_softcap(self, layer: int) -> float | None:
         cap: float | None = self.facts.attn_softcap
@@ -319,6 +323,12 @@ class TLBridgeModel(HookedLM):
         return attention_scale_from_config(self.hf_model.config, layer, self.spec.d_head)
 
     def W_O(self, layer: int) -> torch.Tensor:
+        if self._dispatched:  # blocks on several devices (or offloaded): one layer at a time, on its device
+            if layer not in self._W_O_layers:
+                attn = self.bridge.blocks[layer].attn
+                with weights_materialized(attn):
+                    self._W_O_layers[layer] = attn.W_O.detach().clone()
+            return self._W_O_layers[layer]
         if self._W_O is None:
             self._W_O = self.bridge.W_O.detach()  # (layer, head, d_head, d_model)
         return self._W_O[layer]
