@@ -35,11 +35,43 @@ def _load(args) -> object:
     return cfg
 
 
+def _resume(args) -> tuple[object, object]:
+    """`--resume`: (config, run) of the run to continue (`interp.io.resume`)."""
+    from interp.io.config import parse_set_args
+    from interp.io.resume import find_resumable, resume_target
+
+    if args.config is None:  # --resume RUN_DIR: the run's own config; only execution.* may change
+        sets = parse_set_args(args.set or [])
+        other = [k for k in sets if not k.startswith("execution.")]
+        if other:
+            raise InterpError(f"--resume RUN_DIR takes the run's own config; --set {other[0]} cannot change it "
+                              "(only execution.* may be set)")
+        run, cfg = resume_target(args.resume)
+        if sets:
+            from interp.io.config import with_overrides
+
+            cfg = with_overrides(cfg, sets)
+        return cfg, run
+    cfg = _load(args)
+    if args.runs_dir:
+        from interp.io.config import with_overrides
+
+        cfg = with_overrides(cfg, {"output.runs_dir": args.runs_dir})
+    run, recorded = resume_target(args.resume, cfg) if isinstance(args.resume, str) else find_resumable(cfg)
+    return recorded, run
+
+
 def cmd_run(args) -> int:
     from interp.io.config import with_overrides
     from interp.io.runner import run_experiment
 
-    cfg = _load(args)
+    if args.config is None and args.resume in (None, True):
+        raise InterpError("interp run needs a config YAML (interp run X.yaml) or a run to resume (--resume RUN_DIR)")
+    run = None
+    if args.resume is not None:
+        cfg, run = _resume(args)
+    else:
+        cfg = _load(args)
     if args.threads is not None:
         if args.threads < 1:
             print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
@@ -47,9 +79,9 @@ def cmd_run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.runs_dir:  # one place for the run store, so kinds that read earlier runs see it too
+    if args.runs_dir and run is None:  # one place for the run store, so kinds that read earlier runs see it too
         cfg = with_overrides(cfg, {"output.runs_dir": args.runs_dir})
-    run_experiment(cfg, config_path=args.config, show_progress=not args.quiet, force=args.force)
+    run_experiment(cfg, config_path=args.config, show_progress=not args.quiet, force=args.force, resume=run)
     return 0
 
 
@@ -264,8 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run an experiment YAML")
-    r.add_argument("config")
+    r.add_argument("config", nargs="?", default=None)
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    r.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                   help="continue an interrupted or failed run, reusing its finished shards: --resume RUN_DIR, "
+                        "or X.yaml --resume for the newest unfinished run of that config")
     r.add_argument("--runs-dir", default=None, help="run store directory (default: output.runs_dir)")
     r.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice, one per core; on a CPU shared with other "
