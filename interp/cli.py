@@ -35,41 +35,21 @@ def _load(args) -> object:
     return cfg
 
 
-def _resume(args) -> tuple[object, object]:
-    """`--resume`: (config, run) of the run to continue (`interp.io.resume`)."""
-    from interp.io.config import parse_set_args
-    from interp.io.resume import find_resumable, resume_target
-
-    if args.config is None:  # --resume RUN_DIR: the run's own config; only execution.* may change
-        sets = parse_set_args(args.set or [])
-        other = [k for k in sets if not k.startswith("execution.")]
-        if other:
-            raise InterpError(f"--resume RUN_DIR takes the run's own config; --set {other[0]} cannot change it "
-                              "(only execution.* may be set)")
-        run, cfg = resume_target(args.resume)
-        if sets:
-            from interp.io.config import with_overrides
-
-            cfg = with_overrides(cfg, sets)
-        return cfg, run
-    cfg = _load(args)
-    if args.runs_dir:
-        from interp.io.config import with_overrides
-
-        cfg = with_overrides(cfg, {"output.runs_dir": args.runs_dir})
-    run, recorded = resume_target(args.resume, cfg) if isinstance(args.resume, str) else find_resumable(cfg)
-    return recorded, run
-
-
 def cmd_run(args) -> int:
     from interp.io.config import with_overrides
     from interp.io.runner import run_experiment
 
-    if args.config is None and args.resume in (None, True):
-        raise InterpError("interp run needs a config YAML (interp run X.yaml) or a run to resume (--resume RUN_DIR)")
     run = None
-    if args.resume is not None:
-        cfg, run = _resume(args)
+    if args.resume is not None:  # the run's own config (interp.io.resume)
+        from interp.io.config import parse_set_args
+        from interp.io.resume import resolve_resume
+
+        cfg = _load(args) if args.config is not None else None
+        if cfg is not None and args.runs_dir:
+            cfg = with_overrides(cfg, {"output.runs_dir": args.runs_dir})
+        cfg, run = resolve_resume(args.resume, cfg, parse_set_args(args.set or []))
+    elif args.config is None:
+        raise InterpError("interp run needs a config YAML (interp run X.yaml) or a run to resume (--resume RUN_DIR)")
     else:
         cfg = _load(args)
     if args.threads is not None:

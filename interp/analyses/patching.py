@@ -22,6 +22,7 @@ count); maps resolved by position use the largest batch of equal-length, same-te
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -102,11 +103,13 @@ def sweep_sites(
     metric: str | Metric = "logit_diff",
     batch_size: int = 64,
     progress: ProgressFn | None = None,
+    prepared: Prepared | None = None,
 ) -> Float[Tensor, "site prompt"]:
     """Per-prompt metric after patching each site in turn: (site, prompt).
 
     A site with a head or position patches only that slice; a site without patches the
-    whole tensor of its component at its layer."""
+    whole tensor of its component at its layer. `prepared`: the source cache and base-run
+    block inputs from `prepare_sweep` (holding at least these sites), to reuse across calls."""
     _check_direction(direction)
     metric = as_metric(metric)
     check_batch_size(batch_size)
@@ -115,10 +118,7 @@ def sweep_sites(
     base_tokens, src_tokens = (t.to(dev) for t in _base_and_source(pb, direction))
     n, T = base_tokens.shape
 
-    hook_sites = sorted({s.hook_site for s in sites if s.component != Component.RESID_PRE}, key=str)
-    resid_sites = sorted({s.hook_site for s in sites if s.component == Component.RESID_PRE}, key=str)
-    _, src = model.run_with_cache(src_tokens, [*hook_sites, *resid_sites])
-    inputs = model.capture_block_inputs(base_tokens)
+    src, inputs = prepared if prepared is not None else _prepare(model, base_tokens, src_tokens, sites)
 
     def run_chunk(layer: int, start: int, chunk: list[int]) -> Tensor:
         x = inputs.resid_pre[layer][:, start:].repeat(len(chunk), 1, 1)
@@ -135,6 +135,34 @@ def sweep_sites(
     keys = [_site_key(s, inputs, T) for s in sites]
     return sweep(model, n, keys, run_chunk, pair_readout(model, pb, metric), batch_size=batch_size,
                  progress=progress)
+
+
+Prepared = tuple[dict[Site, torch.Tensor], BlockInputs]
+
+
+def _prepare(model: HookedModel, base_tokens: Tensor, src_tokens: Tensor, sites: Sequence[Site]) -> Prepared:
+    """The source run's activations at the sites' hook sites and the base run's block inputs."""
+    hook_sites = sorted({s.hook_site for s in sites if s.component != Component.RESID_PRE}, key=str)
+    resid_sites = sorted({s.hook_site for s in sites if s.component == Component.RESID_PRE}, key=str)
+    _, src = model.run_with_cache(src_tokens, [*hook_sites, *resid_sites])
+    return src, model.capture_block_inputs(base_tokens)
+
+
+# The last batch prepared by a shard in this process (a worker runs a batch's layers in turn):
+# (model id, direction, batch tokens digest, hook sites) -> Prepared. One entry: no more memory
+# than an unsharded sweep holds.
+_LAST_PREPARED: dict[tuple, Prepared] = {}
+
+
+def _prepared_for(model: HookedModel, pb: PairBatch, direction: str, batch_sites: Sequence[Site]) -> Prepared:
+    digest = hashlib.sha256(pb.clean.numpy().tobytes() + b"|" + pb.corrupt.numpy().tobytes()).hexdigest()
+    key = (id(model), direction, digest, tuple(sorted({str(s.hook_site) for s in batch_sites})))
+    if key not in _LAST_PREPARED:
+        _LAST_PREPARED.clear()
+        dev = model.device
+        base_tokens, src_tokens = (t.to(dev) for t in _base_and_source(pb, direction))
+        _LAST_PREPARED[key] = _prepare(model, base_tokens, src_tokens, batch_sites)
+    return _LAST_PREPARED[key]
 
 
 def _shift(site: Site, start: int) -> Site:
@@ -176,8 +204,11 @@ def _combine(
     `executor`, each batch is split into shards keyed `<name>-b<batch>-L<layer>` (one per layer)
     and `<name>-b<batch>-baseline`."""
     if executor is not None:
-        return prompt_mean(over_shards(executor, _plans(name, batches, make_sites, direction, metric, batch_size),
-                                       progress))
+        try:
+            return prompt_mean(over_shards(executor, _plans(name, batches, make_sites, direction, metric, batch_size),
+                                           progress))
+        finally:
+            _LAST_PREPARED.clear()  # the in-process shards' cache ends with the sweep
 
     def per_batch(pb: PairBatch, prog: ProgressFn):
         bs = batch_size(pb) if callable(batch_size) else batch_size
@@ -189,9 +220,14 @@ def _combine(
 
 
 def sweep_shard(model: HookedModel, payload: tuple) -> Float[Tensor, "site prompt"]:
-    """A shard's task: `sweep_sites` on (pair batch, sites, direction, metric, batch size)."""
-    pb, sites, direction, metric, batch_size = payload
-    return sweep_sites(model, pb, sites, direction=direction, metric=metric, batch_size=batch_size)
+    """A shard's task: `sweep_sites` on (pair batch, sites, direction, metric, batch size) with
+    the batch's source cache and base-run inputs (for `batch_sites`, all the batch's sites)
+    computed once per batch in this process, not once per shard."""
+    pb, sites, direction, metric, batch_size, batch_sites = payload
+    _check_direction(direction)
+    prepared = _prepared_for(model, pb, direction, batch_sites)
+    return sweep_sites(model, pb, sites, direction=direction, metric=metric, batch_size=batch_size,
+                       prepared=prepared)
 
 
 def baseline_shard(model: HookedModel, payload: tuple) -> tuple[Float[Tensor, " prompt"], Float[Tensor, " prompt"]]:
@@ -207,8 +243,10 @@ def _plans(name: str, batches: Sequence[PairBatch], make_sites: Callable[[PairBa
         sites = make_sites(pb)
         _check_sites(sites)
         bs = batch_size(pb) if callable(batch_size) else batch_size
-        parts = [(Shard(f"{name}-b{bi}-L{layer}", sweep_shard, (pb, [sites[i] for i in idxs], direction, metric, bs)),
-                  idxs) for layer, idxs in layer_groups([s.layer for s in sites])]
+        hook_sites = sorted({s.hook_site for s in sites}, key=str)  # what the batch's shards need from the source
+        parts = [(Shard(f"{name}-b{bi}-L{layer}", sweep_shard,
+                        (pb, [sites[i] for i in idxs], direction, metric, bs, hook_sites)), idxs)
+                 for layer, idxs in layer_groups([s.layer for s in sites])]
         plans.append(BatchPlan(pb, len(sites), Shard(f"{name}-b{bi}-baseline", baseline_shard, (pb, metric)), parts))
     return plans
 

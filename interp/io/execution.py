@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -112,6 +113,17 @@ def check_execution(cfg: Any) -> None:
         _import_ray()
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A TCP connection to `host:port` (or `ray://host:port`) opens within `timeout` seconds."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError("not of the form host:port")
+    with socket.create_connection((host, int(port)), timeout=timeout):
+        pass
+
+
 class _Worker:
     """A Ray actor's state: its own copy of the model (wrapped by `ray.remote` at first use)."""
 
@@ -160,6 +172,7 @@ class RayExecutor:
                      runtime_env={"env_vars": {"PYTHONPATH": path}})
             return
         try:
+            _check_reachable(ex.address)  # ray.init itself retries an unreachable address for minutes
             ray.init(address=ex.address, log_to_driver=False)
         except Exception as exc:  # ray raises ConnectionError, RuntimeError or its own types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -17,7 +17,8 @@ from typing import Any
 from interp.io.runfiles import RunStoreError
 from interp.io.runstore import Run, RunStore
 
-__all__ = ["ResumeError", "resume_target", "find_resumable", "config_differences", "mark_resumed"]
+__all__ = ["ResumeError", "resume_target", "find_resumable", "resolve_resume", "config_differences",
+           "mark_resumed"]
 
 # Where the work runs, and where runs are stored, do not change the tables.
 _IGNORED = ("execution", "output.runs_dir")
@@ -113,3 +114,23 @@ def mark_resumed(run: Run, when: str, pid: int) -> None:
     resumes = list(run.read_manifest().get("resumes") or [])
     resumes.append({"at": when, "pid": pid, "previous_status": run.status()})
     run.update_manifest(status="running", finished_at=None, error=None, resumes=resumes)
+
+
+def resolve_resume(resume: str | bool, cfg: Any, sets: dict[str, str]) -> tuple[Any, Run]:
+    """`interp run`'s `--resume [RUN_DIR]` with its config `cfg` (None when none was given, then
+    only `--set execution.*` is allowed) and `--set` overrides: (config to run, run)."""
+    if cfg is None:
+        if resume is True:
+            raise ResumeError("--resume needs a run directory (--resume RUN_DIR) or a config (X.yaml --resume)")
+        other = [k for k in sets if not k.startswith("execution.")]
+        if other:
+            raise ResumeError(f"--resume RUN_DIR runs the run's own config; --set {other[0]} cannot change it "
+                              "(only execution.* may be set)")
+        run, recorded = resume_target(str(resume))
+        if sets:
+            from interp.io.config import with_overrides
+
+            recorded = with_overrides(recorded, sets)
+        return recorded, run
+    run, recorded = resume_target(resume, cfg) if isinstance(resume, str) else find_resumable(cfg)
+    return recorded, run
