@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from interp.analyses.patching import patch_heads, patch_residual
+from interp.analyses.path_patching import Receiver, path_patching
 from interp.analyses.sweep import layer_groups
 from interp.core.errors import InterpError
 from interp.core.execution import LocalExecutor
@@ -55,3 +56,16 @@ def test_residual_patching_shards_equal_unsharded(tiny_models, pairs):
     sharded = patch_residual(model, pairs, components=("resid_pre", "mlp_out"), executor=ex)
     assert torch.equal(plain.values, sharded.values)
     assert ex.keys[0] == "residual_patching-b0-baseline" and len(ex.keys) == model.spec.n_layers + 1
+
+
+@pytest.mark.parametrize("receivers", [[Receiver("logits")], [Receiver("q", 2, 1), Receiver("v", 3, 0)]],
+                         ids=["logits", "heads"])
+def test_path_patching_shards_equal_unsharded(tiny_models, pairs, receivers):
+    model = tiny_models["tiny-llama"]
+    ex = Recording(model)
+    plain = path_patching(model, pairs, receivers)
+    sharded = path_patching(model, pairs, receivers, executor=ex)
+    assert torch.equal(plain.values.nan_to_num(-9.0), sharded.values.nan_to_num(-9.0))
+    assert plain.clean_metric == sharded.clean_metric
+    first = min((r.layer for r in receivers if r.layer is not None), default=model.spec.n_layers)
+    assert ex.keys[: first + 1] == ["path_patching-b0-baseline", *(f"path_patching-b0-L{la}" for la in range(first))]
