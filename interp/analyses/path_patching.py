@@ -30,16 +30,14 @@ from dataclasses import dataclass
 
 import torch
 
+from interp.analyses import sweep as engine
 from interp.analyses.patching import baseline_metrics, baseline_shard, check_pairs, pair_readout
 from interp.analyses.results import PatchingResult
 from interp.analyses.sweep import (
-    BatchPlan,
     ProgressFn,
     freeze_hook,
     head_sender_hook,
-    layer_groups,
     over_batches,
-    over_shards,
     prompt_mean,
     resume,
     sweep,
@@ -295,11 +293,11 @@ def path_patching(
         # Senders at or after the first head receiver have no direct path: in no shard, NaN.
         first_r = min((r.layer for r in receivers if r.layer is not None), default=L)
         layers = [layer if layer < first_r else None for layer, _ in senders]
-        plans = [BatchPlan(pb, len(senders), Shard(f"path_patching-b{bi}-baseline", baseline_shard, (pb, m)), [
+        plans = [engine.BatchPlan(pb, len(senders), Shard(f"path_patching-b{bi}-baseline", baseline_shard, (pb, m)), [
             (Shard(f"path_patching-b{bi}-L{la}", path_shard,
                    (pb, [senders[i] for i in idxs], tuple(receivers), freeze_mlps, m, batch_size)), idxs)
-            for la, idxs in layer_groups(layers)]) for bi, pb in enumerate(batches)]
-        vals, clean, corrupt, n = prompt_mean(over_shards(executor, plans, progress))
+            for la, idxs in engine.layer_groups(layers)]) for bi, pb in enumerate(batches)]
+        vals, clean, corrupt, n = prompt_mean(engine.over_shards(executor, plans, progress))
     else:
         def per_batch(pb: PairBatch, prog: ProgressFn):
             vals = path_patch_senders(model, pb, senders, receivers, freeze_mlps=freeze_mlps, metric=m,
