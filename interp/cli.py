@@ -40,6 +40,8 @@ def _grid(args) -> tuple[str, dict] | None:
     """(path, --set overrides) when the YAML is a grid (`interp.io.grid`), else None."""
     from interp.io.config import is_grid, parse_set_args, read_yaml
 
+    if args.config is None:  # interp run --resume RUN_DIR
+        return None
     return (args.config, parse_set_args(args.set or [])) if is_grid(read_yaml(args.config)) else None
 
 
@@ -52,7 +54,19 @@ def cmd_run(args) -> int:
 
         return 1 if run_grid_file(*grid, runs_dir=args.runs_dir, threads=args.threads, show_progress=not args.quiet,
                                   force=args.force, resume=args.resume).failed else 0
-    cfg = _load(args)
+    run = None
+    if args.resume is not None:  # the run's own config (interp.io.resume)
+        from interp.io.config import parse_set_args
+        from interp.io.resume import resolve_resume
+
+        cfg = _load(args) if args.config is not None else None
+        if cfg is not None and args.runs_dir:
+            cfg = with_overrides(cfg, {"output.runs_dir": args.runs_dir})
+        cfg, run = resolve_resume(args.resume, cfg, parse_set_args(args.set or []))
+    elif args.config is None:
+        raise InterpError("interp run needs a config YAML (interp run X.yaml) or a run to resume (--resume RUN_DIR)")
+    else:
+        cfg = _load(args)
     if args.threads is not None:
         if args.threads < 1:
             print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
@@ -60,9 +74,9 @@ def cmd_run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.runs_dir:  # one place for the run store, so kinds that read earlier runs see it too
+    if args.runs_dir and run is None:  # one place for the run store, so kinds that read earlier runs see it too
         cfg = with_overrides(cfg, {"output.runs_dir": args.runs_dir})
-    run_experiment(cfg, config_path=args.config, show_progress=not args.quiet, force=args.force)
+    run_experiment(cfg, config_path=args.config, show_progress=not args.quiet, force=args.force, resume=run)
     return 0
 
 
@@ -283,8 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run an experiment YAML")
-    r.add_argument("config")
+    r.add_argument("config", nargs="?", default=None)
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    r.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                   help="continue an interrupted or failed run, reusing its finished shards: --resume RUN_DIR, "
+                        "or X.yaml --resume for the newest unfinished run of that config (a grid YAML: skip the cells "
+                        "whose run of this grid already completed)")
     r.add_argument("--runs-dir", default=None, help="run store directory (default: output.runs_dir)")
     r.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice, one per core; on a CPU shared with other "
@@ -292,8 +310,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--force", action="store_true",
                    help="run even when the estimated work or peak memory exceeds the limit")
-    r.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
-                   help="a grid YAML: skip the cells whose run of this grid already completed")
     r.set_defaults(fn=cmd_run)
 
     v = sub.add_parser("validate", help="check an experiment YAML without running it")

@@ -110,3 +110,19 @@ def test_gpu_scaling_machinery_on_cpu(tmp_path):
         proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_scaling.py")], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "no CUDA GPU here" in proc.stdout
+
+
+def test_scaling_benchmark_runs(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "scaling.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--model", "tiny-llama", "--n-prompts", "4",
+         "--threads", "1", "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # exit 1 when a map differs from the local one
+    assert "speed ratio (local / ray sweep): 1 worker(s)" in proc.stdout and "2 worker(s)" in proc.stdout
+    numbers = json.loads(out.read_text())
+    assert numbers["local_sharded_max_abs_diff"] == 0
+    assert set(numbers["ray"]) == {"1", "2"} and all(r["max_abs_diff"] <= 1e-6 for r in numbers["ray"].values())

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.analyses.patching import baseline_metrics, check_pairs, pair_readout
+from interp.analyses import sweep as engine
+from interp.analyses.patching import baseline_metrics, baseline_shard, check_pairs, pair_readout
 from interp.analyses.results import PatchingResult
 from interp.analyses.sweep import (
     ProgressFn,
@@ -43,6 +44,7 @@ from interp.analyses.sweep import (
 )
 from interp.core.attention import check_recompute, recompute_scores
 from interp.core.errors import InterpError, UnsupportedError
+from interp.core.execution import Executor, Shard
 from interp.core.hooks import caching_hooks
 from interp.core.metrics import Metric, as_metric, get_metric
 from interp.core.model import HookedModel
@@ -276,20 +278,42 @@ def path_patching(
     metric: str = "logit_diff",
     batch_size: int = 64,
     progress: ProgressFn | None = None,
+    executor: Executor | None = None,
 ) -> PatchingResult:
-    """Path-patch every head as a sender to `receivers`: a (layer, head) map."""
+    """Path-patch every head as a sender to `receivers`: a (layer, head) map. With an
+    `executor`, each batch's senders run as shards of one sender layer (keys
+    `path_patching-b<batch>-L<layer>`, `...-baseline`); same numbers."""
     m = get_metric(metric)
     check_pairs(pairs, "path patching")
     L, H = model.spec.n_layers, model.spec.n_heads
     senders = [(layer, h) for layer in range(L) for h in range(H)]
+    batches = pairs.by_length().batches
+    if executor is not None:
+        _check(model, receivers)
+        # Senders at or after the first head receiver have no direct path: in no shard, NaN.
+        first_r = min((r.layer for r in receivers if r.layer is not None), default=L)
+        layers = [layer if layer < first_r else None for layer, _ in senders]
+        plans = [engine.BatchPlan(pb, len(senders), Shard(f"path_patching-b{bi}-baseline", baseline_shard, (pb, m)), [
+            (Shard(f"path_patching-b{bi}-L{la}", path_shard,
+                   (pb, [senders[i] for i in idxs], tuple(receivers), freeze_mlps, m, batch_size)), idxs)
+            for la, idxs in engine.layer_groups(layers)]) for bi, pb in enumerate(batches)]
+        vals, clean, corrupt, n = prompt_mean(engine.over_shards(executor, plans, progress))
+    else:
+        def per_batch(pb: PairBatch, prog: ProgressFn):
+            vals = path_patch_senders(model, pb, senders, receivers, freeze_mlps=freeze_mlps, metric=m,
+                                      batch_size=batch_size, progress=prog)
+            return (vals, *baseline_metrics(model, pb, m))
 
-    def per_batch(pb: PairBatch, prog: ProgressFn):
-        vals = path_patch_senders(model, pb, senders, receivers, freeze_mlps=freeze_mlps, metric=m,
-                                  batch_size=batch_size, progress=prog)
-        return (vals, *baseline_metrics(model, pb, m))
-
-    vals, clean, corrupt, n = prompt_mean(over_batches(pairs.by_length().batches, per_batch, len(senders), progress))
+        vals, clean, corrupt, n = prompt_mean(over_batches(batches, per_batch, len(senders), progress))
     return PatchingResult(
         "path_patching", "noising", metric, ("layer", "head"), vals.view(L, H), clean, corrupt, n,
         labels={"receivers": [str(r) for r in receivers], "freeze_mlps": [freeze_mlps]},
     )
+
+
+def path_shard(model: HookedModel, payload: tuple) -> Float[Tensor, "sender prompt"]:
+    """A shard's task: `path_patch_senders` on (pair batch, senders, receivers, freeze_mlps,
+    metric, batch size)."""
+    pb, senders, receivers, freeze_mlps, metric, batch_size = payload
+    return path_patch_senders(model, pb, senders, list(receivers), freeze_mlps=freeze_mlps, metric=metric,
+                              batch_size=batch_size)

@@ -15,6 +15,9 @@ What a variant *is* stays with the caller: `run_chunk(layer, start, chunk)` buil
 hooks (and, for path patching, a second pass) and returns the final residual; `resume` is the
 plain resumed forward most callers need. The batch loop (`over_batches`) runs a per-batch sweep
 over prompts of different lengths and `prompt_mean` averages it the way every analysis reports.
+`over_shards` is its sharded twin: each batch's sweep split by groups of whole layers (plus one
+baseline shard per batch) and run by an `interp.core.execution.Executor`; since a shard holds
+every variant of its layers, `sweep()` inside it forms exactly the chunks of the unsharded run.
 
     out = sweep(model, n, keys, run_chunk, rd, batch_size=64, progress=progress)  # (variant, n)
 """
@@ -29,6 +32,7 @@ from typing import Literal
 import torch
 
 from interp.core.errors import DatasetError, InterpError
+from interp.core.execution import Executor, Shard, run_shards
 from interp.core.hooks import HookFn
 from interp.core.metrics import Readout
 from interp.core.model import BlockInputs, HookedModel
@@ -220,3 +224,45 @@ def prompt_mean(results: Iterator[BatchSweep]) -> tuple[Float[Tensor, " variant"
     if sums is None or n_total == 0:
         raise DatasetError("no prompts to sweep: the dataset is empty")
     return sums / n_total, clean_sum / n_total, corrupt_sum / n_total, n_total
+
+
+# ---------------------------------------------------------------------------- shards
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """One batch's shards: `baseline` returns its (clean, corrupt) metrics per prompt, each of
+    `parts` the (variant, prompt) metric of the variants it lists (indices into `n_variants`);
+    variants in no part have nothing to measure and stay NaN."""
+
+    pb: PairBatch
+    n_variants: int
+    baseline: Shard
+    parts: list[tuple[Shard, list[int]]]
+
+
+def layer_groups(layers: Sequence[int | None], per_shard: int = 1) -> list[tuple[int, list[int]]]:
+    """Variant indices grouped by whole layers: (first layer, indices) for each run of
+    `per_shard` consecutive layers among those present (None: a variant with nothing to run)."""
+    if per_shard < 1:
+        raise InterpError(f"layers per shard must be >= 1, got {per_shard}")
+    present = sorted({la for la in layers if la is not None})
+    groups = []
+    for first in range(0, len(present), per_shard):
+        chosen = set(present[first : first + per_shard])
+        groups.append((present[first], [i for i, la in enumerate(layers) if la in chosen]))
+    return groups
+
+
+def over_shards(executor: Executor, plans: Sequence[BatchPlan],
+                progress: ProgressFn | None = None) -> Iterator[BatchSweep]:
+    """Run every batch's shards on `executor` (progress: shards done of all batches) and yield
+    each batch's sweep assembled in variant order, as `over_batches` does."""
+    shards = [s for p in plans for s in (p.baseline, *(part for part, _ in p.parts))]
+    results = iter(run_shards(executor, shards, progress))
+    for p in plans:
+        clean, corrupt = next(results)
+        values = torch.full((p.n_variants, len(p.pb)), float("nan"))
+        for _, idxs in p.parts:
+            values[idxs] = next(results)
+        yield BatchSweep(p.pb, values, clean, corrupt)

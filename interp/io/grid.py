@@ -244,12 +244,12 @@ def run_grid(grid: Grid, *, runs_dir: str | Path | None = None, show_progress: b
             outcome.cells.append(CellOutcome(cell, "skipped", run_id=earlier[cell.index]))
             log(outcome.cells[-1].line(len(grid.cells)))
             continue
-        # TODO(integrator): a cell whose earlier run was interrupted (status interrupted, found by
-        # grid_runs) should call the per-run resume (`interp run --resume RUN_DIR`, the `ray`
-        # branch) instead of starting over; today it runs again from the start.
-        log(f"grid {grid.id}: cell {cell.index + 1}/{len(grid.cells)} ({cell.label})")
+        # an interrupted or failed run of this cell continues in place, reusing its finished shards
+        unfinished = _unfinished_cells(store, grid.id).get(cell.index) if resume else None
+        again = f", resuming run {unfinished.run_id}" if unfinished else ""
+        log(f"grid {grid.id}: cell {cell.index + 1}/{len(grid.cells)} ({cell.label}){again}")
         outcome.cells.append(_run_cell(grid, cell, store, run, runs_dir=runs_dir, show_progress=show_progress,
-                                       log=log, force=force))
+                                       log=log, force=force, **({"resume": unfinished} if unfinished else {})))
         log(outcome.cells[-1].line(len(grid.cells)))
     return outcome
 
@@ -364,6 +364,15 @@ def grid_label(path: str | Path) -> str | None:
     """`<grid id>#<cell>` of a run of a grid, else None (what `interp runs` shows)."""
     record = _grid_record(path)
     return None if record is None else f"{record['id']}#{record.get('cell')}"
+
+
+def _unfinished_cells(store: RunStore, grid_id: str) -> dict[int, Run]:
+    """Cell index -> the run to resume: the newest run of each cell when it is interrupted or failed."""
+    newest: dict[int, Any] = {}
+    for r in grid_runs(store, grid_id).itertuples():  # newest first
+        if pd.notna(r.cell):
+            newest.setdefault(int(r.cell), r)
+    return {cell: Run(Path(r.path)) for cell, r in newest.items() if r.status in ("interrupted", "failed")}
 
 
 def _complete_cells(store: RunStore, grid_id: str) -> dict[int, str]:

@@ -12,22 +12,26 @@ with the error). It also owns the progress bars the steps ask for.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from interp.io.execution import ShardStore, StoredExecutor, check_execution, open_executor
 from interp.io.kinds.patching import load_data  # noqa: F401  (re-exported: callers import it from here)
 from interp.io.lifecycle import RunInterrupted, supervised
 from interp.io.limits import check_work
 from interp.io.preflight import preflight
 from interp.io.registry import get_kind
 from interp.io.report import ReportSection, write_report
+from interp.io.resume import mark_resumed
 from interp.io.runstore import Run, RunStore, build_manifest
 from interp.io.schema import resolve_for_model
 from interp.io.step import Progress, StepContext, StepResult
@@ -104,14 +108,17 @@ def run_experiment(
     log: Log = print,
     model: Any = None,
     force: bool = False,
+    resume: Run | None = None,
 ) -> Run:
     """Run any registered experiment kind (`cfg.kind`) end to end and return its run. `force`
-    runs even when the estimated work exceeds `interp.io.limits.MAX_FORWARDS`."""
+    runs even when the estimated work exceeds `interp.io.limits.MAX_FORWARDS`. `resume`: an
+    unfinished run (`interp.io.resume`) to continue in place, reusing its finished shards."""
     kind = get_kind(cfg.kind)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     preflight(cfg, model.tokenizer if model is not None else None, runs_dir=runs_dir, force=force)  # no weights yet
+    check_execution(cfg)
     if model is None:
         log(f"loading model {cfg.model.name} ({cfg.model.device}, {cfg.model.dtype})")
         model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype, seed=cfg.seed,
@@ -127,10 +134,27 @@ def run_experiment(
     finally:
         bars.close()
     check_work(kind, cfg, model, data, force=force)  # work and memory, before the run directory exists
-    run = _create_run(cfg, model, kind.name, config_path, runs_dir)
-    log(f"run directory: {run.path}")
+    with open_executor(cfg, model, log) as executor:  # before the run directory: bad addresses fail first
+        if resume is None:
+            run = _create_run(cfg, model, kind.name, config_path, runs_dir)
+        else:
+            run = resume
+            mark_resumed(run, _now(), os.getpid())
+        log(f"{'resuming run' if resume is not None else 'run'} directory: {run.path}")
+        ctx = StepContext(cfg, model, data, log=log, progress=bars.new,
+                          executors=lambda step: StoredExecutor(executor, ShardStore(run, step), log))
+        out = _execute(run, cfg, kind, ctx, bars, t0)
+    path = _report(run, cfg, out)
+    log("")
+    for line in out.summary:
+        log(line)
+    log(f"report: {path}")
+    return run
+
+
+def _execute(run: Run, cfg: Any, kind: Any, ctx: StepContext, bars: ProgressBars, t0: float) -> RunOutcome:
+    """Every step of the kind, supervised; each step's result recorded as it finishes."""
     out = RunOutcome(run)
-    ctx = StepContext(cfg, model, data, log=log, progress=bars.new)
     with supervised(run):  # SIGINT/SIGTERM: status interrupted, exit 130/143; pid, host, heartbeat
         try:
             for step in kind.steps:
@@ -145,12 +169,11 @@ def run_experiment(
             raise
         run.update_manifest(duration_s=round(time.perf_counter() - t0, 2))
         run.mark("complete")
-    path = _report(run, cfg, out)
-    log("")
-    for line in out.summary:
-        log(line)
-    log(f"report: {path}")
-    return run
+    return out
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _create_run(cfg: Any, model: Any, kind: str, config_path, runs_dir) -> Run:

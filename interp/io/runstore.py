@@ -122,6 +122,16 @@ class Run:
             self.write_manifest(manifest)
         return manifest
 
+    def add_done_shard(self, step: str, key: str) -> None:
+        """Record a finished shard under `shards_done[step]` (read-modify-write under the same
+        lock as `update_manifest`; the heartbeat never touches the manifest)."""
+        with _manifest_lock(self.manifest_path):
+            manifest = self.read_manifest()
+            done = manifest.setdefault("shards_done", {})
+            if key not in done.setdefault(step, []):
+                done[step].append(key)
+                self.write_manifest(manifest)
+
     def status(self) -> str:
         """The manifest's status, corrected for a run whose process is gone (`effective_status`)."""
         return effective_status(self.path, self.read_manifest())

@@ -31,7 +31,7 @@ from interp.core.metrics import metrics_reading
 from interp.models.registry import describe_model_name
 
 __all__ = [
-    "Section", "FieldError", "ModelConfig", "OutputConfig", "BaseExperimentConfig", "Enabled",
+    "Section", "FieldError", "ModelConfig", "OutputConfig", "ExecutionConfig", "BaseExperimentConfig", "Enabled",
     "PositiveInt", "NonNegativeInt", "MetricName", "ChatSetting", "allowed_metrics",
     "resolve_config_path", "unique_items", "non_empty", "Unique", "ConfigPath", "has_chat_template", "resolve_chat",
     "chat_setting", "BatchSizeSetting",
@@ -255,6 +255,20 @@ def _placement_checked(device_map: Any, max_memory: Any) -> Any:
     return device_map
 
 
+class ExecutionConfig(Section):
+    """Where sweeps run (`interp.io.execution`): `local` in this process, or `ray` on `workers`
+    Ray actors that each load the model once; the tables are the same either way."""
+
+    backend: Literal["local", "ray"] = "local"
+    address: StrictStr | None = Field(
+        None, description='null (start a local Ray instance), "auto" (the cluster this machine is in) or '
+        '"ray://host:port"')
+    workers: PositiveInt = Field(1, description="an integer >= 1 (Ray actors, each with its own model)")
+    gpus_per_worker: NonNegativeInt | None = Field(
+        None, description="an integer >= 0, or null: 1 when the model's device is a GPU, 0 on the CPU")
+    cpus_per_worker: PositiveInt = Field(1, description="an integer >= 1 (each worker's torch threads)")
+
+
 class OutputConfig(Section):
     runs_dir: Path = Field(Path("runs"), description="a directory path")
     top_k: PositiveInt = Field(10, description="an integer >= 1")
@@ -265,7 +279,7 @@ ExperimentName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]+$")]
 
 class BaseExperimentConfig(Section):
     """What every experiment kind's config has: `kind` (each kind narrows it to its own
-    Literal), `name`, `description`, `seed`, `model` and `output`."""
+    Literal), `name`, `description`, `seed`, `model`, `output` and `execution`."""
 
     kind: str
     name: ExperimentName = Field(
@@ -275,6 +289,7 @@ class BaseExperimentConfig(Section):
     seed: NonNegativeInt = Field(0, description="an integer >= 0")
     model: ModelConfig = ModelConfig()
     output: OutputConfig = OutputConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict (lists, strings, numbers) that `parse_config` accepts back."""

@@ -73,13 +73,16 @@ def _patch_text(where: str, direction: str, res, metric: str, note: str) -> str:
 
 def head_patching_step(model, pairs: TokenizedPairs, hp, top_k: int, progress: Progress, *,
                        last_position: bool = False, score_prefix: str = "", title: str = "",
-                       note: str = "1 = fully clean behaviour, 0 = corrupt.") -> tuple[StepResult, pd.DataFrame]:
+                       note: str = "1 = fully clean behaviour, 0 = corrupt.",
+                       executor=None) -> tuple[StepResult, pd.DataFrame]:
     """Patch each head's output (`hp`: direction, metric, batch_size) at every position
     (table `head_patching`) or at the last one only (table `head_patching_last_position`, also
     written as `head_scores` under `<score_prefix>.patching_last_position.<direction>` for the
-    atlas). Returns the result and the per-head frame."""
+    atlas). Returns the result and the per-head frame. `executor`: where the all-position sweep
+    runs as shards (`interp.core.execution`; None: in-process, unsharded)."""
     kw = dict(direction=hp.direction, metric=hp.metric, batch_size=hp.batch_size, progress=progress)
-    res = patch_heads_last_position(model, pairs, **kw) if last_position else patch_heads(model, pairs, **kw)
+    res = (patch_heads_last_position(model, pairs, **kw) if last_position
+           else patch_heads(model, pairs, executor=executor, **kw))
     table = "head_patching_last_position" if last_position else "head_patching"
     frame = res.to_frame()
     tables = {table: frame}

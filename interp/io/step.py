@@ -45,7 +45,9 @@ class StepResult:
 class StepContext:
     """What every step of a run sees: the config, the model, the prepared data, a `state` dict
     for what one step hands to a later one, a log function and `progress(desc)` (a callback
-    `(done, total)` whose bar the runner owns and closes after the step)."""
+    `(done, total)` whose bar the runner owns and closes after the step). `executor(step)` is
+    where the step's sweeps run as shards (stored in the run for `--resume`), or None outside a
+    runner (the analyses then take their unsharded path)."""
 
     cfg: Any
     model: Any
@@ -53,6 +55,11 @@ class StepContext:
     log: Callable[[str], None]
     progress: Callable[[str], Progress]
     state: dict[str, Any] = field(default_factory=dict)
+    executors: Callable[[str], Any] | None = None
+
+    def executor(self, step: str) -> Any:
+        """The executor for step `step`'s shards (`interp.core.execution.Executor`), or None."""
+        return self.executors(step) if self.executors is not None else None
 
 
 Step = Callable[[StepContext], "StepResult | None"]

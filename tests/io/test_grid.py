@@ -148,7 +148,17 @@ def test_a_failing_cell_does_not_stop_the_others_and_resume_reruns_only_it(tmp_p
     assert manifest["grid"] == {"id": grid.id, "cell": 0, "n_cells": 3, "values": {"seed": 0}, "file": None}
 
     seen.clear()
-    out = run_grid(grid, runs_dir=tmp_path, log=lines.append, run=_fake_run(tmp_path, set(), seen), resume=True)
+    failed_run = runs.loc[runs["cell"] == 1, "path"].item()
+    resumed: list = []
+    fake = _fake_run(tmp_path, set(), seen)
+
+    def resuming(cfg, **kw):  # the failed cell's own run is resumed in place (its finished shards reused)
+        resumed.append(kw.get("resume"))
+        return fake(cfg, **kw)
+
+    out = run_grid(grid, runs_dir=tmp_path, log=lines.append, run=resuming, resume=True)
+    assert [str(r.path) if r is not None else None for r in resumed] == [str(failed_run)]
+    assert any(f"resuming run {Path(failed_run).name}" in line for line in lines)
     assert seen == [1] and [c.status for c in out.cells] == ["skipped", "complete", "skipped"]
     assert not out.failed and "skipped, already complete" in out.lines()[0]
     seen.clear()

@@ -294,7 +294,8 @@ def head_patching(ctx: StepContext) -> StepResult | None:
         return None
     result, _ = head_patching_step(
         ctx.model, ctx.data[1], hp, ctx.cfg.output.top_k, ctx.progress("head patching"),
-        title=f"Head output patching ({hp.direction}, {hp.metric}, normalised)")
+        title=f"Head output patching ({hp.direction}, {hp.metric}, normalised)",
+        executor=ctx.executor("head_patching"))
     return result
 
 
@@ -303,7 +304,8 @@ def head_patching_per_position(ctx: StepContext) -> StepResult | None:
     if not (hp.enabled and hp.per_position):
         return None
     rp = patch_heads(ctx.model, ctx.data[2], direction=hp.direction, metric=hp.metric, per_position=True,
-                     batch_size=hp.batch_size, progress=ctx.progress("head patching per position"))
+                     batch_size=hp.batch_size, progress=ctx.progress("head patching per position"),
+                     executor=ctx.executor("head_patching_per_position"))
     return StepResult("head_patching_per_position", tables={"head_patching_per_position": rp.to_frame()},
                       sections=[ReportSection("Head patching per position", table=rp.top(ctx.cfg.output.top_k))])
 
@@ -313,7 +315,8 @@ def residual_patching(ctx: StepContext) -> StepResult | None:
     if not c.enabled:
         return None
     res = patch_residual(ctx.model, ctx.data[2], components=c.components, direction=c.direction, metric=c.metric,
-                         batch_size=c.batch_size, progress=ctx.progress("residual patching"))
+                         batch_size=c.batch_size, progress=ctx.progress("residual patching"),
+                         executor=ctx.executor("residual_patching"))
     df = res.to_frame()
     fig = position_heatmap(df, "normalised", token_labels=res.token_labels,
                            title=f"Residual patching per (layer, position) ({c.direction}, normalised)")
