@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ToyGraph:
+    n_layers: int
+    n_heads: int
     nodes: tuple[str, ...]
     edges: tuple[tuple[str, str, str], ...]
 
@@ -33,4 +35,4 @@ def toy_graph(n_layers: int = 2, n_heads: int = 2) -> ToyGraph:
         upstream = upstream + [f"m{layer}"]
         nodes += heads + [f"m{layer}"]
     edges += [(s, "logits", "") for s in upstream]
-    return ToyGraph(tuple(nodes + ["logits"]), tuple(edges))
+    return ToyGraph(n_layers, n_heads, tuple(nodes + ["logits"]), tuple(edges))
