@@ -59,7 +59,7 @@ from interp.core.types import Head
 __all__ = [
     "FRACTIONS", "ABLATIONS", "SELECTIONS", "GraphLike", "check_fractions", "selection_key", "select_topn",
     "select_greedy", "prune", "select", "circuit_masks", "circuit_frame", "areas", "FaithfulnessCurve",
-    "faithfulness_curve", "random_scores", "edge_agreement", "circuit_heads",
+    "faithfulness_curve", "random_scores", "edge_agreement", "circuit_heads", "head_tables",
 ]
 
 FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -294,10 +294,46 @@ def edge_agreement(estimate: EdgeValues, exact: EdgeValues, edges: Sequence[int]
 
 def circuit_heads(graph: GraphLike, keep: EdgeMask) -> set[Head]:
     """The (layer, head) of every attention head that is an end of a kept edge."""
-    heads: set[Head] = set()
-    for i in torch.nonzero(keep).flatten().tolist():
-        for node in graph.edges[i][:2]:
-            if node.startswith("a") and ".h" in node:
-                layer, head = node[1:].split(".h")
-                heads.add((int(layer), int(head)))
-    return heads
+    heads = {_head(node) for i in torch.nonzero(keep).flatten().tolist() for node in graph.edges[i][:2]}
+    return {h for h in heads if h is not None}
+
+
+def _head(node: str) -> Head | None:
+    if node.startswith("a") and ".h" in node:
+        layer, head = node[1:].split(".h")
+        return int(layer), int(head)
+    return None
+
+
+def head_tables(circuit: pd.DataFrame, classes: dict[Head, str] | None = None,
+                default_class: str = "edge circuit") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The circuit's heads in the format of `interp.io.circuit_tables` (circuit_nodes:
+    layer, head, class, score; circuit_edges: sender_layer, sender_head, receiver_layer,
+    receiver_head, receiver_input, strength), so the app's circuit pages show it and compare
+    it with a path-patching circuit. `circuit`: `circuit_frame`'s table; only in_circuit rows
+    count. Nodes: every head at an end of a kept edge, `score` the sum of its kept outgoing
+    edges' scores, `class` from `classes` (e.g. the IOI circuit's) or `default_class`. Edges:
+    kept head -> head (receiver input q/k/v) and head -> logits (input "logits") edges; edges
+    from the input embedding or through MLPs have no place in a head graph and are left out."""
+    kept = circuit[circuit["in_circuit"]]
+    classes = classes or {}
+    heads: dict[Head, float] = {}
+    rows = []
+    for e in kept.itertuples(index=False):
+        s, r = _head(e.sender), _head(e.receiver)
+        for h in (s, r):
+            if h is not None:
+                heads.setdefault(h, 0.0)
+        if s is not None:
+            heads[s] += float(e.score)
+            if r is not None or e.receiver == "logits":
+                rows.append({"sender_layer": s[0], "sender_head": s[1],
+                             "receiver_layer": r[0] if r else pd.NA, "receiver_head": r[1] if r else pd.NA,
+                             "receiver_input": e.input if r else "logits", "strength": float(e.score)})
+    nodes = pd.DataFrame([{"layer": h[0], "head": h[1], "class": classes.get(h, default_class), "score": v}
+                          for h, v in sorted(heads.items())], columns=["layer", "head", "class", "score"])
+    edges = pd.DataFrame(rows, columns=["sender_layer", "sender_head", "receiver_layer", "receiver_head",
+                                        "receiver_input", "strength"])
+    for c in ("receiver_layer", "receiver_head"):
+        edges[c] = edges[c].astype("Int64")
+    return nodes, edges
