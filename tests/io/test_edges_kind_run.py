@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-import interp.analyses.edges as edges
+import interp.analyses.edges as edges_mod
 import interp.io.kinds.edges as kind
 from interp.io.config import parse_config
 from interp.io.mib import read_mib_circuit
@@ -27,7 +27,7 @@ def _fake_scores(model, pairs, *, method, steps=5, metric="logit_diff", edges=No
         keep = torch.full((len(graph),), float("nan"))
         keep[list(edges)] = s[list(edges)]
         s = keep
-    return edges.EdgeScores(graph, s, method, steps, pairs.n)
+    return edges_mod.EdgeScores(graph, s, method, steps, pairs.n)
 
 
 def _fake_evaluate(model, pairs, graph, keep, *, ablation, metric, batch_size, progress):
@@ -37,7 +37,7 @@ def _fake_evaluate(model, pairs, graph, keep, *, ablation, metric, batch_size, p
 @pytest.fixture()
 def fakes(monkeypatch):
     monkeypatch.setattr(kind, "edge_scores", _fake_scores)
-    monkeypatch.setattr(edges, "evaluate_circuits", _fake_evaluate)
+    monkeypatch.setattr(edges_mod, "evaluate_circuits", _fake_evaluate)
 
 
 def test_edge_circuit_run_writes_its_tables_report_and_mib_file(tmp_path, fakes):
