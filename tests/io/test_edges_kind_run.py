@@ -4,6 +4,7 @@ tested in tests/analyses and, with them, in the integration test."""
 
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
@@ -63,7 +64,7 @@ def test_edge_circuit_run_writes_its_tables_report_and_mib_file(tmp_path, fakes)
     circ = run.read_table("edge_circuit")
     assert int(kept.sum()) == int(circ["in_circuit"].sum())
     assert json.loads(mib[0].read_text())["cfg"]["n_layers"] == model.spec.n_layers
-    report = (run.path / "report.html").read_text()
+    report = html.unescape((run.path / "report.html").read_text())
     for words in ("Faithfulness curves (MIB's CPR and CMD)", "Agreement with exact edge patching",
                   "random (topn by signed score): CPR"):
         assert words in report
