@@ -39,12 +39,16 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from interp.analyses.edges_grad import eap_batch, ig_activations_batch, ig_inputs_batch
 from interp.analyses.edges_graph import KINDS, PROVEN, EdgeGraph, Layout, build_graph, edge_graph
-from interp.analyses.sweep import ProgressFn
+from interp.analyses.edges_run import PairRuns, exact_sweep, run_mixed, sender_outputs
+from interp.analyses.patching import baseline_metrics, pair_readout
+from interp.analyses.sweep import ProgressFn, check_batch_size, over_batches, prompt_mean
 from interp.core.errors import InterpError
+from interp.core.metrics import Metric, get_metric
 from interp.core.model import HookedModel
 from interp.core.types import Float, Tensor
-from interp.data.pairs import TokenizedPairs
+from interp.data.pairs import PairBatch, TokenizedPairs
 
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "exact")
 ABLATIONS = ("patching", "mean")
@@ -88,12 +92,58 @@ def edge_scores(model: HookedModel, pairs: TokenizedPairs, *, method: str = "eap
                 metric: str = "logit_diff", edges: Sequence[int] | None = None, batch_size: int = 64,
                 progress: ProgressFn | None = None) -> EdgeScores:
     """A score per edge of `edge_graph(model)` (see the module docstring for the methods and the
-    sign convention); `edges` (exact only) restricts the computation to a subset, the rest NaN."""
+    sign convention); `edges` (exact only) restricts the computation to a subset, the rest NaN.
+    `batch_size`: exact, edge variants per forward; gradient methods, EAP-IG points per forward
+    (at least one)."""
     _check_args(method, steps, pairs)
-    edge_graph(model)
+    check_batch_size(batch_size)
+    m = get_metric(metric)
+    graph = edge_graph(model)
+    lay = graph.layout
     if edges is not None and method != "exact":
         raise InterpError(f"edges= selects a subset for method 'exact' only; {method} scores every edge at once")
-    raise NotImplementedError("not done yet")
+    batches = pairs.by_length().batches
+    if method == "exact":
+        scores = _exact(model, batches, graph, m, edges, batch_size, progress)
+        return EdgeScores(graph, scores, method, None, sum(len(b) for b in batches))
+    total = torch.zeros(len(graph))
+    n_total = 0
+    for i, pb in enumerate(batches):
+        per_forward = max(1, batch_size // len(pb))
+        if method == "eap":
+            total += eap_batch(model, pb, lay, m)
+        elif method == "eap-ig-inputs":
+            total += ig_inputs_batch(model, pb, lay, m, steps, per_forward)
+        else:
+            total += ig_activations_batch(model, pb, lay, m, steps, per_forward)
+        n_total += len(pb)
+        if progress:
+            progress(i + 1, len(batches))
+    return EdgeScores(graph, total / n_total, method, None if method == "eap" else steps, n_total)
+
+
+def _edge_ends(graph: EdgeGraph) -> list[tuple[int, int]]:
+    """(sender index, receiver index) of every edge, in graph order."""
+    return [(s, r) for r, (_, k) in enumerate(graph.receiver_spans()) for s in range(k)]
+
+
+def _exact(model: HookedModel, batches: list[PairBatch], graph: EdgeGraph, m: Metric, edges: Sequence[int] | None,
+           batch_size: int, progress: ProgressFn | None) -> Float[Tensor, " edge"]:
+    ends = _edge_ends(graph)
+    chosen = list(range(len(graph))) if edges is None else list(edges)
+    bad = [e for e in chosen if not 0 <= e < len(graph)]
+    if bad:
+        raise InterpError(f"edge index {bad[0]} out of range 0..{len(graph) - 1}")
+    pairs_of = [ends[e] for e in chosen]
+
+    def per_batch(pb: PairBatch, prog: ProgressFn) -> tuple[Tensor, Tensor, Tensor]:
+        vals = exact_sweep(model, pb, graph.layout, pairs_of, m, batch_size=batch_size, progress=prog)
+        return (vals, *baseline_metrics(model, pb, m))
+
+    vals, clean, _corrupt, _n = prompt_mean(over_batches(batches, per_batch, len(chosen), progress))
+    out = torch.full((len(graph),), float("nan"))
+    out[torch.tensor(chosen, dtype=torch.long)] = vals.float() - clean
+    return out
 
 
 def evaluate_circuits(model: HookedModel, pairs: TokenizedPairs, graph: EdgeGraph,
@@ -101,7 +151,66 @@ def evaluate_circuits(model: HookedModel, pairs: TokenizedPairs, graph: EdgeGrap
                       batch_size: int = 64, progress: ProgressFn | None = None) -> Float[Tensor, " circuit"]:
     """The mean metric over prompts of each circuit (a row of `keep`, (circuit, edge) bool): every
     edge not kept is ablated at once - its sender's contribution to its receiver's input takes the
-    corrupt run's value ("patching") or the sender's mean over the clean prompts ("mean") - and the
-    rest of the model is recomputed on the clean input. All-True rows give the clean metric,
-    all-False rows the corrupt one (with "patching")."""
-    raise NotImplementedError("not done yet")
+    corrupt run's value ("patching") or the sender's mean over the clean prompts ("mean": per
+    prompt averaged over positions, then over every prompt of the dataset) - and the rest of the
+    model is recomputed on the clean input. All-True rows give the clean metric, all-False rows
+    the corrupt one (with "patching"). `batch_size`: circuits x prompts per forward (at least one
+    circuit)."""
+    if ablation not in ABLATIONS:
+        raise InterpError(f"unknown ablation {ablation!r}; allowed: {', '.join(ABLATIONS)}")
+    _check_args("exact", 1, pairs)
+    check_batch_size(batch_size)
+    m = get_metric(metric)
+    if graph != edge_graph(model):
+        raise InterpError("the graph is not this model's edge graph (edge_graph(model))")
+    keep = torch.as_tensor(keep)
+    if keep.ndim != 2 or keep.shape[1] != len(graph) or keep.dtype != torch.bool:
+        raise InterpError(f"keep must be a bool tensor (circuit, edge) with {len(graph)} edges; got "
+                          f"{keep.dtype} of shape {tuple(keep.shape)}")
+    batches = pairs.by_length().batches
+    mean = _mean_senders(model, batches) if ablation == "mean" else None
+    ablate = _ablation_matrix(graph, keep)
+    sums = torch.zeros(keep.shape[0])
+    done = 0
+    for pb in batches:
+        per_forward = max(1, batch_size // len(pb))
+        for chunk in range(0, keep.shape[0], per_forward):
+            c = slice(chunk, min(keep.shape[0], chunk + per_forward))
+            sums[c] += circuit_metrics(model, pb, graph.layout, ablate[c], m, mean).sum(1)
+            done += c.stop - c.start
+            if progress:
+                progress(done, keep.shape[0] * len(batches))
+    return sums / sum(len(b) for b in batches)
+
+
+def _ablation_matrix(graph: EdgeGraph, keep: torch.Tensor) -> Float[Tensor, "circuit receiver sender"]:
+    lay = graph.layout
+    out = torch.zeros(keep.shape[0], lay.n_receivers, lay.n_senders)
+    for r, (first, k) in enumerate(graph.receiver_spans()):
+        out[:, r, :k] = (~keep[:, first:first + k]).float()
+    return out
+
+
+@torch.no_grad()
+def _mean_senders(model: HookedModel, batches: list[PairBatch]) -> Float[Tensor, "sender d_model"]:
+    total, n = None, 0
+    for pb in batches:
+        a, _ = sender_outputs(model, pb.clean)
+        s = a.float().mean(2).sum(1)  # per prompt over positions, summed over prompts
+        total = s if total is None else total + s
+        n += len(pb)
+    assert total is not None
+    return total / n
+
+
+@torch.no_grad()
+def circuit_metrics(model: HookedModel, pb: PairBatch, lay: Layout, ablate: Tensor, m: Metric,
+                    mean: Tensor | None = None) -> Float[Tensor, "circuit prompt"]:
+    """Per-prompt metric of each circuit (rows of `ablate`, (circuit, receiver, sender) 0/1)."""
+    runs = PairRuns.of(model, pb)
+    C, n = ablate.shape[0], len(pb)
+    src = runs.corrupt if mean is None else mean.to(runs.clean.dtype)[:, None, None].expand_as(runs.clean).contiguous()
+    x0 = runs.inputs.resid_pre[0].repeat(C, 1, 1)
+    final = run_mixed(model, runs.inputs, lay, C, x0, src=src, ablate=ablate.to(x0.device))
+    rd = pair_readout(model, pb, m)
+    return rd.score(model.unembed(final[:, -1], rd.columns), C).view(C, n).float().cpu()  # type: ignore[attr-defined]
