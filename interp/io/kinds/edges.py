@@ -203,7 +203,8 @@ def _reference_classes(ctx: StepContext) -> tuple[str, dict[tuple[int, int], str
     if reference is None:
         return None
     nodes = reference[1]
-    return reference[0], {(int(r.layer), int(r.head)): str(r["class"]) for _, r in nodes.iterrows()}
+    return reference[0], {(int(a), int(b)): str(c) for a, b, c in zip(nodes["layer"], nodes["head"], nodes["class"],
+                                                                      strict=True)}
 
 
 def _class_table(classes: dict[tuple[int, int], str], heads: set[tuple[int, int]]) -> pd.DataFrame:
