@@ -32,8 +32,12 @@ from interp.core.model import HookedModel
 
 KINDS = ("q", "k", "v")
 # Families the edge runs are checked exact on against the raw reference (tests/conformance/
-# test_edges.py). Others refuse until proven.
-PROVEN = frozenset({"llama"})
+# test_edges.py, TransformerLens backend). Others refuse until proven: parallel blocks (GPT-J,
+# GPT-NeoX, Falcon, Phi, Cohere), post-norms (Gemma 2/3, OLMo 2), Granite's residual multiplier,
+# and Phi-3, whose grouped-query scores cannot be recomputed from its rotated q/k sites (key
+# receivers refuse there).
+PROVEN = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "olmo", "stablelm",
+                    "starcoder2", "gpt2", "gpt_neo"})
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,10 @@ from interp.core.hooks import HookFn
 from interp.core.metrics import Metric
 from interp.core.model import BlockInputs, HookedModel
 from interp.core.sites import Site
-from interp.core.types import Float, Tensor, Tokens
+from interp.core.types import Float, Int, Tensor
 from interp.data.pairs import PairBatch
 
-Senders = Float[Tensor, "sender batch pos d_model"]
+Senders = Float[Tensor, "sender prompt pos d_model"]
 Write = tuple[slice, int, Tensor]  # (rows, head, recorded q/k/v of those rows (rows, pos, heads, d_head))
 
 
@@ -63,7 +63,8 @@ def head_outputs(model: HookedModel, layer: int, z: Tensor) -> Float[Tensor, "he
 
 
 @torch.no_grad()
-def sender_outputs(model: HookedModel, tokens: Tokens) -> tuple[Senders, Float[Tensor, "batch pos d_model"]]:
+def sender_outputs(model: HookedModel,
+                   tokens: Int[Tensor, "prompt pos"]) -> tuple[Senders, Float[Tensor, "prompt pos d_model"]]:
     """Every sender's output on `tokens` (input, then per layer each head and the MLP) and the
     final residual; checks that heads + output bias give the attention output and that the
     senders + biases give the final residual."""
@@ -214,7 +215,7 @@ class PairRuns:
     inputs: BlockInputs
     clean: Senders
     corrupt: Senders
-    final: Float[Tensor, "batch pos d_model"]
+    final: Float[Tensor, "prompt pos d_model"]
 
     @classmethod
     def of(cls, model: HookedModel, pb: PairBatch) -> PairRuns:
@@ -294,7 +295,7 @@ class Taps:
 
 def run_mixed(model: HookedModel, inputs: BlockInputs, lay: Layout, copies: int, x0: Tensor, *,
               src: Senders | None = None, ablate: Tensor | None = None, taps: Taps | None = None,
-              extra: Callable[[int], Hooks] | None = None) -> Float[Tensor, "batch pos d_model"]:
+              extra: Callable[[int], Hooks] | None = None) -> Float[Tensor, "rows pos d_model"]:
     """The final residual (as the logits receive it) of `copies` stacked variants of the base run
     resumed from block 0 on `x0`, every receiver's input swapped: receiver r of variant c gets
     input_r + sum_s ablate[c, r, s] (src_s - a_s,current), a_s,current the sender's output in this

@@ -21,11 +21,12 @@ import torch
 from .reference import RawModel, _expand, _get
 
 # per family: (attention input norm, MLP input norm), paths from a decoder layer
+_HF = ("input_layernorm", "post_attention_layernorm")
 INPUT_NORMS = {
-    "llama": ("input_layernorm", "post_attention_layernorm"),
-    "mistral": ("input_layernorm", "post_attention_layernorm"),
-    "qwen2": ("input_layernorm", "post_attention_layernorm"),
+    **{f: _HF for f in ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "phi3", "olmo",
+                        "stablelm", "starcoder2")},
     "gpt2": ("ln_1", "ln_2"),
+    "gpt_neo": ("ln_1", "ln_2"),
 }
 
 
