@@ -59,7 +59,7 @@ from interp.core.types import Head
 __all__ = [
     "FRACTIONS", "ABLATIONS", "SELECTIONS", "GraphLike", "check_fractions", "selection_key", "select_topn",
     "select_greedy", "prune", "select", "circuit_masks", "circuit_frame", "areas", "FaithfulnessCurve",
-    "faithfulness_curve", "random_scores", "edge_agreement", "circuit_heads", "head_tables",
+    "faithfulness_curve", "faithfulness_curves", "random_scores", "edge_agreement", "circuit_heads", "head_tables",
 ]
 
 FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -254,24 +254,43 @@ class FaithfulnessCurve:
 Evaluator = Callable[..., Tensor]
 
 
+def faithfulness_curves(model: Any, pairs: Any, graph: GraphLike, scores: dict[str, EdgeValues], *,
+                        absolute: Sequence[bool] = (True,), fractions: Sequence[float] = FRACTIONS,
+                        selection: str = "topn", ablation: str = "patching", metric: str = "logit_diff",
+                        batch_size: int = 64, progress: Any = None,
+                        evaluate: Evaluator | None = None) -> list[FaithfulnessCurve]:
+    """One curve per (method, absolute): the circuits of every curve, the full model and the
+    empty circuit evaluated in one call of `evaluate` (default
+    `interp.analyses.edges.evaluate_circuits`), each distinct circuit once (e.g. the 100% circuit
+    is the full model; pruning often empties the smallest ones)."""
+    _check_choice(ablation, ABLATIONS, "ablation")
+    fractions = check_fractions(fractions)
+    n = len(graph.edges)
+    keys = [(m, bool(a)) for m in scores for a in absolute]
+    built = [circuit_masks(graph, scores[m], fractions, selection=selection, absolute=a) for m, a in keys]
+    every = torch.ones(1, n, dtype=torch.bool)
+    stacked = torch.cat([every, ~every, *[masks for masks, _ in built]])
+    unique, inverse = np.unique(stacked.numpy(), axis=0, return_inverse=True)
+    if evaluate is None:
+        from interp.analyses.edges import evaluate_circuits as evaluate
+    values = evaluate(model, pairs, graph, torch.from_numpy(unique), ablation=ablation, metric=metric,
+                      batch_size=batch_size, progress=progress)
+    per_row = [float(values[i]) for i in inverse.reshape(-1)]
+    clean, corrupt, rest = per_row[0], per_row[1], per_row[2:]
+    k = len(fractions)
+    return [FaithfulnessCurve(m, selection, a, ablation, fractions, counts, [int(x.sum()) for x in masks],
+                              rest[j * k:(j + 1) * k], clean, corrupt, n)
+            for j, ((m, a), (masks, counts)) in enumerate(zip(keys, built, strict=True))]
+
+
 def faithfulness_curve(model: Any, pairs: Any, graph: GraphLike, scores: EdgeValues, *, method: str,
                        fractions: Sequence[float] = FRACTIONS, selection: str = "topn", absolute: bool = True,
                        ablation: str = "patching", metric: str = "logit_diff", batch_size: int = 64,
                        progress: Any = None, evaluate: Evaluator | None = None) -> FaithfulnessCurve:
-    """Select a circuit at each fraction and evaluate all of them, the full model and the empty
-    circuit in one call of `evaluate` (default `interp.analyses.edges.evaluate_circuits`)."""
-    _check_choice(ablation, ABLATIONS, "ablation")
-    masks, counts = circuit_masks(graph, scores, fractions, selection=selection, absolute=absolute)
-    n = len(graph.edges)
-    every = torch.ones(1, n, dtype=torch.bool)
-    keep = torch.cat([masks, every, ~every])
-    if evaluate is None:
-        from interp.analyses.edges import evaluate_circuits as evaluate
-    values = evaluate(model, pairs, graph, keep, ablation=ablation, metric=metric, batch_size=batch_size,
-                      progress=progress)
-    values = [float(v) for v in values]
-    return FaithfulnessCurve(method, selection, absolute, ablation, check_fractions(fractions), counts,
-                             [int(m.sum()) for m in masks], values[:-2], values[-2], values[-1], n)
+    """`faithfulness_curves` for one method and one selection."""
+    return faithfulness_curves(model, pairs, graph, {method: scores}, absolute=(absolute,), fractions=fractions,
+                               selection=selection, ablation=ablation, metric=metric, batch_size=batch_size,
+                               progress=progress, evaluate=evaluate)[0]
 
 
 def random_scores(n_edges: int, seed: int = 0) -> EdgeValues:

@@ -16,6 +16,7 @@ from interp.analyses.edge_circuits import (
     circuit_heads,
     edge_agreement,
     faithfulness_curve,
+    faithfulness_curves,
     prune,
     random_scores,
     select_greedy,
@@ -177,15 +178,18 @@ class _Evaluator:
 def test_faithfulness_curve_one_call_and_normalisation():
     g = toy_graph(3, 3)
     ev = _Evaluator()
-    scores = torch.ones(len(g.edges))  # all equal: top-n keeps the first n (stable), then pruned
+    scores = random_scores(len(g.edges), seed=1)
     fr = (0.1, 0.5, 1.0)
     curve = faithfulness_curve(None, None, g, scores, method="toy", fractions=fr, evaluate=ev)
     assert len(ev.calls) == 1
     keep, ablation = ev.calls[0]
-    assert keep.shape == (len(fr) + 2, len(g.edges)) and ablation == "patching"
-    assert keep[-2].all() and not keep[-1].any()
+    rows = {tuple(r.tolist()) for r in keep}
+    assert len(rows) == keep.shape[0]  # each distinct circuit evaluated once
+    assert keep.shape == (len(fr) + 1, len(g.edges)) and ablation == "patching"  # 100% = the full model
+    assert tuple([True] * len(g.edges)) in rows and tuple([False] * len(g.edges)) in rows
     assert (curve.clean_metric, curve.corrupt_metric) == (3.0, -1.0)
     assert curve.n_edges_asked == [int(p * len(g.edges)) for p in fr]
+    assert 0 < curve.n_edges_kept[0] < curve.n_edges_kept[1] < curve.n_edges_kept[2] == len(g.edges)
     expected = [k / len(g.edges) for k in curve.n_edges_kept]
     assert curve.faithfulness == pytest.approx(expected)
     assert curve.faithfulness[-1] == pytest.approx(1.0)
@@ -193,6 +197,19 @@ def test_faithfulness_curve_one_call_and_normalisation():
     assert (curve.cpr, curve.cmd) == (pytest.approx(cpr), pytest.approx(cmd))
     df = curve.to_frame()
     assert list(df["fraction"]) == list(fr) and df["faithfulness"].iloc[-1] == pytest.approx(1.0)
+
+
+def test_several_curves_share_one_call():
+    g = toy_graph(3, 3)
+    ev = _Evaluator()
+    scores = {"a": random_scores(len(g.edges), seed=1), "b": random_scores(len(g.edges), seed=2)}
+    curves = faithfulness_curves(None, None, g, scores, absolute=(False, True), fractions=(0.2, 1.0), evaluate=ev)
+    assert len(ev.calls) == 1
+    assert [(c.method, c.absolute) for c in curves] == [("a", False), ("a", True), ("b", False), ("b", True)]
+    for c in curves:
+        single = faithfulness_curve(None, None, g, scores[c.method], method=c.method, fractions=(0.2, 1.0),
+                                    absolute=c.absolute, evaluate=_Evaluator())
+        assert c.faithfulness == pytest.approx(single.faithfulness) and c.n_edges_kept == single.n_edges_kept
 
 
 def test_faithfulness_refuses_unknown_ablation_and_selection():

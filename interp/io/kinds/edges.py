@@ -27,7 +27,7 @@ from interp.analyses.edge_circuits import (
     circuit_frame,
     circuit_heads,
     edge_agreement,
-    faithfulness_curve,
+    faithfulness_curves,
     head_tables,
     random_scores,
     select_topn,
@@ -130,10 +130,9 @@ def faithfulness_step(ctx: StepContext) -> StepResult:
     methods = dict(ctx.state["scores"])
     if f.random_baseline:
         methods["random"] = random_scores(len(graph), seed=cfg.seed)
-    curves = [faithfulness_curve(ctx.model, pairs, graph, s, method=m, fractions=f.fractions, selection=f.selection,
-                                 absolute=a, ablation=f.ablation, metric=cfg.edges.metric,
-                                 batch_size=cfg.edges.batch_size, progress=ctx.progress(f"circuits {m}"))
-              for m, s in methods.items() for a in f.absolute]
+    curves = faithfulness_curves(ctx.model, pairs, graph, methods, absolute=f.absolute, fractions=f.fractions,
+                                 selection=f.selection, ablation=f.ablation, metric=cfg.edges.metric,
+                                 batch_size=cfg.edges.batch_size, progress=ctx.progress("evaluating circuits"))
     table = pd.concat([c.to_frame() for c in curves], ignore_index=True)
     summary = pd.DataFrame([c.summary() for c in curves])
     fig = faithfulness_figure(table, title=f"{cfg.task}: faithfulness by circuit size ({f.ablation})")
