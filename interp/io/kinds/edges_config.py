@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, StrictBool, StrictStr, field_validator, model_validator
 
 from interp.analyses.edge_circuits import FRACTIONS
-from interp.io.kinds.patching import check_template_index
+from interp.io.kinds.circuits import CircuitDataConfig
 from interp.io.schema import (
     BaseExperimentConfig,
     ChatSetting,
@@ -35,19 +35,11 @@ def _fraction(p: float) -> float:
 Fraction = Annotated[float, AfterValidator(_fraction)]
 
 
-class EdgeDataConfig(Section):
-    n_prompts: PositiveInt = Field(16, description="an integer >= 1")
-    corruption: Literal["abc", "flip"] = Field("abc", description="ioi only: abc or flip")
-    templates: tuple[NonNegativeInt, ...] | None = Field(
-        (0, 2), description="ioi only: null (all) or a list of template indices")
-    chat: ChatSetting = None  # mcq only
+class EdgeDataConfig(CircuitDataConfig):
+    """The circuit kind's data section (n_prompts, corruption, templates) and `chat` for mcq."""
 
-    @field_validator("templates")
-    @classmethod
-    def _templates(cls, templates: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        for t in templates or ():
-            check_template_index(t)
-        return templates
+    n_prompts: PositiveInt = Field(16, description="an integer >= 1")
+    chat: ChatSetting = None  # mcq only
 
 
 class EdgeScoresConfig(Section):
