@@ -59,8 +59,9 @@ def _dataset(cfg: EdgeCircuitExperimentConfig, model) -> PairDataset:
     return generate_mcq(d.n_prompts, model.tokenizer, seed=cfg.seed, chat=resolve_chat(d.chat, model))
 
 
-def _tokenize(ds: PairDataset, model):
-    return tokenize_pairs(ds, model.tokenizer, prepend_bos=model.prepend_bos)
+def _tokenize(cfg: EdgeCircuitExperimentConfig, ds: PairDataset, model):
+    # MCQ prompts are built as the mcq_letters kind builds them (a chat template brings its own <bos>)
+    return tokenize_pairs(ds, model.tokenizer, prepend_bos=model.prepend_bos and cfg.task != "mcq")
 
 
 def prepare(cfg: EdgeCircuitExperimentConfig, model, log):
@@ -71,7 +72,7 @@ def prepare(cfg: EdgeCircuitExperimentConfig, model, log):
     if cfg.reference_run not in (None, "discover"):
         reference = _load_reference(cfg)
         log(f"reference circuit: {reference[0]}")
-    return ds, _tokenize(ds, model), graph, reference
+    return ds, _tokenize(cfg, ds, model), graph, reference
 
 
 def _exact_subset(ds: PairDataset, n: int) -> PairDataset:
@@ -166,7 +167,7 @@ def exact_step(ctx: StepContext) -> StepResult | None:
         return None
     heads = _top_heads(graph, ctx.state["scores"][cfg.circuit.method], cfg.exact.top_heads)
     subset = subset_edges(graph, heads)
-    pairs = _tokenize(_exact_subset(ds, cfg.exact.n_prompts), ctx.model)
+    pairs = _tokenize(cfg, _exact_subset(ds, cfg.exact.n_prompts), ctx.model)
     exact = edge_scores(ctx.model, pairs, method="exact", metric=cfg.edges.metric, edges=subset,
                         batch_size=cfg.edges.batch_size, progress=ctx.progress("exact edge patching")).scores
     exact = exact.detach().float().cpu()
@@ -231,8 +232,8 @@ def circuit_step(ctx: StepContext) -> StepResult:
     r = StepResult("edge_circuit", tables={"edge_circuit": frame, "circuit_nodes": nodes, "circuit_edges": edges},
                    figures={"edge_circuit": fig})
     kept = frame[frame["in_circuit"]]
-    r.summary.append(f"{title}; {len(nodes)} heads; strongest edges: "
-                     + ", ".join(f"{e.edge} ({e.score:+.3f})" for e in kept.head(5).itertuples()))
+    strongest = ", ".join(f"{e.edge} ({e.score:+.3f})" for e in kept.head(5).itertuples()) or "none"
+    r.summary.append(f"{title}; {len(nodes)} heads; strongest edges: {strongest}")
     r.sections.append(ReportSection(f"The {c.method} edge circuit", text=(
         f"Top-n by {'|score|' if c.absolute else 'signed score'} at {c.fraction:.1%} of {len(graph)} edges, pruned "
         "to the edges on a path from the input to the logits. The graph shows heads and their head-to-head and "
