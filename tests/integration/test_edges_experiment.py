@@ -18,7 +18,7 @@ def test_edge_circuit_experiment_on_tiny_llama(tmp_path):
     model = load_model("tiny-llama", device="cpu")
     cfg = parse_config({"kind": "edge_circuit", "name": "edges", "model": {"name": "tiny-llama"},
                         "data": {"n_prompts": 4}, "edges": {"steps": 2},
-                        "exact": {"n_prompts": 2, "top_heads": 1, "top_k": 5},
+                        "exact": {"n_prompts": 4, "top_heads": 1, "top_k": 5},
                         "circuit": {"fraction": 0.05}, "reference_run": "discover"})
     run = run_experiment(cfg, runs_dir=tmp_path / "runs", show_progress=False, log=lambda s: None, model=model)
     curves = run.read_table("faithfulness")

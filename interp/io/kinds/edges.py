@@ -171,7 +171,9 @@ def exact_step(ctx: StepContext) -> StepResult | None:
     exact = edge_scores(ctx.model, pairs, method="exact", metric=cfg.edges.metric, edges=subset,
                         batch_size=cfg.edges.batch_size, progress=ctx.progress("exact edge patching")).scores
     exact = exact.detach().float().cpu()
-    estimates = _scores(ctx, pairs, f"on the {pairs.n} exact prompts")  # same prompts as exact
+    # EAP / EAP-IG on the same prompts as exact (the run's own scores when those are all of them)
+    same = pairs.n == ctx.data[1].n
+    estimates = ctx.state["scores"] if same else _scores(ctx, pairs, f"on the {pairs.n} exact prompts")
     rows = [{"method": m, **edge_agreement(s, exact, subset, k=cfg.exact.top_k)} for m, s in estimates.items()]
     agree = pd.DataFrame(rows)
     idx = torch.tensor(subset)
@@ -184,7 +186,7 @@ def exact_step(ctx: StepContext) -> StepResult | None:
                       sections=[ReportSection("Agreement with exact edge patching", text=(
                           f"Exact edge patching on every edge into the logits and into the q/k/v of {len(heads)} "
                           f"heads ({', '.join(heads)}): {len(subset)} edges, the first {pairs.n} prompts; EAP and "
-                          "EAP-IG recomputed on the same prompts. " + "; ".join(lines) + "."), table=agree)])
+                          "EAP-IG on the same prompts. " + "; ".join(lines) + "."), table=agree)])
 
 
 def _reference_classes(ctx: StepContext) -> tuple[str, dict[tuple[int, int], str]] | None:
