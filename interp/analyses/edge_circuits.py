@@ -255,18 +255,20 @@ Evaluator = Callable[..., Tensor]
 
 
 def faithfulness_curves(model: Any, pairs: Any, graph: GraphLike, scores: dict[str, EdgeValues], *,
-                        absolute: Sequence[bool] = (True,), fractions: Sequence[float] = FRACTIONS,
+                        absolute: Sequence[bool] | dict[str, Sequence[bool]] = (True,),
+                        fractions: Sequence[float] = FRACTIONS,
                         selection: str = "topn", ablation: str = "patching", metric: str = "logit_diff",
                         batch_size: int = 64, progress: Any = None,
                         evaluate: Evaluator | None = None) -> list[FaithfulnessCurve]:
-    """One curve per (method, absolute): the circuits of every curve, the full model and the
-    empty circuit evaluated in one call of `evaluate` (default
+    """One curve per (method, absolute) (`absolute`: the selections of every method, or per
+    method): the circuits of every curve, the full model and the empty circuit evaluated in one
+    call of `evaluate` (default
     `interp.analyses.edges.evaluate_circuits`), each distinct circuit once (e.g. the 100% circuit
     is the full model; pruning often empties the smallest ones)."""
     _check_choice(ablation, ABLATIONS, "ablation")
     fractions = check_fractions(fractions)
     n = len(graph.edges)
-    keys = [(m, bool(a)) for m in scores for a in absolute]
+    keys = [(m, bool(a)) for m in scores for a in (absolute[m] if isinstance(absolute, dict) else absolute)]
     built = [circuit_masks(graph, scores[m], fractions, selection=selection, absolute=a) for m, a in keys]
     every = torch.ones(1, n, dtype=torch.bool)
     stacked = torch.cat([every, ~every, *[masks for masks, _ in built]])

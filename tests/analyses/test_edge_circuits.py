@@ -240,3 +240,11 @@ def test_edge_agreement_over_the_scored_subset():
     assert a["spearman"] == pytest.approx(1.0) and a["top2_overlap"] == 1.0 and a["n_sites"] == 4
     b = edge_agreement(-est, exact, edges=[0, 1, 2, 3], k=2)
     assert b["spearman"] == pytest.approx(-1.0) and b["top2_overlap"] == 1.0  # |score| ranks the top-k
+
+
+def test_selections_per_method():
+    g = toy_graph(3, 3)
+    scores = {"a": random_scores(len(g.edges), seed=1), "random": random_scores(len(g.edges), seed=2)}
+    curves = faithfulness_curves(None, None, g, scores, absolute={"a": (False, True), "random": (False,)},
+                                 fractions=(0.2, 1.0), evaluate=_Evaluator())
+    assert [(c.method, c.absolute) for c in curves] == [("a", False), ("a", True), ("random", False)]

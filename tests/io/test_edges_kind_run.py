@@ -51,7 +51,7 @@ def test_edge_circuit_run_writes_its_tables_report_and_mib_file(tmp_path, fakes)
     assert {"dataset", "edge_scores", "faithfulness", "faithfulness_summary", "exact_scores", "exact_agreement",
             "edge_circuit", "circuit_nodes", "circuit_edges"} <= tables
     summ = run.read_table("faithfulness_summary")
-    assert set(summ["method"]) == {"eap", "eap-ig-inputs", "random"} and len(summ) == 6  # x signed / |score|
+    assert set(summ["method"]) == {"eap", "eap-ig-inputs", "random"} and len(summ) == 5  # 2 x 2 + random
     curve = run.read_table("faithfulness")
     full = curve[curve["fraction"] == 1.0]
     assert full["faithfulness"].to_numpy() == pytest.approx(1.0)

@@ -88,9 +88,8 @@ def estimate(cfg: EdgeCircuitExperimentConfig, model, data) -> dict[str, int]:
     costs: Counter[str] = Counter()
     for m in cfg.edges.methods:
         costs["data.n_prompts"] += n * (3 if m == "eap" else cfg.edges.steps + 2)
-    curves = len(cfg.edges.methods) + cfg.faithfulness.random_baseline
-    costs["faithfulness.fractions"] += n * 2 * curves * len(cfg.faithfulness.absolute) * (
-        len(cfg.faithfulness.fractions) + 2)
+    curves = len(cfg.edges.methods) * len(cfg.faithfulness.absolute) + cfg.faithfulness.random_baseline
+    costs["faithfulness.fractions"] += n * 2 * (curves * len(cfg.faithfulness.fractions) + 2)
     if cfg.exact.enabled:
         into_logits = sum(r == "logits" for _, r, _ in graph.edges) if graph is not None else 1
         per_head = 3 * into_logits
@@ -129,9 +128,11 @@ def faithfulness_step(ctx: StepContext) -> StepResult:
     cfg, (_, pairs, graph, _) = ctx.cfg, ctx.data
     f = cfg.faithfulness
     methods = dict(ctx.state["scores"])
-    if f.random_baseline:
+    absolute = {m: f.absolute for m in methods}
+    if f.random_baseline:  # random scores rank randomly by either key: one selection is enough
         methods["random"] = random_scores(len(graph), seed=cfg.seed)
-    curves = faithfulness_curves(ctx.model, pairs, graph, methods, absolute=f.absolute, fractions=f.fractions,
+        absolute["random"] = f.absolute[:1]
+    curves = faithfulness_curves(ctx.model, pairs, graph, methods, absolute=absolute, fractions=f.fractions,
                                  selection=f.selection, ablation=f.ablation, metric=cfg.edges.metric,
                                  batch_size=cfg.edges.batch_size, progress=ctx.progress("evaluating circuits"))
     table = pd.concat([c.to_frame() for c in curves], ignore_index=True)
