@@ -126,3 +126,18 @@ def test_scaling_benchmark_runs(tmp_path):
     numbers = json.loads(out.read_text())
     assert numbers["local_sharded_max_abs_diff"] == 0
     assert set(numbers["ray"]) == {"1", "2"} and all(r["max_abs_diff"] <= 1e-6 for r in numbers["ray"].values())
+
+
+def test_edge_attribution_benchmark_runs(tmp_path):
+    out = tmp_path / "edges.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "edge_attribution.py"), "--model", "tiny-llama",
+         "--n-prompts", "4", "--steps", "2", "--exact-edges", "20", "--threads", "1", "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "EAP cost:" in proc.stdout and "target <= 3m + 3 = 9" in proc.stdout
+    numbers = json.loads(out.read_text())
+    assert numbers["exact_edges"] == 20 and numbers["eap_forwards"] > 0
+    assert numbers["agreement"]["n_sites"] == 20

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -197,8 +198,14 @@ def agreement(estimate: PatchingResult, exact: PatchingResult, k: int = 10) -> d
     x = (exact.values - exact.corrupt_metric).flatten().numpy()
     if exact.direction == "noising":
         x = (exact.values - exact.clean_metric).flatten().numpy()
-    s = pd.Series(e)
-    t = pd.Series(x)
+    return rank_agreement(e, x, k)
+
+
+def rank_agreement(estimate: np.ndarray, exact: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Spearman and Pearson correlation of two effect vectors and the overlap of their top-k
+    entries by |effect| (shared by the head and the edge analyses)."""
+    s = pd.Series(estimate)
+    t = pd.Series(exact)
     top_e = set(s.abs().sort_values(ascending=False).index[:k])
     top_x = set(t.abs().sort_values(ascending=False).index[:k])
     return {
