@@ -154,7 +154,10 @@ def _free_port() -> int:
 
 
 def _port_free(port: int) -> bool:
+    """No server listens on `port`. SO_REUSEADDR: closed connections in TIME_WAIT (the server
+    side of the health checks, for 60 s) do not count; on Linux a listening socket still does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
