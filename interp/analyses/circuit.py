@@ -32,6 +32,7 @@ from interp.analyses.head_patterns import HeadScoresResult, head_pattern_scores
 from interp.analyses.patching import baseline_metrics, pair_readout
 from interp.analyses.path_patching import Receiver, path_patch_senders, path_patching
 from interp.analyses.results import PatchingResult
+from interp.core.execution import Executor
 from interp.core.metrics import get_metric
 from interp.core.model import HookedModel
 from interp.core.norms import probe_norm
@@ -180,6 +181,7 @@ class _Walk:
     metric: str
     batch_size: int
     progress: Callable[[str, int, int], None] | None
+    executors: Callable[[str], Executor | None] | None = None  # where each named sweep's shards run
     nodes: list[dict] = field(default_factory=list)
     edges: list[dict] = field(default_factory=list)
     maps: dict[str, PatchingResult] = field(default_factory=dict)
@@ -194,8 +196,10 @@ class _Walk:
             if progress:
                 progress(stage, d, t)
 
+        executor = self.executors(name) if self.executors is not None else None
         self.maps[name] = path_patching(self.model, self.pairs, receivers, freeze_mlps=self.freeze_mlps,
-                                        metric=self.metric, batch_size=self.batch_size, progress=prog)
+                                        metric=self.metric, batch_size=self.batch_size, progress=prog,
+                                        executor=executor)
         return _effects(self.maps[name])
 
     def add(self, cls: str, chosen: list[tuple[Head, float]], copies: dict[Head, float] | None = None) -> None:
@@ -285,8 +289,11 @@ def discover_circuit(
     batch_size: int = 64,
     pattern_seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    executors: Callable[[str], Executor | None] | None = None,
 ) -> CircuitResult:
-    w = _Walk(model, pairs, threshold, freeze_mlps, metric, batch_size, progress)
+    """`executors(name)`: the executor of each path-patching sweep, by its map name (to_logits,
+    ...), so a run can shard, store and resume them (`interp.core.execution`); None: in process."""
+    w = _Walk(model, pairs, threshold, freeze_mlps, metric, batch_size, progress, executors)
     patterns = head_pattern_scores(model, seed=pattern_seed)
     movers = _movers_step(w, dataset, k_movers, k_negative, answer_role)
     if not movers:

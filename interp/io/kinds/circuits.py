@@ -184,7 +184,9 @@ def _summary_heads(c: CircuitResult) -> str:
     return "; ".join(parts) or "no heads"
 
 
-def _discover_kw(ctx: StepContext) -> dict:
+def _discover_kw(ctx: StepContext, step: str) -> dict:
+    """discover_circuit's options from the config, with the runner's bars and, per path-patching
+    sweep, the step's executor (shards stored as `<step>_<map name>`, so a resumed run reuses them)."""
     p, bars = ctx.cfg.circuit, {}
 
     def progress(stage, done, total):  # one runner-owned bar per path-patching stage
@@ -194,7 +196,8 @@ def _discover_kw(ctx: StepContext) -> dict:
 
     return dict(k_movers=p.k_movers, k_negative=p.k_negative, k_inhibition=p.k_inhibition, k_upstream=p.k_upstream,
                 k_previous=p.k_previous, threshold=p.threshold, freeze_mlps=p.freeze_mlps, metric=p.metric,
-                batch_size=p.batch_size, pattern_seed=ctx.cfg.seed, progress=progress)
+                batch_size=p.batch_size, pattern_seed=ctx.cfg.seed, progress=progress,
+                executors=lambda name: ctx.executor(f"{step}_{name}"))
 
 
 def dataset_step(ctx: StepContext) -> StepResult:
@@ -214,7 +217,7 @@ def accuracy_step(ctx: StepContext) -> StepResult | None:
 
 def circuit_step(ctx: StepContext) -> StepResult:
     ds, pairs, _ = ctx.data
-    circ = ctx.state["circuit"] = discover_circuit(ctx.model, pairs, ds, **_discover_kw(ctx))
+    circ = ctx.state["circuit"] = discover_circuit(ctx.model, pairs, ds, **_discover_kw(ctx, "circuit"))
     r = _circuit_result("circuit", "", circ, ctx.model.spec.n_layers, f"{ctx.cfg.task} circuit")
     r.tables["head_scores"] = circ.pattern_scores.to_frame()  # atlas format
     r.summary += [f"{ctx.cfg.task} circuit: {_summary_heads(circ)}",
@@ -229,7 +232,7 @@ def reference_step(ctx: StepContext) -> StepResult | None:
     if cfg.reference_run != "discover":
         return None
     ioi_ds, ioi_pairs = _dataset(cfg, ctx.model, "ioi")
-    ref = discover_circuit(ctx.model, ioi_pairs, ioi_ds, **_discover_kw(ctx))
+    ref = discover_circuit(ctx.model, ioi_pairs, ioi_ds, **_discover_kw(ctx, "reference"))
     queries = ref.maps["to_mover_queries"].to_frame() if "to_mover_queries" in ref.maps else None
     ctx.state["reference"] = ("this run (discovered)", ref.nodes, queries)
     return _circuit_result("reference_circuit", "reference_", ref, ctx.model.spec.n_layers, "reference IOI circuit")

@@ -201,7 +201,8 @@ def _reference_classes(ctx: StepContext) -> tuple[str, dict[tuple[int, int], str
             bars[stage](done, total)  # type: ignore[operator]
 
         res = discover_circuit(ctx.model, pairs, ds, metric=cfg.edges.metric, batch_size=cfg.edges.batch_size,
-                               pattern_seed=cfg.seed, progress=progress)
+                               pattern_seed=cfg.seed, progress=progress,
+                               executors=lambda name: ctx.executor(f"reference_{name}"))
         reference = ("this run (path patching)", res.nodes, None)
     if reference is None:
         return None
