@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from interp.cli import main
@@ -17,6 +16,7 @@ from interp.io.compare import compare_models
 from interp.io.config import load_config
 from interp.io.grid import expand_grid, grid_ids, grid_runs, load_grid, run_grid
 from interp.io.runstore import RunStore, build_manifest
+from tests.io.grid_fixtures import scores_run
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 BASE = {"name": "g", "model": {"name": "tiny-llama"}, "data": {"n_prompts": 4}}
@@ -182,26 +182,13 @@ def test_an_interrupt_stops_the_grid_after_recording_its_cell(tmp_path):
 # --- reading a grid's runs together -----------------------------------------------------------------
 
 
-def _scores_run(store: RunStore, model: str, values: list[float], grid: dict | None) -> str:
-    run = store.create("scores")
-    run.write_manifest(build_manifest({"name": "scores"}, model_id=model, weights_sha256=None, seed=0,
-                                      extra={"experiment": "synthetic"}))
-    heads = [(lay, h) for lay in range(2) for h in range(2)]
-    run.write_table("head_scores", pd.DataFrame({"layer": [lay for lay, _ in heads], "head": [h for _, h in heads],
-                                                 "score": "retrieval.niah", "value": values}))
-    run.mark("complete")
-    if grid is not None:
-        run.update_manifest(grid=grid)
-    return run.run_id
-
-
 def test_runs_atlas_and_compare_read_one_grid_together(tmp_path, capsys):
     store = RunStore(tmp_path)
     g = {"id": "study-0123456789", "n_cells": 2, "values": {}}
-    _scores_run(store, "model-a", [0.1, 0.9, 0.2, 0.3], g | {"cell": 0})
-    _scores_run(store, "model-b", [0.5, 0.0, 0.7, 0.1], g | {"cell": 1})
-    _scores_run(store, "model-c", [0.0, 0.0, 0.0, 1.0], None)  # not in the grid
-    other = _scores_run(store, "model-a", [9.0, 9.0, 9.0, 9.0], {"id": "other-1", "cell": 0})  # newest, another grid
+    scores_run(store, "model-a", [0.1, 0.9, 0.2, 0.3], g | {"cell": 0})
+    scores_run(store, "model-b", [0.5, 0.0, 0.7, 0.1], g | {"cell": 1})
+    scores_run(store, "model-c", [0.0, 0.0, 0.0, 1.0], None)  # not in the grid
+    other = scores_run(store, "model-a", [9.0, 9.0, 9.0, 9.0], {"id": "other-1", "cell": 0})  # newest, another grid
     assert grid_ids(store) == ["other-1", "study-0123456789"]
     atlas = build_atlas(store, grid="study-0123456789")
     assert atlas.models == ["model-a", "model-b"]
