@@ -134,19 +134,6 @@ def test_circuit_templates_out_of_range_is_a_config_error():
 # --- validate: data files and output, without weights ------------------------------------------
 
 
-@pytest.fixture
-def no_weights(monkeypatch):
-    """Loading any model's weights fails the test: validate must use the tokenizer only."""
-    import interp.io.runner as runner
-    import interp.models.loading as loading
-
-    def refuse(*a, **k):
-        raise AssertionError("validate loaded model weights")
-
-    monkeypatch.setattr(loading, "load_model", refuse)
-    monkeypatch.setattr(runner, "load_model", refuse)
-
-
 def _pairs_config(tmp_path: Path, lines: list[str]) -> Path:
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(lines) + "\n")

@@ -19,18 +19,6 @@ from interp.io.registry import get_kind
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
-@pytest.fixture
-def no_weights(monkeypatch):
-    import interp.io.runner as runner
-    import interp.models.loading as loading
-
-    def refuse(*a, **k):
-        raise AssertionError("validate loaded model weights")
-
-    monkeypatch.setattr(loading, "load_model", refuse)
-    monkeypatch.setattr(runner, "load_model", refuse)
-
-
 def _available(monkeypatch, value: int) -> None:
     monkeypatch.setattr(limits, "available_memory", lambda device="auto": (value, "available (test)"))
 
