@@ -99,13 +99,17 @@ def _check_args(method: str, steps: int, pairs: TokenizedPairs) -> None:
 
 def edge_scores(model: HookedModel, pairs: TokenizedPairs, *, method: str = "eap-ig-inputs", steps: int = 5,
                 metric: str = "logit_diff", edges: Sequence[int] | None = None, batch_size: int = 64,
-                progress: ProgressFn | None = None) -> EdgeScores:
+                grad_batch_size: int = 20, progress: ProgressFn | None = None) -> EdgeScores:
     """A score per edge of `edge_graph(model)` (see the module docstring for the methods and the
     sign convention); `edges` (exact only) restricts the computation to a subset, the rest NaN.
-    `batch_size`: exact, edge variants per forward; gradient methods, EAP-IG points per forward
-    (at least one)."""
+    `batch_size`: exact, rows (edge variants x prompts) per forward. `grad_batch_size`: gradient
+    methods, rows (EAP-IG points x prompts, at least one point) per forward with its backward;
+    kept small because the backward holds every activation and the per-head pull-back is
+    memory-bound (on a 2-core CPU, 20 rows beat 10 and 50: benchmarks/edge_attribution.py)."""
     _check_args(method, steps, pairs)
     check_batch_size(batch_size)
+    if isinstance(grad_batch_size, bool) or not isinstance(grad_batch_size, int) or grad_batch_size < 1:
+        raise InterpError(f"grad_batch_size must be an integer >= 1, got {grad_batch_size!r}")
     m = get_metric(metric)
     graph = edge_graph(model)
     lay = graph.layout
@@ -118,7 +122,7 @@ def edge_scores(model: HookedModel, pairs: TokenizedPairs, *, method: str = "eap
     total = torch.zeros(len(graph))
     n_total = 0
     for i, pb in enumerate(batches):
-        per_forward = max(1, batch_size // len(pb))
+        per_forward = max(1, grad_batch_size // len(pb))
         if method == "eap":
             total += eap_batch(model, pb, lay, m)
         elif method == "eap-ig-inputs":

@@ -71,28 +71,46 @@ def _sender_sites(model: HookedModel) -> list[Site]:
 def sender_outputs(model: HookedModel,
                    tokens: Int[Tensor, "prompt pos"]) -> tuple[Senders, Float[Tensor, "prompt pos d_model"]]:
     """Every sender's output on `tokens` (input, then per layer each head and the MLP) and the
-    final residual (`senders_from_cache`)."""
-    _, cache = model.run_with_cache(tokens.to(model.device), _sender_sites(model))  # type: ignore[attr-defined]
-    return senders_from_cache(model, cache)
+    final residual (`senders_from_cache`); the forward stops at the final residual."""
+    store: dict[Site, Tensor] = {}
+    forward_to_final(model, tokens, caching_hooks(_sender_sites(model), store))
+    return senders_from_cache(model, store)
+
+
+def forward_to_final(model: HookedModel, tokens: Int[Tensor, "prompt pos"], hooks: Hooks) -> None:
+    """The model's own forward on `tokens` with `hooks`, ended once the final residual (the
+    final norm's input) has been handed to them: the output head is not computed."""
+    try:
+        with model.hooks([*hooks, (Site("resid_final"), _stop)]):
+            model.forward(tokens.to(model.device))
+    except _Stop:
+        return
+    raise UnsupportedError(f"edge attribution on {model.spec.architecture}: the forward never reached the "
+                           "final residual (site resid_final)")
 
 
 def senders_from_cache(model: HookedModel, cache: dict[Site, Tensor]) -> tuple[Senders, Tensor]:
     """The senders' outputs from cached sites; checks that heads + output bias give the attention
     output and that the senders + biases give the final residual."""
-    parts = [cache[Site("resid_pre", layer=0)]]
-    total = parts[0].clone()
+    H = model.spec.n_heads
+    first = cache[Site("resid_pre", layer=0)]
+    out = first.new_empty(1 + model.spec.n_layers * (H + 1), *first.shape)
+    out[0] = first
+    bias_total: Tensor | float = 0.0
     for layer in range(model.spec.n_layers):
-        heads = head_outputs(model, layer, cache[Site("z", layer=layer)])
+        heads = out[1 + layer * (H + 1): 1 + layer * (H + 1) + H]
+        heads.copy_(head_outputs(model, layer, cache[Site("z", layer=layer)]))
         b = model.out_proj_bias(layer)  # type: ignore[attr-defined]
-        attn = heads.sum(0) + (b.to(heads.dtype) if b is not None else 0)
+        attn = heads.sum(0)
+        if b is not None:
+            attn += b.to(attn.dtype)
+            bias_total = bias_total + b.to(attn.dtype)
         _close(attn, cache[Site("attn_out", layer=layer)], f"layer {layer}'s heads z_h W_O[h] + bias are not its "
                "attention output", model)
-        mlp = cache[Site("mlp_out", layer=layer)]
-        parts += [*heads, mlp]
-        total = total + attn + mlp
+        out[1 + layer * (H + 1) + H] = cache[Site("mlp_out", layer=layer)]
     final = cache[Site("resid_final")]
-    _close(total, final, "the senders' outputs do not sum to the final residual", model)
-    return torch.stack(parts), final
+    _close(out.sum(0) + bias_total, final, "the senders' outputs do not sum to the final residual", model)
+    return out, final
 
 
 def qkv_sites(model: HookedModel, layer: int) -> dict[str, Site]:

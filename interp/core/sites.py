@@ -35,6 +35,7 @@ class Component(StrEnum):
     RESID_MID = "resid_mid"
     RESID_POST = "resid_post"
     ATTN_OUT = "attn_out"
+    ATTN_IN = "attn_in"  # the attention's input after its norm: what its q/k/v projections read
     MLP_OUT = "mlp_out"
     Z = "z"  # per-head attention output before W_O
     Q = "q"
@@ -65,6 +66,7 @@ _LAYOUT: dict[Component, tuple[int | None, int | None, bool]] = {
     Component.RESID_MID: (None, 1, True),
     Component.RESID_POST: (None, 1, True),
     Component.ATTN_OUT: (None, 1, True),
+    Component.ATTN_IN: (None, 1, True),
     Component.MLP_OUT: (None, 1, True),
     Component.Z: (2, 1, True),  # (batch, pos, head, d_head)
     Component.Q: (2, 1, True),

@@ -95,6 +95,13 @@ def test_eap_is_the_derivative_of_edge_patching(family, model, vocab, pairs, pb)
     graph = refused_or(edge_graph, model)
     lay, spans = graph.layout, graph.receiver_spans()
     eap = refused_or(edge_scores, model, pairs, method="eap")
+    # The first call checks, per layer and kind, that each head's own gradient is its slot of
+    # the projection output's (one product per head); later calls use that slot directly.
+    from interp.analyses.edges_grad import _PER_HEAD
+
+    assert _PER_HEAD.get(model) == {(layer, kind) for layer in range(lay.n_layers) for kind in "qkv"}
+    again = edge_scores(model, pairs, method="eap")
+    check(again.scores, eap.scores, f"{family} EAP by head slots vs per head", atol=1e-6, rtol=1e-5)
     wide = family in ("mixtral", "qwen2_moe")
     hf = build_family(family, vocab_size=vocab, seed=0)
     raw = RawModel(family, hf if wide else hf.double())

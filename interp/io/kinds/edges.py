@@ -105,7 +105,8 @@ def _scores(ctx: StepContext, pairs, label: str) -> dict[str, torch.Tensor]:
     e, out = ctx.cfg.edges, {}
     for method in e.methods:
         res = edge_scores(ctx.model, pairs, method=method, steps=e.steps, metric=e.metric,
-                          batch_size=e.batch_size, progress=ctx.progress(f"{method} {label}"))
+                          batch_size=e.batch_size, grad_batch_size=e.grad_batch_size,
+                          progress=ctx.progress(f"{method} {label}"))
         out[method] = res.scores.detach().float().cpu()
     return out
 

@@ -47,7 +47,10 @@ class EdgeScoresConfig(Section):
         ("eap", "eap-ig-inputs"), description="a list of eap, eap-ig-inputs, eap-ig-activations")
     steps: PositiveInt = Field(5, description="EAP-IG's m: an integer >= 1")
     metric: MetricName = "logit_diff"
-    batch_size: PositiveInt = 16
+    batch_size: PositiveInt = Field(16, description="an integer >= 1: rows (edge variants x prompts) per forward "
+                                    "for exact patching and circuit evaluation")
+    grad_batch_size: PositiveInt = Field(20, description="an integer >= 1: rows (EAP-IG points x prompts) per "
+                                         "forward with its backward for the gradient methods")
 
 
 class FaithfulnessConfig(Section):

@@ -36,6 +36,7 @@ HOOK_NAMES: dict[Component, str] = {
     Component.RESID_MID: "blocks.{layer}.hook_resid_mid",
     Component.RESID_POST: "blocks.{layer}.hook_resid_post",
     Component.ATTN_OUT: "blocks.{layer}.hook_attn_out",
+    Component.ATTN_IN: "blocks.{layer}.attn.hook_in",
     Component.MLP_OUT: "blocks.{layer}.hook_mlp_out",
     Component.Z: "blocks.{layer}.attn.hook_z",
     Component.Q: "blocks.{layer}.attn.hook_q",
@@ -82,6 +83,7 @@ class TLBridgeModel(HookedLM):
         self._W_U: torch.Tensor | None = None
         self._W_O: torch.Tensor | None = None
         self._W_O_layers: dict[int, torch.Tensor] = {}  # per layer, under a device map
+        self._qkv: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = {}
         self._dispatched = is_dispatched(hf_model)
         self.facts = arch_facts(hf_model)
         # component -> None (reached, writes honoured) or why it is not offered on this model
@@ -332,6 +334,25 @@ class TLBridgeModel(HookedLM):
         if self._W_O is None:
             self._W_O = self.bridge.W_O.detach()  # (layer, head, d_head, d_model)
         return self._W_O[layer]
+
+    def qkv_weights(self, layer: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per kind ("q", "k", "v"): the projection's per-head weight (heads, d_model, d_head) and
+        bias (heads, d_head) or None, such that the `q` / `k` / `v` site of `layer` is
+        attn_in @ W[h] + b[h] for each head h (key / value heads under grouped-query attention).
+        Under a device map, read once per layer on the layer's device and kept."""
+        if layer in self._qkv:
+            return self._qkv[layer]
+        attn = self.bridge.blocks[layer].attn
+        with weights_materialized(attn):
+            out = {}
+            for kind in ("q", "k", "v"):
+                w = getattr(attn, f"W_{kind.upper()}").detach()
+                b = getattr(attn, f"b_{kind.upper()}", None)
+                b = None if b is None else b.detach()
+                out[kind] = (w.clone(), None if b is None else b.clone()) if self._dispatched else (w, b)
+        if self._dispatched:
+            self._qkv[layer] = out
+        return out
 
 
 @contextmanager
