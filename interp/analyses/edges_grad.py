@@ -1,15 +1,20 @@
 """Gradient edge scores: EAP and EAP-IG (inputs / activations).
 
-One forward of the model (resumed block by block, `receiver_grads`) in which the MLP's input is
-a copy of the post-attention residual that only the MLP reads and the logits' input a copy of
-the final residual, and each head's query / key / value (under grouped-query attention each
-query head's own view of its KV group's keys / values, scored and read through the model's
-checked attention arithmetic) is a tensor of the graph: one backward of the summed metric, then
-one batched vector-Jacobian product per layer and input kind through the model's own norm,
-projection and rotary gives dm/d(input_r) for every receiver r. score(s -> r) = sum over prompts
-and positions of (a_s,corrupt - a_s,clean) . g_r, divided by the number of prompts; g_r the
-gradient on the clean run (EAP) or its average over the EAP-IG points (see
-`interp.analyses.edges` for the points).
+One forward of the model on the clean tokens (`receiver_grads`; its input residual replaced by
+the EAP-IG point, stopped at the final residual) in which the MLP's input is a copy of the
+post-attention residual that only the MLP reads (the stream carries on uncopied, as the block
+adds it), the logits' input a copy of the final residual, and each head's query / key / value
+(under grouped-query attention each query head's own copy of its KV group's keys / values,
+scored and read through the model's checked attention arithmetic) is a tensor of the graph. One
+backward of the summed metric gives every receiver's gradient; a head's q / k / v input is the
+block input itself, so its own gradient is pulled back: its slot of the projection output's
+gradient (the maps after the projection act per head - checked once per model, layer and kind
+against one vector-Jacobian product per head), times its slice of the projection weight
+(checked against the model's own q / k / v on every call), then one batched vector-Jacobian
+product through the model's own norm for the layer's 3H receivers. score(s -> r) = sum over
+prompts and positions of (a_s,corrupt - a_s,clean) . g_r, divided by the number of prompts; g_r
+the gradient on the clean run (EAP) or its average over the EAP-IG points (see
+`interp.analyses.edges` for the points). EAP's clean senders come from its gradient forward.
 """
 
 from __future__ import annotations

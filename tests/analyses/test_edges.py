@@ -202,6 +202,17 @@ def test_mean_ablation_of_every_edge_is_the_mean_logits_input(model, pairs):
     assert float(got[0]) == pytest.approx(want, abs=1e-4)
 
 
+def test_eap_ig_points_stacked_or_not(model, pairs):
+    """EAP-IG's points one per forward (4 rows) or all stacked (5 points x 4 prompts) give the same
+    scores; so does the gradient forward's per-head pull-back on a second call (by head slots,
+    after the first call's per-head check)."""
+    one = edge_scores(model, pairs, method="eap-ig-inputs", steps=5, grad_batch_size=4).scores
+    stacked = edge_scores(model, pairs, method="eap-ig-inputs", steps=5, grad_batch_size=20).scores
+    assert torch.allclose(one, stacked, rtol=1e-4, atol=1e-6 * float(one.abs().max()))
+    again = edge_scores(model, pairs, method="eap-ig-inputs", steps=5, grad_batch_size=4).scores
+    assert torch.allclose(one, again, rtol=1e-5, atol=1e-7 * float(one.abs().max()))
+
+
 # ------------------------------------------------------------------------- bad input
 
 
@@ -220,6 +231,8 @@ def test_bad_input(model, pairs):
         edge_scores(model, TokenizedPairs([two], len(pb)), method="eap")
     with pytest.raises(InterpError, match="for method 'exact' only"):
         edge_scores(model, pairs, method="eap", edges=[0])
+    with pytest.raises(InterpError, match="grad_batch_size must be an integer >= 1, got 0"):
+        edge_scores(model, pairs, method="eap", grad_batch_size=0)
     with pytest.raises(InterpError, match="out of range"):
         edge_scores(model, pairs, method="exact", edges=[len(g)])
     with pytest.raises(InterpError, match="unknown ablation 'zero'; allowed: patching, mean"):
