@@ -26,13 +26,14 @@ Sign convention of every score: score(s -> r) ~ m(that edge patched to corrupt) 
   gradients of all (2L + 1) m runs averaged, as the reference code does (every run's gradient
   counts for every edge). Costly: (2L + 1) m forward + backward passes.
 
-Cost (SmolLM2-135M, 10 IOI prompts of 15 tokens, one CPU thread, time / one plain forward of
-the batch, measured on a shared machine): EAP 7.5 (two plain forwards, one resumed forward with
-its backward, the per-head pull-backs - a batched vector-Jacobian product per layer and q/k/v
-through the full projections - and the sender x receiver contraction); EAP-IG-inputs with m = 5:
-19.5 (points stacked along the batch); exact: 0.08 per edge (501 edges, 64 per forward);
-evaluating one circuit: about 7. The issue's target for EAP (<= 3.5) is not met yet (EAP-IG's,
-3m + 3 = 18, nearly): the pull-backs would need per-head slices of the q/k/v projections.
+Cost (`benchmarks/edge_attribution.py`: SmolLM2-135M, 10 IOI prompts of 15 tokens, 2 CPU threads,
+time / a plain forward of the batch timed just before, median of 5): EAP 5.5 (the corrupt
+forward, the clean forward with its backward, the per-head pull-backs and the sender x receiver
+contraction); EAP-IG-inputs with m = 5: 16.1 (target 3m + 3 = 18), 20 rows per gradient forward;
+exact: 0.02 per edge into the logits. EAP misses its target of 3.5: on this CPU the two forwards
+and one backward alone cost 2.4 and the contraction (every edge's sum over prompts, positions
+and d_model) 0.8, which leaves 0.3 for separating 810 head receivers' gradients; the batched
+vector-Jacobian product through the norm (3H cotangents per layer, memory-bound) costs more.
 
     graph = edge_graph(model)
     res = edge_scores(model, pairs, method="eap-ig-inputs", steps=5)

@@ -20,7 +20,8 @@ from interp.models import load_model
 pytestmark = pytest.mark.integration  # a model and a whole run (~15 s)
 
 
-def _fake_scores(model, pairs, *, method, steps=5, metric="logit_diff", edges=None, batch_size=64, progress=None):
+def _fake_scores(model, pairs, *, method, steps=5, metric="logit_diff", edges=None, batch_size=64, grad_batch_size=20,
+                 progress=None):
     graph = kind.edge_graph(model)
     gen = torch.Generator().manual_seed(len(method))
     s = torch.randn(len(graph), generator=gen)
