@@ -213,6 +213,21 @@ def test_eap_ig_points_stacked_or_not(model, pairs):
     assert torch.allclose(one, again, rtol=1e-5, atol=1e-7 * float(one.abs().max()))
 
 
+def test_head_slot_shortcut_is_used_only_when_checked(model, pairs, monkeypatch):
+    """A slot shortcut that disagrees with one vector-Jacobian product per head is never used: the
+    per-head products give the scores, call after call."""
+    from interp.analyses import edges_grad
+
+    right = edge_scores(model, pairs, method="eap").scores
+    edges_grad._PER_HEAD.pop(model, None)
+    real = edges_grad._LayerRec._own_slots
+    monkeypatch.setattr(edges_grad._LayerRec, "_own_slots", lambda self, *a: real(self, *a) * 1.01)
+    for _ in range(2):
+        wrong_shortcut = edge_scores(model, pairs, method="eap").scores
+        assert edges_grad._PER_HEAD[model] == set()
+        assert torch.allclose(wrong_shortcut, right, rtol=1e-5, atol=1e-7 * float(right.abs().max()))
+
+
 # ------------------------------------------------------------------------- bad input
 
 
