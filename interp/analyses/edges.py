@@ -109,8 +109,7 @@ def edge_scores(model: HookedModel, pairs: TokenizedPairs, *, method: str = "eap
     memory-bound (on a 2-core CPU, 20 rows beat 10 and 50: benchmarks/edge_attribution.py)."""
     _check_args(method, steps, pairs)
     check_batch_size(batch_size)
-    if isinstance(grad_batch_size, bool) or not isinstance(grad_batch_size, int) or grad_batch_size < 1:
-        raise InterpError(f"grad_batch_size must be an integer >= 1, got {grad_batch_size!r}")
+    check_batch_size(grad_batch_size, name="grad_batch_size", auto=False)
     m = get_metric(metric)
     graph = edge_graph(model)
     lay = graph.layout

@@ -64,7 +64,7 @@ def receiver_grads(model: HookedModel, pb: PairBatch, lay: Layout, metric: Metri
     n = len(pb)
     verified = _PER_HEAD.setdefault(model, set())
     with torch.enable_grad():
-        fwd = _GradForward(model, lay, copies, x0)
+        fwd = _GradForward(model, lay, x0)
         final = fwd.run(pb.clean.repeat(copies, 1), extra, senders)
         m = rd.score(model.unembed(final[:, -1], rd.columns), copies)  # type: ignore[attr-defined]
         wanted = [t for rec in fwd.recs for t in [*rec.outputs(), *rec.proj_outputs(), *rec.mlp_in]] + [final]
@@ -198,8 +198,8 @@ class _GradForward:
     copy of the post-attention residual and carry the stream on as that residual (uncopied) plus
     the MLP output, as the block itself adds them; stop at the final residual (copied)."""
 
-    def __init__(self, model: HookedModel, lay: Layout, copies: int, x0: Tensor | None) -> None:
-        self.model, self.lay, self.copies, self.x0 = model, lay, copies, x0
+    def __init__(self, model: HookedModel, lay: Layout, x0: Tensor | None) -> None:
+        self.model, self.lay, self.x0 = model, lay, x0
         self.group = model.spec.n_heads // model.spec.n_kv_heads
         self.recs: list[_LayerRec] = []
         self.final: Tensor | None = None
@@ -251,6 +251,7 @@ class _GradForward:
         hooks += [(Site(kind, layer=layer), keep("proj", kind)) for kind in ("q", "k", "v")]
         hooks += [(site, keep("now", kind)) for kind, site in qkv_sites(self.model, layer).items()]
         if self.group > 1:
+            hooks.append((Site("pattern", layer=layer), keep("now", "pattern")))
             hooks += _view_hooks(self.model, layer, rec, self.lay.n_heads)
         hooks += list(extra(layer) if extra else [])
         hooks += [(Site("resid_mid", layer=layer), mlp_in), (Site("mlp_out", layer=layer), keep("now", "mlp")),
@@ -258,21 +259,10 @@ class _GradForward:
         return hooks
 
 
-def _through(store: dict[str, Tensor], name: str) -> HookFn:
-    """Keep the hook's tensor and hand it back as the replacement, so the kept tensor is the one
-    the forward goes on with (a backend may give hooks a re-laid-out copy)."""
-
-    def fn(t: Tensor, _s: Site) -> Tensor:
-        store[name] = t
-        return t
-
-    return fn
-
-
 def _view_hooks(model: HookedModel, layer: int, rec_of: Callable[[], _LayerRec], H: int) -> Hooks:
     """Grouped-query attention: every query head scores against (and reads) its own view of its
     KV group's keys (values), so each view's gradient is that head's alone; the scores and outputs
-    are the model's own values (checked)."""
+    are the model's own values (checked). Needs the layer's pattern recorded in `now`."""
     group = H // model.spec.n_kv_heads
     scale, cap = model.attention_scale(layer), model.attention_softcap(layer)  # type: ignore[attr-defined]
     what = f"{model.spec.architecture} layer {layer}"
@@ -298,12 +288,7 @@ def _view_hooks(model: HookedModel, layer: int, rec_of: Callable[[], _LayerRec],
                                    f"{err:.2e}); value receivers cannot be separated per query head")
         return new
 
-    def pattern(t: Tensor, _s: Site) -> Tensor:
-        rec_of().now["pattern"] = t
-        return t
-
-    return [(Site("pattern", layer=layer), pattern),
-            (Site("attn_scores", layer=layer), scores), (Site("z", layer=layer), z)]
+    return [(Site("attn_scores", layer=layer), scores), (Site("z", layer=layer), z)]
 
 
 def _heads_first(t: Tensor) -> Tensor:

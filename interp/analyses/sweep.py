@@ -48,11 +48,12 @@ BatchSize = int | Literal["auto"]  # variants per forward; "auto": from the free
 log = logging.getLogger(__name__)
 
 
-def check_batch_size(batch_size: BatchSize) -> None:
-    if batch_size == "auto":
+def check_batch_size(batch_size: BatchSize, *, name: str = "batch_size", auto: bool = True) -> None:
+    if auto and batch_size == "auto":
         return
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InterpError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+        allowed = "an integer >= 1" + (" or 'auto'" if auto else "")
+        raise InterpError(f"{name} must be {allowed}, got {batch_size!r}")
 
 
 def resume(model: HookedModel, inputs: BlockInputs, layer: int, copies: int, hooks: Hooks, *,
